@@ -1,0 +1,466 @@
+"""Validation of what one trial runs.
+
+Shared by `proxstudy train` and the search-space loader, so a typo is reported once, with the
+file and the dotted field path, before any work starts (never as a traceback from a Ray worker).
+Every validator returns a normalised *copy* (defaults filled in, paths made absolute) and
+raises :class:`ConfigError` on the first problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "DATASET_NAMES",
+    "MODEL_NAMES",
+    "MODES",
+    "OBJECTIVES",
+    "OPTIMIZER_NAMES",
+    "dataset_input_shape",
+    "layer_mode",
+    "load_train_file",
+    "validate_dataset_spec",
+    "validate_device",
+    "validate_model_spec",
+    "validate_optimizer_spec",
+    "validate_trial_config",
+]
+
+DATASET_NAMES = ("digits", "cifar10", "usps", "synthetic")
+MODEL_NAMES = ("mlp", "convnet", "autoencoder")
+MODES = ("gradient", "prox_exact", "prox_cg")
+OBJECTIVES = ("train_loss", "val_accuracy")
+OPTIMIZER_NAMES = ("sgd", "adam")
+
+DEFAULT_DIVERGENCE_FACTOR = 1.0e3
+DEFAULT_EVAL_BATCH_SIZE = 2000
+
+
+class ConfigError(ValueError):
+    """Bad user input: ``str(e) == "<source>: <field.path>: <what is wrong>"``."""
+
+    def __init__(self, source: str, field: str, message: str) -> None:
+        self.source = source
+        self.field = field
+        self.message = message
+        where = f"{source}: {field}: " if field else f"{source}: "
+        super().__init__(where + message)
+
+
+# --------------------------------------------------------------------------------------------
+# small typed checkers (each names the field it checks)
+
+
+def join_field(field: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{field}[{key}]"
+    return f"{field}.{key}" if field else str(key)
+
+
+def require_mapping(value: Any, source: str, field: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise ConfigError(source, field, f"must be a mapping, got {show_value(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(source, field, f"keys must be strings, got {show_value(key)}")
+    return dict(value)
+
+
+def show_value(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_keys(doc: Mapping, allowed: Sequence[str], source: str, field: str) -> None:
+    for key in doc:
+        if key not in allowed:
+            raise ConfigError(
+                source,
+                join_field(field, key),
+                f"unknown key (allowed: {', '.join(sorted(allowed))})",
+            )
+
+
+def require_int(value: Any, source: str, field: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ConfigError(source, field, f"must be an integer, got {show_value(value)}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(source, field, f"must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def require_float(
+    value: Any,
+    source: str,
+    field: str,
+    *,
+    positive: bool = False,
+    nonnegative: bool = False,
+    below: float | None = None,
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as a number.
+                value = float(value)
+            except ValueError:
+                raise ConfigError(source, field, f"must be a number, got {show_value(value)}") from None
+        else:
+            raise ConfigError(source, field, f"must be a number, got {show_value(value)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(source, field, f"must be finite, got {value}")
+    if positive and value <= 0:
+        raise ConfigError(source, field, f"must be > 0, got {value}")
+    if nonnegative and value < 0:
+        raise ConfigError(source, field, f"must be >= 0, got {value}")
+    if below is not None and value >= below:
+        raise ConfigError(source, field, f"must be < {below}, got {value}")
+    return value
+
+
+def require_bool(value: Any, source: str, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(source, field, f"must be true or false, got {show_value(value)}")
+    return value
+
+
+def require_str(value: Any, source: str, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(source, field, f"must be a non-empty string, got {show_value(value)}")
+    return value
+
+
+def _choice(value: Any, choices: Sequence[str], source: str, field: str) -> str:
+    if value not in choices:
+        raise ConfigError(
+            source, field, f"must be one of {', '.join(choices)}, got {show_value(value)}"
+        )
+    return value
+
+
+def _int_list(value: Any, source: str, field: str, minimum: int = 1, min_len: int = 1) -> list[int]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(source, field, f"must be a list of integers, got {show_value(value)}")
+    if len(value) < min_len:
+        raise ConfigError(source, field, f"must have at least {min_len} entries")
+    return [require_int(v, source, join_field(field, i), minimum) for i, v in enumerate(value)]
+
+
+def _require(doc: Mapping, key: str, source: str, field: str) -> Any:
+    if key not in doc or doc[key] is None:
+        raise ConfigError(source, join_field(field, key), "is required")
+    return doc[key]
+
+
+def _md5(value: Any, source: str, field: str) -> str:
+    text = require_str(value, source, field).lower()
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise ConfigError(source, field, "must be an md5 hex digest (32 hex digits)")
+    return text
+
+
+def _root(value: Any, source: str, field: str) -> str:
+    """Absolute data root: Ray workers run in their own working directory, so a relative path
+    must be resolved where the user wrote it (the driver), not where the trial runs."""
+    if value is None:
+        value = os.environ.get("PROXSTUDY_DATA", "data")
+    return str(Path(require_str(value, source, field)).expanduser().absolute())
+
+
+# --------------------------------------------------------------------------------------------
+# data sets
+
+_FILE_BACKED_KEYS = ("name", "root", "download", "url", "md5", "train_samples", "val_size")
+
+
+def validate_dataset_spec(spec: Any, source: str, field: str = "dataset") -> dict:
+    """Normalised dataset spec; see workers/data.py for what each option does."""
+    doc = require_mapping(spec, source, field)
+    name = _choice(_require(doc, "name", source, field), DATASET_NAMES, source, join_field(field, "name"))
+    out: dict[str, Any] = {"name": name}
+    if name == "digits":
+        check_keys(doc, ("name", "train_samples", "val_fraction"), source, field)
+        out["val_fraction"] = require_float(
+            doc.get("val_fraction", 0.2), source, join_field(field, "val_fraction"), positive=True, below=1.0
+        )
+    elif name == "synthetic":
+        check_keys(
+            doc,
+            ("name", "n_train", "n_val", "input_shape", "num_classes", "seed", "train_samples"),
+            source,
+            field,
+        )
+        out["n_train"] = require_int(doc.get("n_train", 512), source, join_field(field, "n_train"), 1)
+        out["n_val"] = require_int(doc.get("n_val", 128), source, join_field(field, "n_val"), 1)
+        out["input_shape"] = _int_list(
+            doc.get("input_shape", [1, 8, 8]), source, join_field(field, "input_shape")
+        )
+        out["num_classes"] = require_int(doc.get("num_classes", 10), source, join_field(field, "num_classes"), 2)
+        out["seed"] = require_int(doc.get("seed", 0), source, join_field(field, "seed"))
+    else:  # cifar10, usps: files under root
+        check_keys(doc, _FILE_BACKED_KEYS, source, field)
+        out["root"] = _root(doc.get("root"), source, join_field(field, "root"))
+        out["download"] = require_bool(doc.get("download", False), source, join_field(field, "download"))
+        if doc.get("url") is not None:
+            out["url"] = require_str(doc["url"], source, join_field(field, "url"))
+        if doc.get("md5") is not None:
+            out["md5"] = _validate_md5_option(name, doc["md5"], source, join_field(field, "md5"))
+        default_val = 5000 if name == "cifar10" else 729
+        out["val_size"] = require_int(doc.get("val_size", default_val), source, join_field(field, "val_size"), 1)
+    if doc.get("train_samples") is not None:
+        out["train_samples"] = require_int(doc["train_samples"], source, join_field(field, "train_samples"), 1)
+    return out
+
+
+def _validate_md5_option(name: str, value: Any, source: str, field: str) -> dict[str, str]:
+    """md5 override: a digest (cifar10: the archive) or {file name: digest} (usps: two files)."""
+    from workers.data import DOWNLOAD_FILES  # local: data.py imports this module
+
+    files = DOWNLOAD_FILES[name]
+    if isinstance(value, str):
+        if len(files) != 1:
+            raise ConfigError(
+                source, field, f"{name} has several files; give a mapping {{file name: md5}} for {', '.join(files)}"
+            )
+        return {files[0]: _md5(value, source, field)}
+    doc = require_mapping(value, source, field)
+    check_keys(doc, files, source, field)
+    return {k: _md5(v, source, join_field(field, k)) for k, v in doc.items()}
+
+
+_DATASET_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "usps": (1, 16, 16)}
+
+
+def dataset_input_shape(spec: Mapping) -> tuple[int, ...]:
+    """Per-sample input shape of a *validated* dataset spec, known without loading any file."""
+    if spec["name"] == "synthetic":
+        return tuple(spec["input_shape"])
+    return _DATASET_SHAPES[spec["name"]]
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def validate_model_spec(spec: Any, source: str, field: str = "model") -> dict:
+    """Normalised model spec; see workers/models.py."""
+    doc = require_mapping(spec, source, field)
+    name = _choice(_require(doc, "name", source, field), MODEL_NAMES, source, join_field(field, "name"))
+    out: dict[str, Any] = {"name": name}
+    if name == "mlp":
+        check_keys(doc, ("name", "hidden"), source, field)
+        out["hidden"] = _int_list(doc.get("hidden", [64, 64]), source, join_field(field, "hidden"))
+    elif name == "convnet":
+        check_keys(doc, ("name", "channels", "kernel_size"), source, field)
+        out["channels"] = _int_list(doc.get("channels", [16, 20, 20]), source, join_field(field, "channels"))
+        kernel = require_int(doc.get("kernel_size", 5), source, join_field(field, "kernel_size"), 1)
+        if kernel % 2 == 0:
+            raise ConfigError(source, join_field(field, "kernel_size"), f"must be odd ('same' padding), got {kernel}")
+        out["kernel_size"] = kernel
+    else:
+        check_keys(doc, ("name", "hidden", "output"), source, field)
+        out["hidden"] = _int_list(doc.get("hidden", [64, 16]), source, join_field(field, "hidden"))
+        out["output"] = _choice(doc.get("output", "sigmoid"), ("sigmoid", "linear"), source, join_field(field, "output"))
+    return out
+
+
+def _check_model_fits_data(model: Mapping, shape: tuple[int, ...], source: str) -> None:
+    if model["name"] != "convnet":
+        return
+    if len(shape) != 3:
+        raise ConfigError(
+            source, "model.name", f"convnet needs (channels, height, width) inputs, the data set gives {list(shape)}"
+        )
+    height, width = shape[1], shape[2]
+    for _ in range(min(2, len(model["channels"]))):  # max-pooling after the first two convs
+        height, width = height // 2, width // 2
+    if height < 1 or width < 1:
+        raise ConfigError(source, "model.name", f"convnet pools {list(shape)} inputs down to nothing")
+
+
+# --------------------------------------------------------------------------------------------
+# optimizers
+
+_OPTIMIZER_FIELDS = {
+    "sgd": ("momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+    "adam": ("betas", "eps", "weight_decay", "amsgrad", "maximize"),
+}
+
+
+def validate_optimizer_spec(spec: Any, source: str, field: str = "optimizer") -> dict:
+    """{name: sgd|adam, ...torch.optim fields}; lr is the trial's top-level lr."""
+    doc = require_mapping(spec, source, field)
+    name = _choice(_require(doc, "name", source, field), OPTIMIZER_NAMES, source, join_field(field, "name"))
+    if "lr" in doc:
+        raise ConfigError(source, join_field(field, "lr"), "set the learning rate as the method's lr, not inside optimizer")
+    check_keys(doc, ("name",) + _OPTIMIZER_FIELDS[name], source, field)
+    out: dict[str, Any] = {"name": name}
+    for key, value in doc.items():
+        sub = join_field(field, key)
+        if key == "name":
+            continue
+        if key in ("nesterov", "amsgrad", "maximize"):
+            out[key] = require_bool(value, source, sub)
+        elif key == "betas":
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+                raise ConfigError(source, sub, f"must be a pair [beta1, beta2], got {show_value(value)}")
+            betas = [require_float(b, source, join_field(sub, i), nonnegative=True, below=1.0) for i, b in enumerate(value)]
+            out[key] = betas
+        elif key == "eps":
+            out[key] = require_float(value, source, sub, positive=True)
+        else:  # momentum, dampening, weight_decay
+            out[key] = require_float(value, source, sub, nonnegative=True)
+    if out.get("nesterov") and (out.get("momentum", 0.0) <= 0 or out.get("dampening", 0.0) != 0):
+        raise ConfigError(source, join_field(field, "nesterov"), "needs momentum > 0 and dampening 0")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# whole trial config
+
+_TRIAL_KEYS = (
+    "dataset",
+    "model",
+    "training",
+    "objective",
+    "method",
+    "mode",
+    "lr",
+    "tau_prox",
+    "cg_iterations",
+    "optimizer",
+    "seed",
+    "device",
+)
+_TRAINING_KEYS = ("epochs", "batch_size", "divergence_factor", "eval_batch_size", "drop_last", "seeds")
+
+
+def validate_training_spec(spec: Any, source: str, field: str = "training") -> dict:
+    doc = require_mapping(spec, source, field)
+    check_keys(doc, _TRAINING_KEYS, source, field)
+    out = {
+        "epochs": require_int(_require(doc, "epochs", source, field), source, join_field(field, "epochs"), 1),
+        "batch_size": require_int(_require(doc, "batch_size", source, field), source, join_field(field, "batch_size"), 1),
+        "divergence_factor": require_float(
+            doc.get("divergence_factor", DEFAULT_DIVERGENCE_FACTOR), source, join_field(field, "divergence_factor"), positive=True
+        ),
+        "eval_batch_size": require_int(
+            doc.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE), source, join_field(field, "eval_batch_size"), 1
+        ),
+        "drop_last": require_bool(doc.get("drop_last", False), source, join_field(field, "drop_last")),
+    }
+    if out["divergence_factor"] <= 1.0:
+        raise ConfigError(source, join_field(field, "divergence_factor"), "must be > 1 (a multiple of the initial loss)")
+    # `seeds` belongs to the search space (one trial per seed); a trial runs its own `seed`.
+    return out
+
+
+def validate_device(value: Any, source: str, field: str) -> str:
+    text = require_str(value, source, field)
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return text
+    raise ConfigError(source, field, f"must be auto, cpu, cuda or cuda:N, got {show_value(value)}")
+
+
+def layer_mode(config: Mapping) -> str:
+    """The ProxProp layers' optimization_mode string for a validated trial config."""
+    mode = config["mode"]
+    if mode == "prox_cg":
+        return f"prox_cg{config['cg_iterations']}"
+    return mode
+
+
+def validate_trial_config(doc: Any, source: str) -> dict:
+    """A whole trial config (INTERFACES.md); keys starting with "_" are passed through untouched
+    (e.g. the sweep's "_point_key")."""
+    doc = require_mapping(doc, source, "")
+    public = {k: v for k, v in doc.items() if not k.startswith("_")}
+    check_keys(public, _TRIAL_KEYS, source, "")
+    out: dict[str, Any] = {k: v for k, v in doc.items() if k.startswith("_")}
+    out["dataset"] = validate_dataset_spec(_require(doc, "dataset", source, ""), source, "dataset")
+    out["model"] = validate_model_spec(_require(doc, "model", source, ""), source, "model")
+    out["training"] = validate_training_spec(_require(doc, "training", source, ""), source, "training")
+    out["objective"] = _choice(_require(doc, "objective", source, ""), OBJECTIVES, source, "objective")
+    if out["objective"] == "val_accuracy" and out["model"]["name"] == "autoencoder":
+        raise ConfigError(source, "objective", "an autoencoder has no accuracy; use train_loss")
+    out["method"] = require_str(_require(doc, "method", source, ""), source, "method")
+    out["mode"] = _choice(_require(doc, "mode", source, ""), MODES, source, "mode")
+    out["lr"] = require_float(_require(doc, "lr", source, ""), source, "lr", positive=True)
+    tau = doc.get("tau_prox")
+    if out["mode"] != "gradient" and tau is None:
+        raise ConfigError(source, "tau_prox", f"is required for mode {out['mode']}")
+    out["tau_prox"] = None if tau is None else require_float(tau, source, "tau_prox", positive=True)
+    cg = doc.get("cg_iterations")
+    if out["mode"] == "prox_cg" and cg is None:
+        raise ConfigError(source, "cg_iterations", "is required for mode prox_cg")
+    out["cg_iterations"] = None if cg is None else require_int(cg, source, "cg_iterations", 1)
+    out["optimizer"] = validate_optimizer_spec(_require(doc, "optimizer", source, ""), source, "optimizer")
+    out["seed"] = require_int(_require(doc, "seed", source, ""), source, "seed")
+    out["device"] = validate_device(doc.get("device", "auto"), source, "device")
+    _check_model_fits_data(out["model"], dataset_input_shape(out["dataset"]), source)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# files for `proxstudy train`
+
+
+def _read_document(path: Path) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), "", f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+
+
+def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[dict]:
+    """Trial configs to run from a bare trial config or an export file (every method in the
+    file's order when `method` is None)."""
+    path = Path(path)
+    source = str(path)
+    doc = _read_document(path)
+    doc = require_mapping(doc, source, "")
+    if "methods" not in doc:
+        config = validate_trial_config(doc, source)
+        if method is not None and method != config["method"]:
+            raise ConfigError(source, "method", f"the file runs method {config['method']!r}, not {method!r}")
+        return [config]
+    methods = require_mapping(doc["methods"], source, "methods")
+    if not methods:
+        raise ConfigError(source, "methods", "no methods in the export file")
+    if method is not None:
+        if method not in methods:
+            raise ConfigError(source, "methods", f"no method {method!r} (the file has: {', '.join(methods)})")
+        names = [method]
+    else:
+        names = list(methods)
+    configs = []
+    for name in names:
+        entry = require_mapping(methods[name], source, join_field("methods", name))
+        field = join_field(join_field("methods", name), "trial_config")
+        trial = require_mapping(_require(entry, "trial_config", source, join_field("methods", name)), source, field)
+        try:
+            configs.append(validate_trial_config(trial, source))
+        except ConfigError as exc:  # re-anchor the field inside the export file
+            raise ConfigError(source, join_field(field, exc.field) if exc.field else field, exc.message) from None
+    return configs

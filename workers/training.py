@@ -1,0 +1,294 @@
+"""One trial: train a model with one method's hyperparameters and record every epoch.
+
+What is recorded is what the robustness study compares: the FULL-BATCH training loss (the
+paper's Table 1 metric, not a running mini-batch average), validation loss and accuracy, and
+the wall-clock seconds of the training part of each epoch (evaluation excluded, so methods are
+timed on what differs between them). Epoch 0 is the untrained model.
+
+A diverging run (non-finite loss, or a full-batch loss beyond `divergence_factor` times the
+initial one) is an outcome of the study, not an error: it stops at once with status
+"diverged". Any exception during the run gives status "failed" with the message; run_trial
+raises only for an invalid config (ConfigError), so one broken trial never takes a sweep down.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.config import layer_mode, validate_trial_config
+from workers.data import load_dataset
+from workers.models import build_model
+
+__all__ = [
+    "EPOCH_KEYS",
+    "TrialOutcome",
+    "build_optimizer",
+    "describe_device",
+    "resolve_device",
+    "run_trial",
+]
+
+EPOCH_KEYS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "epoch_seconds",
+    "objective",
+)
+
+
+@dataclass
+class TrialOutcome:
+    status: str  # "completed" | "diverged" | "failed"
+    history: list[dict] = field(default_factory=list)
+    diverged_epoch: int | None = None
+    device: str = "unknown"
+    error: str | None = None
+    # Extra (not in the per-epoch contract): the held-out test set after a completed run,
+    # where the data set has one (the paper reports test accuracy at the end).
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+
+    @property
+    def value(self) -> float | None:
+        """The objective at the last recorded epoch."""
+        return self.history[-1]["objective"] if self.history else None
+
+
+# --------------------------------------------------------------------------------------------
+# devices and optimizers
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda if available else cpu; "cuda" -> the current CUDA device with its index
+    (so caches keyed by device agree)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def build_optimizer(parameters, spec: Mapping, lr: float) -> torch.optim.Optimizer:
+    """torch.optim.SGD or Adam from a validated optimizer spec; lr from the trial."""
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    if spec["name"] == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, **kwargs)
+    return torch.optim.Adam(parameters, lr=lr, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# losses and full-batch evaluation
+
+
+def _batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classify: bool) -> torch.Tensor:
+    out = model(x)
+    return F.cross_entropy(out, y) if classify else F.mse_loss(out, x)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, classify: bool, chunk: int
+) -> tuple[float, float | None]:
+    """Mean loss (and accuracy) over the whole set, in chunks, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    try:
+        for start in range(0, len(x), chunk):
+            xb, yb = x[start : start + chunk], y[start : start + chunk]
+            out = model(xb)
+            if classify:
+                total += F.cross_entropy(out, yb, reduction="sum").double()
+                correct += (out.argmax(dim=1) == yb).sum()
+            else:
+                total += F.mse_loss(out, xb, reduction="sum").double() / xb[0].numel()
+    finally:
+        model.train(was_training)
+    loss = total.item() / len(x)
+    return loss, (correct.item() / len(x) if classify else None)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+
+
+class _CallbackFailed(Exception):
+    """Carries an exception raised by a caller's callback: it is not a training failure and
+    must reach the caller (e.g. Ray stopping a trial), so run_trial re-raises it."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _call(callback: Callable | None, *args) -> None:
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception as exc:
+        raise _CallbackFailed(exc) from exc
+
+
+def _format_error(exc: BaseException, frames: int = 4) -> str:
+    head = f"{type(exc).__name__}: {exc}"
+    stack = traceback.extract_tb(exc.__traceback__)[-frames:]
+    if not stack:
+        return head
+    return head + "\n" + "".join(traceback.format_list(stack)).rstrip()
+
+
+def run_trial(
+    config: Mapping,
+    on_epoch: Callable[[dict], None] | None = None,
+    *,
+    on_report: Callable[[dict], None] | None = None,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> TrialOutcome:
+    """Run one trial config (see INTERFACES.md) to its outcome.
+
+    on_epoch(epoch_dict) is called after every recorded epoch (epoch 0 included).
+    on_report(metrics) gets the same epoch dict plus trial_status ("running", or the final
+    "completed"/"diverged" on the last epoch), diverged_epoch, device, error: what the Ray
+    trainable reports. on_progress(epoch, batch, n_batches) is called after every mini-batch
+    (for progress displays). Exceptions raised by callbacks propagate unchanged.
+    """
+    config = validate_trial_config(config, "<config>")
+    outcome = TrialOutcome(status="failed")
+    try:
+        _train(config, outcome, on_epoch, on_report, on_progress)
+    except _CallbackFailed as wrapped:
+        raise wrapped.original from None
+    except Exception as exc:  # a training failure is an outcome, not an exception
+        outcome.status = "failed"
+        outcome.error = _format_error(exc)
+    return outcome
+
+
+def _train(
+    config: dict,
+    outcome: TrialOutcome,
+    on_epoch: Callable | None,
+    on_report: Callable | None,
+    on_progress: Callable | None,
+) -> None:
+    device = resolve_device(config["device"])
+    outcome.device = describe_device(device)
+    data = load_dataset(config["dataset"], device)
+    classify = config["model"]["name"] != "autoencoder"
+    training = config["training"]
+
+    with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
+        torch.manual_seed(config["seed"])
+        model = build_model(config["model"], data.input_shape, data.num_classes, layer_mode(config), config["tau_prox"])
+    model.to(device)
+    model.train()
+    optimizer = build_optimizer(model.parameters(), config["optimizer"], config["lr"])
+    generator = torch.Generator().manual_seed(config["seed"])
+
+    n_train = len(data.x_train)
+    batch_size = min(training["batch_size"], n_train)
+    if training["drop_last"]:
+        n_batches = n_train // batch_size
+    else:
+        n_batches = -(-n_train // batch_size)
+    chunk = training["eval_batch_size"]
+    initial_loss: float | None = None
+
+    def record(epoch: int, seconds: float, batch_diverged: bool) -> str:
+        """Evaluate, record the epoch, decide the status, notify; returns the status."""
+        nonlocal initial_loss
+        train_loss, train_acc = _evaluate(model, data.x_train, data.y_train, classify, chunk)
+        val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, classify, chunk)
+        if epoch == 0:
+            initial_loss = train_loss
+        bound = training["divergence_factor"] * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else -1.0
+        diverged = batch_diverged or not math.isfinite(train_loss) or train_loss > bound
+        entry = {
+            "epoch": epoch,
+            "train_loss": _finite(train_loss),
+            "train_accuracy": _finite(train_acc),
+            "val_loss": _finite(val_loss),
+            "val_accuracy": _finite(val_acc),
+            "epoch_seconds": seconds,
+            "objective": None,
+        }
+        entry["objective"] = entry["train_loss"] if config["objective"] == "train_loss" else entry["val_accuracy"]
+        outcome.history.append(entry)
+        if diverged:
+            status = outcome.status = "diverged"
+            outcome.diverged_epoch = epoch
+        elif epoch == training["epochs"]:
+            status = outcome.status = "completed"
+        else:
+            status = "running"
+        _call(on_epoch, dict(entry))
+        _call(
+            on_report,
+            {
+                **entry,
+                "trial_status": status,
+                "diverged_epoch": outcome.diverged_epoch,
+                "device": outcome.device,
+                "error": None,
+            },
+        )
+        return status
+
+    if record(0, 0.0, batch_diverged=False) != "running":
+        return
+    for epoch in range(1, training["epochs"] + 1):
+        batch_diverged = False
+        _synchronize(device)
+        started = time.perf_counter()
+        order = torch.randperm(n_train, generator=generator).to(device)
+        for batch in range(n_batches):
+            index = order[batch * batch_size : (batch + 1) * batch_size]
+            optimizer.zero_grad(set_to_none=True)
+            loss = _batch_loss(model, data.x_train[index], data.y_train[index], classify)
+            if not torch.isfinite(loss).item():
+                batch_diverged = True
+                break
+            loss.backward()
+            optimizer.step()
+            if on_progress is not None:
+                _call(on_progress, epoch, batch + 1, n_batches)
+        _synchronize(device)
+        seconds = time.perf_counter() - started
+        if record(epoch, seconds, batch_diverged) != "running":
+            break
+    if outcome.status == "completed" and data.x_test is not None:
+        test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, classify, chunk)
+        outcome.test_loss, outcome.test_accuracy = _finite(test_loss), _finite(test_acc)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
