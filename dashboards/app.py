@@ -1,0 +1,268 @@
+"""The read-only Dash web app: an index of the storage's studies and one page per study.
+
+Pages: ``/`` lists the studies with trial counts by status; ``/study/<url-encoded name>``
+shows a study's metrics, figures, the Table 1 view and its trials, side by side per method.
+While a study has running trials a ``dcc.Interval`` re-polls every ``REFRESH_MS``; the
+callback answers "no update" unless the cached data changed, so tables keep their filters.
+Downloads are plain Flask routes: ``/download/trials.csv?study=NAME`` and
+``/download/export.yaml?study=NAME`` (or ``export.json``).
+
+Safety: every piece of text from the storage goes into Dash components as text (React escapes
+it; nothing uses dangerously_allow_html); the storage URL is only shown redacted; binding to
+anything but localhost needs ``allow_remote=True`` and prints a warning.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+import warnings
+from typing import Any
+from urllib.parse import quote, unquote
+
+import dash
+from dash import Input, Output, State, dash_table, dcc, html
+from flask import Response, request
+
+from dashboards import data as D
+from dashboards.exported import NothingToExport, export_text
+from dashboards.figures import study_figures
+from dashboards.metrics import __doc__ as METRICS_DOC
+from dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows
+
+REFRESH_MS = 5000
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+STUDY_PREFIX = "/study/"
+
+
+def study_href(name: str) -> str:
+    """The study page's path; the name is fully URL-encoded (slashes, quotes, <, > ...)."""
+    return STUDY_PREFIX + quote(name, safe="")
+
+
+def _scrub(message: str, storage: str) -> str:
+    """An error message made safe to show: no storage password in it."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(storage).password
+    except Exception:
+        password = None
+    if password:
+        message = message.replace(str(password), "***")
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
+
+
+def index_page(storage: str) -> html.Div:
+    """The list of studies with counts by status and links to their pages."""
+    studies = D.list_studies(storage)
+    header = html.Tr([html.Th("study"), html.Th("trials")] + [html.Th(s) for s in D.STATUS_ORDER])
+    rows = [
+        html.Tr(
+            [html.Td(dcc.Link(s.name, href=study_href(s.name), className="study-link")), html.Td(str(s.total))]
+            + [html.Td(str(s.counts.get(st, 0))) for st in D.STATUS_ORDER]
+        )
+        for s in studies
+    ]
+    return html.Div(
+        [
+            html.H1("ProxProp robustness studies"),
+            html.P(f"Storage: {D.redact(storage)}", className="storage"),
+            html.Table([html.Thead(header), html.Tbody(rows)], id="study-index")
+            if studies else html.P("No studies in this storage yet."),
+        ]
+    )
+
+
+NUMERIC_TRIAL_COLUMNS = {"value", "final_train_loss", "lr", "tau_prox"}
+
+
+def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> dash_table.DataTable:
+    # Dash 4 announces DataTable's future removal on every construction; it is still the
+    # built-in table with native filter/sort/CSV export, which is what the page needs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _make_datatable(table_id, columns, rows, **kwargs)
+
+
+def _make_datatable(
+    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: set[str] = frozenset(), **kwargs: Any
+) -> dash_table.DataTable:
+    from dash.dash_table.Format import Format, Scheme
+
+    short = Format(precision=4, scheme=Scheme.decimal_or_exponent)  # display only; CSV keeps full
+    return dash_table.DataTable(
+        id=table_id,
+        columns=[{"name": title, "id": cid, "type": "numeric", "format": short} if cid in numeric
+                 else {"name": title, "id": cid} for cid, title in columns],
+        data=rows,
+        style_table={"overflowX": "auto"},
+        style_cell={"fontFamily": "sans-serif", "fontSize": 13, "textAlign": "left", "maxWidth": 360,
+                    "overflow": "hidden", "textOverflow": "ellipsis"},
+        **kwargs,
+    )
+
+
+def _graph(fig, graph_id: str) -> dcc.Graph:
+    return dcc.Graph(id=graph_id, figure=fig, config={"displaylogo": False}, className="study-graph")
+
+
+def study_page(storage: str, data: D.StudyData) -> html.Div:
+    """The study page's content for one snapshot of its data."""
+    figs = study_figures(data)
+    methods = list(data.metrics) or sorted({p.method for p in data.points})
+    t1 = table1(data.points, data.records, data.direction)
+    t1_columns = [("method", "method")] + [(format_lr(lr), f"lr {format_lr(lr)}") for lr in t1.lrs]
+    columns, trows = trial_rows(data.records)
+    q = quote(data.name, safe="")
+    side = {"display": "grid", "gridTemplateColumns": "repeat(auto-fit, minmax(520px, 1fr))", "gap": "8px"}
+    return html.Div(
+        [
+            html.H1(data.name, id="study-title"),
+            html.P(f"Storage: {D.redact(storage)} | objective: {data.objective} ({data.direction}) | "
+                   f"trials: {_counts_text(data.counts)}", id="study-counts"),
+            html.P("Live: refreshing every 5 s while trials run." if data.live else "", id="live-note"),
+            html.Div(
+                [
+                    html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
+                    " | ",
+                    html.A("Download best configuration (YAML)", href=f"/download/export.yaml?study={q}",
+                           id="download-export"),
+                    " | ",
+                    html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
+                    " | ",
+                    dcc.Link("All studies", href="/"),
+                ]
+            ),
+            html.H2("Robustness metrics"),
+            _datatable("metrics-table", list(METRIC_COLUMNS), metrics_rows(data.metrics)),
+            html.Details([html.Summary("How the metrics are defined"), html.Pre(METRICS_DOC or "")]),
+            html.H2("Final training loss per learning rate (the paper's Table 1)"),
+            _datatable("table1", t1_columns, t1.as_records()),
+            html.Div([_graph(figs["robustness"], "fig-robustness"), _graph(figs["divergence"], "fig-divergence")],
+                     style=side),
+            html.H2("Objective over lr x tau_prox, per method"),
+            html.Div([_graph(figs[f"heatmap:{m}"], f"fig-heatmap-{i}") for i, m in enumerate(methods)
+                      if f"heatmap:{m}" in figs], style=side),
+            html.H2("Training curves of each method's best point"),
+            html.Div([_graph(figs["training_epoch"], "fig-training-epoch"),
+                      _graph(figs["training_seconds"], "fig-training-seconds")], style=side),
+            _graph(figs["tunability"], "fig-tunability"),
+            html.H2("Trials"),
+            _datatable("trials-table", [(c, c) for c in columns], trows, numeric=NUMERIC_TRIAL_COLUMNS,
+                       filter_action="native",
+                       sort_action="native", page_action="native", page_size=25, export_format="csv",
+                       export_headers="ids"),
+        ]
+    )
+
+
+def create_app(storage: str) -> dash.Dash:
+    """The Dash app for one storage URL (not started; see :func:`run_dashboard`)."""
+    app = dash.Dash(__name__, title="ProxProp studies", suppress_callback_exceptions=True,
+                    update_title=None)
+    app.layout = html.Div(
+        [
+            dcc.Location(id="url"),
+            dcc.Interval(id="tick", interval=REFRESH_MS, disabled=True),
+            dcc.Store(id="version"),
+            html.Div(id="page"),
+        ],
+        style={"fontFamily": "sans-serif", "margin": "12px"},
+    )
+    built: dict[str, tuple[int, html.Div]] = {}
+    built_lock = threading.Lock()
+
+    @app.callback(
+        Output("page", "children"), Output("tick", "disabled"), Output("version", "data"),
+        Input("url", "pathname"), Input("tick", "n_intervals"), State("version", "data"),
+    )
+    def render(pathname: str | None, _n: int | None, version: Any):
+        pathname = pathname or "/"
+        triggered = dash.ctx.triggered_id
+        try:
+            if not pathname.startswith(STUDY_PREFIX):
+                return index_page(storage), True, None
+            name = unquote(pathname[len(STUDY_PREFIX):])
+            data = D.load_study_data(storage, name)
+        except D.StudyNotFound as exc:
+            return html.Div([html.H1("Study not found"), html.P(str(exc), className="error"),
+                             dcc.Link("All studies", href="/")]), True, None
+        except Exception as exc:  # show, never crash the page; no password in the text
+            return html.Div([html.H1("Cannot read the storage"),
+                             html.P(_scrub(f"{type(exc).__name__}: {exc}", storage), className="error")]), True, None
+        token = [name, data.version]
+        if triggered == "tick" and version == token:
+            return dash.no_update, not data.live, dash.no_update
+        with built_lock:
+            cached = built.get(name)
+        if cached is not None and cached[0] == data.version:
+            page = cached[1]
+        else:
+            page = study_page(storage, data)
+            with built_lock:
+                built[name] = (data.version, page)
+        return page, not data.live, token
+
+    def _study_arg() -> D.StudyData | Response:
+        name = request.args.get("study", "")
+        try:
+            return D.load_study_data(storage, name)
+        except D.StudyNotFound as exc:
+            return Response(str(exc), status=404, mimetype="text/plain")
+
+    def _filename(name: str, ext: str) -> str:
+        return (re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "study") + ext
+
+    @app.server.route("/download/trials.csv")
+    def download_trials():
+        data = _study_arg()
+        if isinstance(data, Response):
+            return data
+        columns, rows = trial_rows(data.records)
+        return Response(csv_text(columns, rows), mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-trials.csv")}"'})
+
+    @app.server.route("/download/export.<fmt>")
+    def download_export(fmt: str):
+        if fmt not in ("yaml", "json"):
+            return Response("format must be yaml or json", status=404, mimetype="text/plain")
+        data = _study_arg()
+        if isinstance(data, Response):
+            return data
+        try:
+            text = export_text(storage, data, fmt)
+        except NothingToExport as exc:
+            return Response(str(exc), status=404, mimetype="text/plain")
+        mimetype = "application/json" if fmt == "json" else "application/x-yaml"
+        return Response(text, mimetype=mimetype,
+                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-best." + fmt)}"'})
+
+    return app
+
+
+def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow_remote: bool = False) -> None:
+    """Serve the dashboard until interrupted (blocking).
+
+    Binding to a non-local address exposes every study in the storage to the network, so it
+    needs ``allow_remote=True`` and prints a warning; otherwise a ValueError names the argument.
+    """
+    if host not in LOCAL_HOSTS and not allow_remote:
+        raise ValueError(f"--host {host}: serving beyond this machine needs allow_remote=True "
+                         "(the dashboard has no authentication)")
+    if host not in LOCAL_HOSTS:
+        print(f"WARNING: the dashboard listens on {host}:{port} without authentication; anyone who "
+              "can reach this address can read every study in the storage.", file=sys.stderr)
+    D.list_studies(storage)  # fail fast on a bad storage, before the server starts
+    app = create_app(storage)
+    threading.Thread(target=D.warm_cache, args=(storage,), daemon=True, name="dashboard-warm-cache").start()
+    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/", file=sys.stderr)
+    app.run(host=host, port=port, debug=False)
+
+
+__all__ = ["create_app", "run_dashboard", "study_href", "index_page", "study_page"]

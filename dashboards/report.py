@@ -1,0 +1,102 @@
+"""The static report: one self-contained HTML file with the study page's figures and tables.
+
+plotly.js is inlined once (the file works offline, no external script), every piece of text
+from the storage is HTML-escaped, and the file is written to a temporary file in the target
+directory and renamed, so a reader never sees half a report and a failure leaves no file.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from collections.abc import Sequence
+
+from dashboards import data as D
+from dashboards.figures import study_figures
+from dashboards.metrics import __doc__ as METRICS_DOC
+from dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows
+
+_STYLE = """
+body { font-family: sans-serif; margin: 16px; }
+table.data { border-collapse: collapse; margin: 8px 0 16px; }
+table.data th, table.data td { border: 1px solid #ccc; padding: 3px 8px; text-align: center; }
+table.data td:first-child { text-align: left; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 8px; }
+pre { white-space: pre-wrap; }
+"""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="data" id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render_report(data: D.StudyData, storage_shown: str = "") -> str:
+    """The report's HTML for one study's data (pure: no I/O)."""
+    esc = html.escape
+    figs = study_figures(data)
+    parts: list[str] = []
+    first = True
+    fig_html: dict[str, str] = {}
+    for key, fig in figs.items():
+        fig_html[key] = fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False})
+        first = False
+    t1 = table1(data.points, data.records, data.direction)
+    mrows = metrics_rows(data.metrics)
+    counts = ", ".join(f"{data.counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
+    parts.append(f"<h1>{esc(data.name)}</h1>")
+    parts.append(f"<p>Storage: {esc(storage_shown)} | objective: {esc(data.objective)} ({esc(data.direction)}) "
+                 f"| trials: {esc(counts)}</p>")
+    parts.append("<h2>Robustness metrics</h2>")
+    parts.append(_table([t for _, t in METRIC_COLUMNS], [[r[k] for k, _ in METRIC_COLUMNS] for r in mrows], "metrics"))
+    parts.append(f"<details><summary>How the metrics are defined</summary><pre>{esc(METRICS_DOC or '')}</pre></details>")
+    parts.append("<h2>Final training loss per learning rate (the paper's Table 1; - = diverged)</h2>")
+    parts.append(_table(["method"] + [format_lr(lr) for lr in t1.lrs],
+                        [[row] + cells for row, cells in zip(t1.rows, t1.cells)], "table1"))
+    parts.append(f'<div class="grid">{fig_html["robustness"]}{fig_html["divergence"]}</div>')
+    parts.append("<h2>Objective over lr x tau_prox, per method</h2>")
+    parts.append('<div class="grid">' + "".join(v for k, v in fig_html.items() if k.startswith("heatmap:")) + "</div>")
+    parts.append("<h2>Training curves of each method's best point</h2>")
+    parts.append(f'<div class="grid">{fig_html["training_epoch"]}{fig_html["training_seconds"]}</div>')
+    parts.append(fig_html["tunability"])
+    columns, trows = trial_rows(data.records)
+    parts.append(f"<details><summary>All {len(trows)} trials</summary>")
+    parts.append(_table(columns, [[_cell(r.get(c)) for c in columns] for r in trows], "trials"))
+    parts.append("</details>")
+    title = esc(f"{data.name} - ProxProp robustness report")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def write_report(storage: str, study_name: str, out_path: str) -> None:
+    """Write the study's self-contained HTML report to ``out_path`` atomically.
+
+    Raises ``dashboards.data.StudyNotFound`` for an unknown study (nothing is written).
+    """
+    data = D.load_study_data(storage, study_name)
+    text = render_report(data, D.redact(storage))
+    target = os.path.abspath(out_path)
+    directory = os.path.dirname(target)
+    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html.tmp", dir=directory)
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,201 @@
+"""The Dash app over HTTP against a real SQLite Optuna storage: page callback, downloads, safety."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+import pytest
+import requests
+import yaml
+
+import dashboard_fixtures as F
+from dashboards import app as A
+from dashboards import data as D
+
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'studies.db'}"
+    F.build_study(url, "digits", n_failed=1)
+    F.build_study(url, XSS, F.SyntheticSpace(lrs=(0.01, 0.1), taus=(1.0,), cgs=(3,), seeds=(0,)), n_running=1)
+    D.clear_cache()
+    return url
+
+
+@pytest.fixture(scope="module")
+def server(storage):
+    with F.RunningServer(A.create_app(storage)) as srv:
+        yield srv
+
+
+def _render(server, pathname, **kwargs):
+    r = requests.post(server.base + "/_dash-update-component",
+                      json=F.page_callback_payload(pathname, **kwargs), timeout=60)
+    r.raise_for_status()
+    return r.json()["response"]
+
+
+def _texts(node) -> list[str]:
+    """All string children of a serialized Dash component tree."""
+    out = []
+    if isinstance(node, str):
+        out.append(node)
+    elif isinstance(node, list):
+        for n in node:
+            out += _texts(n)
+    elif isinstance(node, dict):
+        out += _texts(node.get("props", {}).get("children"))
+    return out
+
+
+def _find(node, predicate):
+    if isinstance(node, list):
+        for n in node:
+            yield from _find(n, predicate)
+    elif isinstance(node, dict):
+        if predicate(node):
+            yield node
+        yield from _find(node.get("props", {}).get("children"), predicate)
+
+
+def test_index_lists_studies_with_counts_and_encoded_links(server):
+    page = _render(server, "/")["page"]["children"]
+    links = list(_find(page, lambda n: n.get("props", {}).get("className") == "study-link"))
+    assert {l["props"]["children"] for l in links} == {"digits", XSS}
+    assert {l["props"]["href"] for l in links} == {"/study/digits", "/study/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"}
+    texts = _texts(page)
+    # digits: 2 seeds x (5 BackProp + 20 ProxProp) = 50 trials, first one failed.
+    assert "50" in texts and XSS in texts
+
+
+def test_study_page_has_every_figure_and_table(server, storage):
+    response = _render(server, "/study/digits")
+    page = response["page"]["children"]
+    graphs = list(_find(page, lambda n: n.get("type") == "Graph"))
+    ids = {g["props"]["id"] for g in graphs}
+    assert {"fig-robustness", "fig-divergence", "fig-heatmap-0", "fig-heatmap-1", "fig-training-epoch",
+            "fig-training-seconds", "fig-tunability"} == ids
+    tables = {t["props"]["id"]: t["props"] for t in _find(page, lambda n: n.get("type") == "DataTable")}
+    assert len(tables["trials-table"]["data"]) == 50
+    assert tables["trials-table"]["filter_action"] == "native" and tables["trials-table"]["export_format"] == "csv"
+    assert [r["method"] for r in tables["metrics-table"]["data"]] == ["backprop", "proxprop-cg"]
+    assert tables["table1"]["data"][0]["method"] == "backprop" and tables["table1"]["data"][0]["5"] == "-"
+    # Finished study: live refresh off.
+    assert response["tick"]["disabled"] is True
+
+
+def test_live_study_polls_and_tick_without_change_is_no_update(server):
+    first = _render(server, f"/study/{XSS}")
+    assert first["tick"]["disabled"] is False  # a running trial -> refresh on
+    again = _render(server, f"/study/{XSS}", version=first["version"]["data"], n_intervals=1,
+                    trigger="tick.n_intervals")
+    assert "page" not in again  # nothing changed: the page is left as it is
+
+
+def test_csv_download_has_every_trial(server):
+    r = requests.get(server.base + "/download/trials.csv", params={"study": "digits"}, timeout=60)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.text)))
+    assert len(rows) == 50 and {"number", "method", "lr", "tau_prox", "seed", "status", "value"} <= set(rows[0])
+    assert rows[0]["status"] == "failed" and "<b>synthetic</b>" in rows[0]["error"]
+    missing = requests.get(server.base + "/download/trials.csv", params={"study": "nope"}, timeout=60)
+    assert missing.status_code == 404
+
+
+def test_export_download_is_the_best_point_per_method(server):
+    r = requests.get(server.base + "/download/export.yaml", params={"study": "digits"}, timeout=60)
+    doc = yaml.safe_load(r.text)
+    assert doc["study"] == "digits" and doc["direction"] == "minimize"
+    bp = doc["methods"]["backprop"]
+    assert bp["params"] == {"lr": 0.05} and bp["objective"]["n"] == 2 and bp["seeds"] == [0, 1]
+    assert bp["trial_config"]["mode"] == "gradient" and bp["trial_config"]["lr"] == 0.05
+    js = requests.get(server.base + "/download/export.json", params={"study": "digits"}, timeout=60)
+    assert json.loads(js.text)["methods"]["proxprop-cg"]["trial_config"]["cg_iterations"] in (1, 3)
+
+
+def test_unknown_study_page_says_so(server):
+    page = _render(server, "/study/nope")["page"]["children"]
+    assert any("no study named 'nope'" in t for t in _texts(page))
+
+
+def test_remote_binding_needs_allow_remote(storage):
+    with pytest.raises(ValueError, match="allow_remote"):
+        A.run_dashboard(storage, host="0.0.0.0", port=1)
+
+
+def test_remote_binding_with_allow_remote_warns(tmp_path, capsys):
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    with pytest.raises(FileNotFoundError):  # stops at the storage check, after the warning
+        A.run_dashboard(missing, host="0.0.0.0", port=1, allow_remote=True)
+    assert "WARNING" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()  # read-only: no empty database created
+
+
+def test_password_is_never_shown():
+    url = "postgresql+psycopg://user:hunter2secret@db.example:5432/studies"
+    assert "hunter2secret" not in D.redact(url) and "db.example" in D.redact(url)
+    assert "hunter2secret" not in A._scrub(f"could not connect to {url}", url)
+
+
+def test_password_not_on_index_page_with_real_postgres():
+    pytest.importorskip("psycopg")
+    url = os.environ.get("PROXSTUDY_TEST_PG", "postgresql+psycopg://postgres:pw-not-shown@127.0.0.1:5432/test")
+    try:
+        studies = D.list_studies(url)
+    except Exception as exc:  # no server here
+        pytest.skip(f"PostgreSQL not reachable: {type(exc).__name__}")
+    page = A.index_page(url)
+    assert "pw-not-shown" not in json.dumps(page.to_plotly_json(), default=str)
+    assert isinstance(studies, list)
+
+
+def test_export_download_equals_proxstudy_export(server, storage):
+    from dashboards.exported import export_document
+    from study import export as study_export
+
+    r = requests.get(server.base + "/download/export.yaml", params={"study": "digits"}, timeout=60)
+    expected = study_export.render(study_export.export_document(storage, "digits"), "yaml")
+    assert r.text == expected
+    # The fallback builder (used only without study.export) picks the same points.
+    own = export_document(D.load_study_data(storage, "digits"))
+    theirs = yaml.safe_load(expected)
+    for method, entry in theirs["methods"].items():
+        assert own["methods"][method]["params"] == entry["params"]
+        assert own["methods"][method]["seeds"] == entry["seeds"]
+        assert own["methods"][method]["objective"]["mean"] == pytest.approx(entry["objective"]["mean"])
+
+
+def test_run_dashboard_serves_on_localhost(storage, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = ("import sys; from dashboards.app import run_dashboard; "
+            f"run_dashboard(sys.argv[1], port={port})")
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-c", code, storage], stderr=err, stdout=err,
+                                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+    assert f"http://127.0.0.1:{port}/" in log.read_text()

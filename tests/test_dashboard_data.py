@@ -1,0 +1,58 @@
+"""The dashboard's cached reading of a real SQLite storage: when it reloads and when it does not."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import dashboard_fixtures as F
+from dashboards import data as D
+from study import records as R
+
+SPACE = F.SyntheticSpace(lrs=(0.01, 0.1), taus=(1.0,), cgs=(3,), seeds=(0,))
+
+
+@pytest.fixture()
+def storage(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    F.build_study(url, "live", SPACE, n_running=1)
+    D.clear_cache()
+    yield url
+    D.clear_cache()
+
+
+def test_unchanged_study_is_served_from_cache(storage):
+    first = D.load_study_data(storage, "live")
+    assert first.counts[R.STATUS_COMPLETED] == 4 and first.counts[R.STATUS_RUNNING] == 1 and first.live
+    assert D.load_study_data(storage, "live") is first
+
+
+def test_finished_trial_changes_the_fingerprint(storage):
+    first = D.load_study_data(storage, "live")
+    F.add_trial(optuna.load_study(study_name="live", storage=storage), SPACE, SPACE.backprop, {"lr": 0.01}, 5)
+    second = D.load_study_data(storage, "live")
+    assert second is not first and second.counts[R.STATUS_COMPLETED] == 5
+    assert second.version > first.version
+
+
+def test_running_trial_progress_is_picked_up_after_the_live_ttl(storage, monkeypatch):
+    monkeypatch.setattr(D, "LIVE_TTL_S", 0.0)
+    first = D.load_study_data(storage, "live")
+    assert D.load_study_data(storage, "live") is first  # stale but nothing new: same snapshot
+    writer = optuna.storages.get_storage(storage)
+    running = [t for t in writer.get_all_trials(writer.get_study_id_from_name("live"))
+               if t.state == TrialState.RUNNING][0]
+    writer.set_trial_intermediate_value(running._trial_id, 2, 0.5)
+    second = D.load_study_data(storage, "live")
+    assert second is not first
+    assert [r.intermediate for r in second.records if r.status == R.STATUS_RUNNING][0][2] == 0.5
+
+
+def test_study_list_and_missing_things(storage, tmp_path):
+    assert [(s.name, s.total) for s in D.list_studies(storage)] == [("live", 5)]
+    with pytest.raises(D.StudyNotFound):
+        D.load_study_data(storage, "nope")
+    with pytest.raises(FileNotFoundError):
+        D.get_storage(f"sqlite:///{tmp_path / 'absent.db'}")
+    assert not (tmp_path / "absent.db").exists()
