@@ -1,0 +1,489 @@
+"""A sweep survives a lost Ray node and a PostgreSQL outage: real Ray, real PostgreSQL, the CLI.
+
+What is real here: a two-node Ray cluster on this machine (two `ray start --block` processes,
+each in its own process group and temp dir, so one node can be killed like a crashed machine
+without touching any other Ray on the host), `proxstudy run --ray-address` as users run it,
+and the shared PostgreSQL server. The outage is a TCP proxy in front of PostgreSQL that drops
+every connection and refuses new ones for a few seconds: the shared server is never stopped.
+
+Contract checked (DESIGN.md "The proxstudy command", docs/CLUSTER.md):
+* node failure: the trials of the dead node are retried on the remaining node; at the end every
+  point of the grid is recorded exactly once, finished, and no trial is left RUNNING;
+* storage outage: the sweep either rides it out, or stops with a non-zero status and a clear
+  message (no traceback); `proxstudy run` again then completes the study, every point recorded
+  exactly once as finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
+
+PG_URL = os.environ.get("PROXSTUDY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+# PROXSTUDY_TEST_CLI: test another `proxstudy` executable than the one beside this Python.
+PROXSTUDY = os.environ.get("PROXSTUDY_TEST_CLI", str(BIN / "proxstudy"))
+
+# ~1-2 s per trial on one core, 6 trials: long enough to interrupt mid-sweep, short for CI.
+SPACE_YAML = """\
+study: {study}
+dataset: {{name: synthetic, n_train: 1024, n_val: 128, input_shape: [1, 8, 8], num_classes: 3, seed: 0}}
+model: {{name: mlp, hidden: [64]}}
+training: {{epochs: {epochs}, batch_size: 32, seeds: [0, 1, 2]}}
+sampler: {{name: grid}}
+objective: train_loss
+methods:
+  backprop:
+    mode: gradient
+    lr: [0.01, 0.03]
+    optimizer: {{name: sgd, momentum: 0.9}}
+"""
+
+# Ray notices a dead node after period x threshold; the defaults make that ~15-30 s.
+FAST_NODE_DEATH = {
+    "RAY_health_check_initial_delay_ms": "1000",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+}
+
+
+def _pg_reachable() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_URL.replace("postgresql+psycopg", "postgresql"), connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+needs_pg = pytest.mark.skipif(not _pg_reachable(), reason=f"PostgreSQL not reachable at {PG_URL}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PROXSTUDY_"))}
+    # RAY_AUTH_MODE explicit: otherwise a token left in ~/.ray by any local Ray switches the
+    # head to token auth while clients started without it cannot connect.
+    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------------
+# process tree helpers (/proc; Ray's workers leave the node's process group, not its tree)
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def _descendants(pid: int) -> list[int]:
+    tree, out, stack = _children_map(), [], [pid]
+    while stack:
+        for child in tree.get(stack.pop(), []):
+            out.append(child)
+            stack.append(child)
+    return out
+
+
+def _kill_tree(leader: int) -> None:
+    """SIGKILL a node: its process group and every descendant (Ray workers setsid)."""
+    pids = _descendants(leader)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class RayNode:
+    """One `ray start --block` node in its own session and temp dir; killable like a machine."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: socket path limit
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
+             f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+             *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            _kill_tree(self.proc.pid)
+            self.proc.wait(timeout=30)
+        else:
+            _kill_tree(self.proc.pid)  # stray children of a node that already exited
+        self._log.close()
+
+    def stop(self) -> None:
+        """Tear down: SIGKILL (a SIGTERM makes `ray start --block` drain for up to 30 s)."""
+        self.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def trial_worker_pids(self) -> set[int]:
+        """Ray worker processes of this node that currently run a Tune trial."""
+        out = set()
+        for pid in _descendants(self.proc.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "ImplicitFunc" in cmdline or "proxprop_trainable" in cmdline:
+                out.add(pid)
+        return out
+
+
+def _active_nodes(address: str) -> int:
+    result = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True,
+                            text=True, env=_env(), timeout=60)
+    if result.returncode != 0:
+        return 0
+    text = result.stdout.split("Pending:")[0]
+    return sum(1 for line in text.splitlines() if line.strip().startswith("1 node_"))
+
+
+def _wait_nodes(address: str, n: int, node: RayNode, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert node.alive(), f"ray node exited: {Path(node._log.name).read_text()[-2000:]}"
+        if _active_nodes(address) >= n:
+            return
+        time.sleep(1)
+    raise AssertionError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A head node with one CPU for trials, on free ports; torn down whatever happens."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    node = RayNode(
+        ["--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false"],
+        _env(**FAST_NODE_DEATH), tmp_path_factory.mktemp("ray") / "head.log",
+    )
+    try:
+        _wait_nodes(address, 1, node)
+        yield address
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def worker_node(ray_head, tmp_path):
+    """A second node (one CPU) joining the head; the test may kill it."""
+    node = RayNode(
+        [f"--address={ray_head}", "--num-cpus=1", "--num-gpus=0"],
+        _env(), tmp_path / "worker.log",
+    )
+    try:
+        _wait_nodes(ray_head, 2, node)
+        yield node
+    finally:
+        node.stop()
+
+
+# ------------------------------------------------------------------------------------------
+# a PostgreSQL that can go away: a TCP proxy in front of the shared server
+
+
+class PausableProxy:
+    """Forwards 127.0.0.1:<port> to PostgreSQL; `outage()` drops every connection and refuses
+    new ones (the port is closed) until `restore()`."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = _free_port()
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._closed = False
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            with self._lock:
+                self._conns.difference_update((src, dst))
+
+    def outage(self) -> None:
+        if self._listener is not None:
+            # shutdown() first: a bare close() leaves the socket listening while the accept
+            # thread is blocked in it.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns = list(self._conns)
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.outage()
+
+
+@pytest.fixture
+def pg_proxy():
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL)
+    proxy = PausableProxy((url.host or "127.0.0.1", url.port or 5432))
+    try:
+        yield proxy, url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    finally:
+        proxy.close()
+
+
+# ------------------------------------------------------------------------------------------
+# the study
+
+
+@pytest.fixture
+def study_name():
+    """A unique study name; the study is deleted from the shared database afterwards."""
+    name = f"cluster-failure-{uuid.uuid4().hex[:10]}"
+    yield name
+    import optuna
+
+    with contextlib.suppress(Exception):
+        optuna.delete_study(study_name=name, storage=PG_URL)
+
+
+def _write_space(tmp_path: Path, study: str, epochs: int) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE_YAML.format(study=study, epochs=epochs))
+    return path
+
+
+def _expected_keys(space_path: Path) -> set[str]:
+    from study.space import grid_points, load_space
+
+    return {p.key for p in grid_points(load_space(space_path))}
+
+
+def _trials(study: str):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=study, storage=PG_URL).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+def _n_finished(study: str) -> int:
+    from study import records as R
+
+    return sum(1 for t in _trials(study) if t.user_attrs.get(R.ATTR_STATUS) in R.FINAL_STATUSES
+               and t.state.is_finished())
+
+
+def _assert_each_point_once_finished(study: str, expected: set[str]) -> None:
+    from study import records as R
+
+    trials = _trials(study)
+    records = [R.record_from_frozen_trial(t) for t in trials]
+    assert not [r for r in records if r.status in (R.STATUS_RUNNING, R.STATUS_WAITING)], \
+        "trials left RUNNING"
+    finished = Counter(r.point_key for r in records if r.finished)
+    assert set(finished) == expected, (set(finished) ^ expected)
+    duplicated = {k: n for k, n in finished.items() if n != 1}
+    assert not duplicated, f"points recorded more than once: {duplicated}"
+    statuses = Counter(r.status for r in records if r.finished)
+    assert statuses == {R.STATUS_COMPLETED: len(expected)}, statuses
+
+
+def _run_cli(space: Path, storage: str, ray_address: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [PROXSTUDY, "run", str(space), "--storage", storage, "--ray-address", ray_address,
+         "--max-concurrent", "2", "--cpus-per-trial", "1"],
+        stdout=subprocess.PIPE, stderr=open(log, "w"), env=_env(), cwd=log.parent,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"proxstudy run did not finish in {timeout} s:\n{log.read_text()[-3000:]}")
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode, log.read_text()
+
+
+@pytest.fixture
+def cli_procs():
+    """Driver processes started by a test; killed (with their group) if the test fails."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"proxstudy run exited ({proc.returncode}) before {what}:\n"
+                                 f"{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-3000:]}")
+
+
+# ------------------------------------------------------------------------------------------
+# the tests
+
+
+@needs_pg
+def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, worker_node, tmp_path, cli_procs,
+                                                                   study_name):
+    from study import records as R
+
+    study = study_name
+    epochs = 12
+    space = _write_space(tmp_path, study, epochs=epochs)
+    expected = _expected_keys(space)
+    log = tmp_path / "run.log"
+    proc = _run_cli(space, PG_URL, ray_head, log)
+    cli_procs.append(proc)
+
+    # Kill the worker node while it runs a trial that is already recorded as RUNNING.
+    # Only a trial early in its run counts, so it cannot finish between the check and the kill.
+    victims: set[int] = set()  # Optuna trial numbers running on the worker node
+
+    def node_runs_a_recorded_trial() -> bool:
+        pids = worker_node.trial_worker_pids()
+        for trial in _trials(study):
+            worker = str(trial.user_attrs.get(R.ATTR_WORKER, ""))
+            early = max(trial.intermediate_values, default=0) <= epochs // 2
+            if trial.state.name == "RUNNING" and early and any(worker.endswith(f"pid {p}") for p in pids):
+                victims.add(trial.number)
+        return bool(victims)
+
+    _wait_for(node_runs_a_recorded_trial, 120, "a trial on the worker node", proc, log)
+    worker_node.kill()
+
+    code, stderr = _finish(proc, log, timeout=150)
+    assert code == 0, stderr[-3000:]
+    _assert_each_point_once_finished(study, expected)
+    # The trial that was running on the dead node was run again (same Optuna trial) and finished.
+    for trial in _trials(study):
+        if trial.number in victims:
+            assert int(trial.user_attrs.get(R.ATTR_ATTEMPTS, 1)) >= 2, trial.user_attrs
+            assert trial.user_attrs.get(R.ATTR_STATUS) == R.STATUS_COMPLETED
+    # A handled node loss is news for the user, not a crash: no traceback on the terminal.
+    assert "Traceback" not in stderr, stderr[-4000:]
+
+
+@needs_pg
+def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, pg_proxy, tmp_path, cli_procs, study_name):
+    proxy, proxied_url = pg_proxy
+    study = study_name
+    space = _write_space(tmp_path, study, epochs=8)
+    expected = _expected_keys(space)
+    log = tmp_path / "run.log"
+    proc = _run_cli(space, proxied_url, ray_head, log)
+    cli_procs.append(proc)
+
+    _wait_for(lambda: _n_finished(study) >= 1, 120, "the first finished trial", proc, log)
+    proxy.outage()
+    outage_end = time.monotonic() + 6
+    # The fault is real and hits the sweep mid-way: the port refuses, trials are still to come.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
+    assert _n_finished(study) < len(expected) and proc.poll() is None, log.read_text()[-3000:]
+    time.sleep(max(0.0, outage_end - time.monotonic()))
+    proxy.restore()
+
+    code, stderr = _finish(proc, log, timeout=150)
+    print(f"first run: exit {code}\n{stderr[-3000:]}")
+    assert "Traceback" not in stderr, stderr[-3000:]
+    if code != 0:
+        # Stopped: one clear line about the storage, then a resume finishes the study.
+        assert any("storage" in line.lower() for line in stderr.splitlines()), stderr[-3000:]
+        log2 = tmp_path / "resume.log"
+        resume = _run_cli(space, proxied_url, ray_head, log2)
+        cli_procs.append(resume)
+        code2, stderr2 = _finish(resume, log2, timeout=150)
+        assert code2 == 0, stderr2[-3000:]
+    _assert_each_point_once_finished(study, expected)
