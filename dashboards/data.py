@@ -1,14 +1,19 @@
 """Cached, read-only access to studies for the dashboard and the report.
 
 Reading a large study through Optuna's ORM is the slow part of a page (tens of seconds for
-5,000 trials on a loaded 2-core machine), so:
+5,000 trials on a loaded 2-core machine; even opening an Optuna storage object takes seconds),
+so:
 
-* one Optuna storage object is kept per URL. Optuna's cached RDB storage keeps finished trials
-  in memory and re-reads only unfinished ones, so re-loading a study costs little;
+* RDB storages whose schema ``study.records_sql`` verifies are read with plain SQL: trials via
+  ``records.load_records(url, ...)`` (a few queries per study; a refresh re-reads only new and
+  unfinished trials), trial counts per state in one ``GROUP BY`` query, the study's settings in
+  two small ones; no Optuna storage object is opened;
+* otherwise one Optuna storage object is kept per URL (its trial cache makes reloads cheap).
+  Note that its ``get_n_trials`` loads every trial: never the cheap check it looks like;
 * the records, aggregated points and metrics of a study are cached and rebuilt only when its
-  fingerprint changes: the trial counts per state (one ``COUNT`` query each). Any trial that
-  starts, finishes, diverges or fails changes it. While trials run, their per-epoch values
-  change without changing the counts, so live entries also expire after ``LIVE_TTL_S``.
+  fingerprint changes: the trial counts per state. Any trial that starts, finishes, diverges
+  or fails changes it. While trials run, their per-epoch values change without changing the
+  counts, so live entries also expire after ``LIVE_TTL_S``.
 
 Trials are read only through ``study.records.load_records``; storage URLs are shown only
 redacted (no password).
@@ -27,6 +32,7 @@ from optuna.trial import TrialState
 
 from dashboards.metrics import GoodRegion, MethodMetrics, compute_metrics, direction_for
 from study import records as R
+from study import records_sql
 
 LIVE_TTL_S = 4.0
 _versions = itertools.count(1)
@@ -83,8 +89,13 @@ def get_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def status_counts(storage: optuna.storages.BaseStorage, study_id: int) -> dict[str, int]:
-    """Trials per status of one study: one cheap COUNT query per state."""
+    """Trials per status of one study through Optuna's API (it reads every trial)."""
     return {status: storage.get_n_trials(study_id, state=state) for state, status in _STATUS_OF_STATE.items()}
+
+
+def _statuses(by_state: dict[TrialState, int]) -> dict[str, int]:
+    """Counts per Optuna state (``records_sql``) as :func:`status_counts` gives them."""
+    return {status: by_state.get(state, 0) for state, status in _STATUS_OF_STATE.items()}
 
 
 @dataclass
@@ -99,6 +110,9 @@ class StudySummary:
 
 def list_studies(url: str) -> list[StudySummary]:
     """Every study in the storage with its trial counts by status, sorted by name."""
+    fast = records_sql.all_trial_state_counts(url)
+    if fast is not None:
+        return [StudySummary(name, _statuses(by_state)) for name, by_state in sorted(fast.items())]
     storage = get_storage(url)
     out = []
     for frozen in storage.get_all_studies():
@@ -168,15 +182,37 @@ def _progress(records: list[R.TrialRecord]) -> tuple:
     return tuple((r.number, len(r.intermediate), len(r.train_loss)) for r in records if not r.finished)
 
 
+def _counts_and_reader(url: str, name: str) -> tuple[dict[str, int], str | optuna.storages.BaseStorage]:
+    """The study's trial counts by status, and what to read its trials and settings from: the
+    URL where the SQL path applies, else the shared Optuna storage object."""
+    try:
+        by_state = records_sql.trial_state_counts(url, name)
+    except KeyError:
+        raise StudyNotFound(f"no study named {name!r} in this storage") from None
+    if by_state is not None:
+        return _statuses(by_state), url
+    storage = get_storage(url)
+    return status_counts(storage, _study_id(storage, name)), storage
+
+
+def _settings(reader: str | optuna.storages.BaseStorage, name: str) -> tuple[dict[str, Any], list]:
+    """The study's user attributes and directions."""
+    if isinstance(reader, str):
+        settings = records_sql.read_study_settings(reader, name)
+        if settings is not None:
+            return settings.user_attrs, settings.directions
+        reader = get_storage(reader)
+    study_id = _study_id(reader, name)
+    return reader.get_study_user_attrs(study_id), reader.get_study_directions(study_id)
+
+
 def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
     """The study's data, from the cache unless its fingerprint changed (or it is live and stale)."""
-    storage = get_storage(url)
     key = (url, name)
     with _cache_lock:
         lock = _locks.setdefault(key, threading.Lock())
     with lock:
-        study_id = _study_id(storage, name)
-        counts = status_counts(storage, study_id)
+        counts, reader = _counts_and_reader(url, name)
         cached = _cache.get(key)
         if (
             cached is not None
@@ -185,13 +221,12 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
             and not (cached.live and time.monotonic() - cached.loaded_at > LIVE_TTL_S)
         ):
             return cached
-        records = R.load_records(storage, name)
+        records = R.load_records(reader, name)
         if cached is not None and not force and cached.counts == counts and _progress(records) == _progress(cached.records):
             cached.loaded_at = time.monotonic()  # live, but no running trial reported a new epoch
             return cached
-        attrs: dict[str, Any] = storage.get_study_user_attrs(study_id)
+        attrs, directions = _settings(reader, name)
         space = attrs.get(R.STUDY_ATTR_SPACE)
-        directions = storage.get_study_directions(study_id)
         direction = "maximize" if directions and directions[0].name == "MAXIMIZE" else "minimize"
         data = build_study_data(name, records, counts, space if isinstance(space, dict) else None, direction)
         _cache[key] = data
@@ -205,6 +240,7 @@ def clear_cache() -> None:
         _locks.clear()
     with _storages_lock:
         _storages.clear()
+    records_sql.dispose()
 
 
 def warm_cache(url: str) -> None:

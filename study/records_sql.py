@@ -1,0 +1,517 @@
+"""A fast read of a study's trials straight from Optuna's RDB tables (SQLAlchemy Core).
+
+Why: ``optuna.load_study(...).get_trials()`` builds ORM objects and then ``FrozenTrial`` objects
+for every row of six tables; for 5,000 trials of 20 epochs that takes 8-15 s on a loaded 2-core
+machine, far over the dashboard's 2 s budget for a study page. The same rows read with one Core
+query per table (filtered by study, no per-trial round trips) and converted straight into
+:class:`study.records.TrialRecord` take about 1 s of CPU (benchmarks/dashboard_load.py).
+
+Like Optuna's own cached storage, finished trials already read are kept per (URL, study) and
+reused while their row in ``trials`` is unchanged (Optuna never changes a finished trial; the
+row's id, number, state and times also tell a study deleted and recreated under its name), so
+refreshing a live study re-reads only its new and unfinished trials. Callers get copies.
+
+Contract: :func:`read_records` returns exactly what the Optuna API path of
+``records.load_records`` returns, or ``None`` when this path does not apply - not an SQL URL,
+a SQLite file that does not exist (reading must never create one), a schema that is not the one
+verified here (tables, columns, Optuna's alembic revision), a study that does not exist, a
+multi-objective study, or any database error. The caller then takes the Optuna API path, which
+gives the same records or the error users already know. Each trial is converted by the one
+converter, ``records.record_from_frozen_trial``, so the record schema stays defined once.
+
+The schema checked (Optuna 3.2 - 5.0, alembic revision ``v3.2.0.a``; see
+``optuna/storages/_rdb/models.py``):
+
+* ``trials``: trial_id, number, study_id, state (the ``TrialState`` name), datetime_start and
+  datetime_complete (naive UTC; Optuna shows them as naive local time, and so do we);
+* ``trial_params``: param_value in the distribution's internal representation (a float; the
+  choice index for categorical params) plus distribution_json;
+* ``trial_values`` / ``trial_intermediate_values``: a nullable float plus a type column
+  (FINITE, INF_POS, INF_NEG and, for intermediate values, NAN);
+* ``trial_user_attributes``: value_json.
+
+Log messages name the reason and never the URL (it may carry a password).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from optuna.distributions import BaseDistribution, json_to_distribution
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
+
+from study import records as R
+
+_log = logging.getLogger(__name__)
+
+#: Optuna alembic revisions whose tables are laid out as read here. Optuna 5.0 refuses to open a
+#: storage that is not at its head revision, so supporting more would read what Optuna cannot.
+SUPPORTED_ALEMBIC_REVISIONS = frozenset({"v3.2.0.a"})
+#: ``version_info.schema_version`` that Optuna has written since it moved to alembic.
+SUPPORTED_SCHEMA_VERSION = 12
+
+_META = sa.MetaData()
+_STUDIES = sa.Table(
+    "studies", _META, sa.Column("study_id", sa.Integer), sa.Column("study_name", sa.String)
+)
+_TRIALS = sa.Table(
+    "trials",
+    _META,
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("number", sa.Integer),
+    sa.Column("study_id", sa.Integer),
+    sa.Column("state", sa.String),  # SQLAlchemy Enum(TrialState) stores the member's name
+    sa.Column("datetime_start", sa.DateTime),
+    sa.Column("datetime_complete", sa.DateTime),
+)
+_PARAMS = sa.Table(
+    "trial_params",
+    _META,
+    sa.Column("param_id", sa.Integer),
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("param_name", sa.String),
+    sa.Column("param_value", sa.Float),
+    sa.Column("distribution_json", sa.Text),
+)
+_VALUES = sa.Table(
+    "trial_values",
+    _META,
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("objective", sa.Integer),
+    sa.Column("value", sa.Float),
+    sa.Column("value_type", sa.String),
+)
+_INTERMEDIATE = sa.Table(
+    "trial_intermediate_values",
+    _META,
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("step", sa.Integer),
+    sa.Column("intermediate_value", sa.Float),
+    sa.Column("intermediate_value_type", sa.String),
+)
+_USER_ATTRS = sa.Table(
+    "trial_user_attributes",
+    _META,
+    sa.Column("trial_id", sa.Integer),
+    sa.Column("key", sa.String),
+    sa.Column("value_json", sa.Text),
+)
+_STUDY_USER_ATTRS = sa.Table(
+    "study_user_attributes",
+    _META,
+    sa.Column("study_id", sa.Integer),
+    sa.Column("key", sa.String),
+    sa.Column("value_json", sa.Text),
+)
+_STUDY_DIRECTIONS = sa.Table(
+    "study_directions",
+    _META,
+    sa.Column("study_id", sa.Integer),
+    sa.Column("objective", sa.Integer),
+    sa.Column("direction", sa.String),  # the StudyDirection member's name
+)
+_ALEMBIC = sa.Table("alembic_version", _META, sa.Column("version_num", sa.String))
+_VERSION_INFO = sa.Table("version_info", _META, sa.Column("schema_version", sa.Integer))
+_READ_TABLES = (
+    _STUDIES, _TRIALS, _PARAMS, _VALUES, _INTERMEDIATE, _USER_ATTRS,
+    _STUDY_USER_ATTRS, _STUDY_DIRECTIONS, _ALEMBIC,
+)
+
+_FLOAT_OF_TYPE = {"INF_POS": math.inf, "INF_NEG": -math.inf, "NAN": math.nan}
+
+
+class _NotApplicable(Exception):
+    """This storage or study is not for the fast path; the message says why (no secrets)."""
+
+
+_engines: dict[str, sa.engine.Engine] = {}
+_verified: set[str] = set()  # URLs whose schema passed the check (it is not re-checked)
+_lock = threading.Lock()
+
+
+def _engine_for(url: str) -> sa.engine.Engine:
+    """One engine (connection pool) per URL; refuses URLs this path must not open."""
+    with _lock:
+        engine = _engines.get(url)
+        if engine is not None:
+            return engine
+        try:
+            parsed = sa.engine.make_url(url)
+        except Exception:
+            raise _NotApplicable("not an SQLAlchemy URL") from None
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database in (None, "", ":memory:") or not os.path.isfile(parsed.database):
+                raise _NotApplicable("no SQLite database file to read")
+        try:
+            engine = sa.create_engine(parsed, pool_pre_ping=True)  # survives a database restart
+        except Exception as exc:  # unknown dialect or driver not installed
+            raise _NotApplicable(f"no engine for this URL ({type(exc).__name__})") from None
+        _engines[url] = engine
+        return engine
+
+
+def schema_problem(conn: sa.engine.Connection) -> str | None:
+    """Why the database's layout is not the one read here, or None when it is."""
+    inspector = sa.inspect(conn)
+    tables = set(inspector.get_table_names())
+    for table in _READ_TABLES:
+        if table.name not in tables:
+            return f"table {table.name} missing"
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = sorted({c.name for c in table.columns} - present)
+        if missing:
+            return f"table {table.name} lacks column(s) {', '.join(missing)}"
+    revisions = set(conn.execute(sa.select(_ALEMBIC.c.version_num)).scalars())
+    if not revisions or not revisions <= SUPPORTED_ALEMBIC_REVISIONS:
+        return f"Optuna schema revision {sorted(revisions)} is not one this reader supports"
+    if "version_info" in tables:
+        versions = set(conn.execute(sa.select(_VERSION_INFO.c.schema_version)).scalars())
+        if versions - {SUPPORTED_SCHEMA_VERSION}:
+            return f"Optuna version_info.schema_version {sorted(versions)} is not supported"
+    return None
+
+
+def _connect(url: str) -> sa.engine.Connection:
+    """A connection whose schema is verified; one consistent snapshot on PostgreSQL."""
+    conn = _engine_for(url).connect()
+    try:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        if url not in _verified:
+            problem = schema_problem(conn)
+            if problem is not None:
+                raise _NotApplicable(problem)
+            with _lock:
+                _verified.add(url)
+        return conn
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _fallback(what: str, exc: BaseException) -> None:
+    reason = str(exc) if isinstance(exc, _NotApplicable) else type(exc).__name__
+    _log.info("%s: fast SQL read not used (%s); reading through the Optuna API", what, reason)
+
+
+def read_records(url: str, study_name: str) -> list[R.TrialRecord] | None:
+    """All trials of ``study_name`` as records in trial-number order, or None (see module doc)."""
+    try:
+        with _connect(url) as conn:
+            return _read_records(conn, study_name, (url, study_name))
+    except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
+        _fallback("reading trials", exc)
+        return None
+
+
+def trial_state_counts(url: str, study_name: str) -> dict[TrialState, int] | None:
+    """The study's trials per Optuna state in one ``GROUP BY`` query (states without trials
+    are absent), or None when the fast path does not apply.
+
+    Raises KeyError when the study does not exist, as Optuna's ``get_study_id_from_name``.
+    """
+    try:
+        with _connect(url) as conn:
+            counts = _state_counts(conn, study_name)
+    except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
+        _fallback("counting trials", exc)
+        return None
+    if study_name not in counts:
+        raise KeyError(f"no study named {study_name!r}")
+    return counts[study_name]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study page needs besides its trials, as Optuna's storage API returns it."""
+
+    user_attrs: dict[str, Any]  # storage.get_study_user_attrs(study_id)
+    directions: list[StudyDirection]  # storage.get_study_directions(study_id)
+
+
+def read_study_settings(url: str, study_name: str) -> StudySettings | None:
+    """The study's user attributes and directions in two small queries, or None when the
+    fast path does not apply (or the study does not exist)."""
+    try:
+        with _connect(url) as conn:
+            study_id = _study_id(conn, study_name)
+            attrs = conn.execute(
+                sa.select(_STUDY_USER_ATTRS.c.key, _STUDY_USER_ATTRS.c.value_json)
+                .where(_STUDY_USER_ATTRS.c.study_id == study_id)
+            ).all()
+            directions = conn.execute(
+                sa.select(_STUDY_DIRECTIONS.c.direction)
+                .where(_STUDY_DIRECTIONS.c.study_id == study_id)
+                .order_by(_STUDY_DIRECTIONS.c.objective)
+            ).scalars().all()
+    except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
+        _fallback("reading study settings", exc)
+        return None
+    return StudySettings(
+        {key: json.loads(value_json) for key, value_json in attrs},
+        [StudyDirection[name] for name in directions],
+    )
+
+
+def all_trial_state_counts(url: str) -> dict[str, dict[TrialState, int]] | None:
+    """Every study's name -> trials per Optuna state, in one query; None if not applicable."""
+    try:
+        with _connect(url) as conn:
+            return _state_counts(conn, None)
+    except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
+        _fallback("counting trials", exc)
+        return None
+
+
+def _state_counts(conn: sa.engine.Connection, study_name: str | None) -> dict[str, dict[TrialState, int]]:
+    joined = _STUDIES.outerjoin(_TRIALS, _TRIALS.c.study_id == _STUDIES.c.study_id)
+    query = (
+        sa.select(_STUDIES.c.study_name, _TRIALS.c.state, sa.func.count(_TRIALS.c.trial_id))
+        .select_from(joined)
+        .group_by(_STUDIES.c.study_name, _TRIALS.c.state)
+    )
+    if study_name is not None:
+        query = query.where(_STUDIES.c.study_name == study_name)
+    out: dict[str, dict[TrialState, int]] = {}
+    for name, state, count in conn.execute(query):
+        per_state = out.setdefault(name, {})
+        if state is not None:
+            per_state[TrialState[state]] = int(count)
+    return out
+
+
+try:  # optional: decodes the per-epoch lists several times faster than json
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson_loads = None
+
+#: orjson decodes integers beyond 64 bits as floats where json gives ints; such floats (and any
+#: float this large) are at least 2**63 in magnitude, so results holding one are re-decoded.
+_HUGE = 9.2e18
+
+
+def _has_huge_float(value: Any) -> bool:
+    """Whether a decoded value holds a float of magnitude >= _HUGE (iterative: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if not -_HUGE < item < _HUGE:
+                return True
+        elif kind is list:
+            try:  # the common case, a per-epoch list of numbers and None, at C speed
+                numbers = [v for v in item if v is not None]
+                if numbers and max(map(abs, numbers)) >= _HUGE:
+                    return True
+            except TypeError:  # strings, lists or dicts inside
+                stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.values())
+    return False
+
+
+def json_loads(text: str) -> Any:
+    """Exactly ``json.loads(text)`` (what Optuna decodes user attributes with), faster.
+
+    orjson's result is kept only where it must equal json's: it refuses NaN/Infinity,
+    out-of-range floats, lone surrogates and deep nesting (json accepts them), and turns huge
+    integers into floats; those texts are decoded by json instead.
+    """
+    if _orjson_loads is not None:
+        try:
+            value = _orjson_loads(text)
+        except ValueError:  # orjson.JSONDecodeError
+            return json.loads(text)
+        if not _has_huge_float(value):
+            return value
+    return json.loads(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _distribution(distribution_json: str) -> BaseDistribution:
+    """A study holds few distinct distributions: parse each JSON text once."""
+    return json_to_distribution(distribution_json)
+
+
+def _local_naive(utc: datetime | None) -> datetime | None:
+    """Optuna stores naive UTC and shows naive local time (models.TrialModel.datetime_start)."""
+    if utc is None:
+        return None
+    return utc.replace(tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+
+
+class _RowTrial:
+    """The FrozenTrial attributes ``records.record_from_frozen_trial`` reads, and nothing more."""
+
+    __slots__ = (
+        "number", "state", "params", "values", "user_attrs", "intermediate_values",
+        "datetime_start", "datetime_complete",
+    )
+
+    def __init__(self, number: int, state: TrialState, start: datetime | None, complete: datetime | None):
+        self.number = number
+        self.state = state
+        self.params: dict[str, Any] = {}
+        self.values: list[float] | None = None
+        self.user_attrs: dict[str, Any] = {}
+        self.intermediate_values: dict[int, float] = {}
+        self.datetime_start = _local_naive(start)
+        self.datetime_complete = _local_naive(complete)
+
+    @property
+    def value(self) -> float | None:
+        return self.values[0] if self.values else None
+
+
+def _study_id(conn: sa.engine.Connection, study_name: str) -> int:
+    study_id = conn.execute(
+        sa.select(_STUDIES.c.study_id).where(_STUDIES.c.study_name == study_name)
+    ).scalar_one_or_none()
+    if study_id is None:
+        raise _NotApplicable("no such study")  # the Optuna path raises the error users know
+    return study_id
+
+
+#: A finished trial as the trials table shows it; Optuna never changes a finished trial, so a
+#: record whose row is unchanged (same id, number, state and times) can be reused.
+_RowKey = tuple[int, int, str, Any, Any]
+#: (url, study name) -> trial_id -> (row key, record) of finished trials read before: what
+#: Optuna's own cached storage does, so that refreshing a live study re-reads only new and
+#: unfinished trials.
+_finished: dict[tuple[str, str], dict[int, tuple[_RowKey, R.TrialRecord]]] = {}
+_FINISHED_STATES = frozenset(s.name for s in TrialState if s.is_finished())
+#: Re-read at most this many trials by id (chunks of _CHUNK bound parameters); more: whole study.
+_MAX_BY_ID = 2000
+_CHUNK = 500
+
+
+def _copy(record: R.TrialRecord) -> R.TrialRecord:
+    """A record sharing no container with the cached one (callers may change theirs)."""
+    out = copy.copy(record)
+    out.params = dict(record.params)
+    out.intermediate = dict(record.intermediate)
+    for name in R.EPOCH_SERIES:
+        setattr(out, name, list(getattr(record, name)))
+    return out
+
+
+def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[str, str]) -> list[R.TrialRecord]:
+    study_id = _study_id(conn, study_name)
+    rows = conn.execute(
+        sa.select(
+            _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state,
+            _TRIALS.c.datetime_start, _TRIALS.c.datetime_complete,
+        )
+        .where(_TRIALS.c.study_id == study_id)
+        # load_records sorts Optuna's trial-id order stably by number: the same order.
+        .order_by(_TRIALS.c.number, _TRIALS.c.trial_id)
+    ).all()
+    with _lock:
+        known = _finished.get(cache_key, {})
+    out: dict[int, R.TrialRecord | None] = {}
+    trials: dict[int, _RowTrial] = {}
+    keys: dict[int, _RowKey] = {}
+    for row in rows:
+        trial_id, number, state, start, complete = key = tuple(row)
+        entry = known.get(trial_id)
+        if entry is not None and entry[0] == key:
+            out[trial_id] = _copy(entry[1])
+        else:
+            out[trial_id] = None
+            keys[trial_id] = key
+            trials[trial_id] = _RowTrial(number, TrialState[state], start, complete)
+    if trials:
+        if len(trials) < len(rows) and len(trials) <= _MAX_BY_ID:
+            ids = sorted(trials)
+            chunks = [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
+            selects = [lambda *columns, c=chunk: sa.select(*columns).where(columns[0].in_(c)) for chunk in chunks]
+        else:
+            def of_study(*columns: sa.Column) -> sa.Select:
+                table = columns[0].table
+                return (
+                    sa.select(*columns)
+                    .join(_TRIALS, _TRIALS.c.trial_id == table.c.trial_id)
+                    .where(_TRIALS.c.study_id == study_id)
+                )
+
+            selects = [of_study]
+        _fill_trials(conn, trials, selects)
+        convert = R.record_from_frozen_trial
+        fresh: dict[int, tuple[_RowKey, R.TrialRecord]] = {}
+        for trial_id, trial in trials.items():
+            record = out[trial_id] = convert(trial)  # type: ignore[arg-type]
+            if keys[trial_id][2] in _FINISHED_STATES:
+                fresh[trial_id] = (keys[trial_id], _copy(record))
+        with _lock:
+            _finished[cache_key] = {
+                **{tid: known[tid] for tid in out if tid not in trials},
+                **fresh,
+            }
+    return list(out.values())  # type: ignore[arg-type]
+
+
+def _fill_trials(conn: sa.engine.Connection, trials: dict[int, _RowTrial], selects: list) -> None:
+    """Params, values, intermediate values and user attributes of ``trials``; each select
+    callable turns columns (trial_id first) into a query for some of the trials. Rows of trials
+    not in ``trials`` (created after the trials query, or reused) are skipped."""
+
+    def rows(*columns: sa.Column) -> list:
+        return [row for select in selects for row in conn.execute(select(*columns)).all()]
+
+    params = rows(_PARAMS.c.trial_id, _PARAMS.c.param_id, _PARAMS.c.param_name,
+                  _PARAMS.c.param_value, _PARAMS.c.distribution_json)
+    params.sort(key=lambda row: row[1])  # Optuna orders a trial's params by param_id
+    for trial_id, _, name, internal, distribution_json in params:
+        trial = trials.get(trial_id)
+        if trial is not None:
+            trial.params[name] = _distribution(distribution_json).to_external_repr(internal)
+    for trial_id, objective, value, value_type in rows(
+        _VALUES.c.trial_id, _VALUES.c.objective, _VALUES.c.value, _VALUES.c.value_type
+    ):
+        trial = trials.get(trial_id)
+        if trial is None:
+            continue
+        if objective != 0:
+            raise _NotApplicable("multi-objective study")  # records hold one value
+        trial.values = [value if value_type == "FINITE" else _FLOAT_OF_TYPE[value_type]]
+    for trial_id, step, value, value_type in rows(
+        _INTERMEDIATE.c.trial_id, _INTERMEDIATE.c.step,
+        _INTERMEDIATE.c.intermediate_value, _INTERMEDIATE.c.intermediate_value_type,
+    ):
+        trial = trials.get(trial_id)
+        if trial is not None:
+            trial.intermediate_values[step] = value if value_type == "FINITE" else _FLOAT_OF_TYPE[value_type]
+    loads = json_loads
+    for trial_id, key, value_json in rows(_USER_ATTRS.c.trial_id, _USER_ATTRS.c.key, _USER_ATTRS.c.value_json):
+        trial = trials.get(trial_id)
+        if trial is not None:
+            trial.user_attrs[key] = loads(value_json)
+
+
+def dispose() -> None:
+    """Close pooled connections, forget verified schemas and cached finished trials."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _verified.clear()
+        _finished.clear()
+
+
+__all__ = [
+    "read_records", "trial_state_counts", "all_trial_state_counts", "read_study_settings",
+    "StudySettings", "json_loads", "schema_problem",
+    "SUPPORTED_ALEMBIC_REVISIONS", "dispose",
+]
