@@ -1,0 +1,283 @@
+"""The `proxstudy` command: a thin layer over study.runner / status / export, workers and
+dashboards.
+
+Every expected failure (bad YAML, unknown key, bad value, unreachable storage, missing data,
+unknown study, changed search space) ends as ONE line ``proxstudy: error: ...`` on stderr and
+exit status 2 -- never a traceback. Heavy imports (Ray, torch, Dash) happen inside the
+subcommands, so `proxstudy status` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_USAGE = 2
+
+
+class _Fail(Exception):
+    """An error already phrased for the user."""
+
+
+def _error(message: str) -> int:
+    text = " ".join(str(message).split("\n")[0].split())  # one line, always
+    print(f"proxstudy: error: {text}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def _storage_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", metavar="URL", default=None,
+                        help="SQLAlchemy URL of the Optuna storage (default: $PROXSTUDY_STORAGE, "
+                             "else sqlite:///proxstudy.db in the working directory)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="proxstudy",
+        description="Hyperparameter-robustness studies of ProxProp vs BackProp on Ray Tune + Optuna.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run or resume the sweep of a search-space YAML")
+    run.add_argument("space", metavar="SPACE.yaml")
+    _storage_arg(run)
+    run.add_argument("--study-name", default=None, help="study name (default: the file's `study`)")
+    run.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="join this Ray cluster (HOST:PORT of the head) instead of starting a local Ray")
+    run.add_argument("--max-concurrent", type=int, default=None, metavar="N",
+                     help="at most N trials at once (default: as many as the resources allow)")
+    run.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="F")
+    run.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F")
+    run.add_argument("--max-retries", type=int, default=2, metavar="N",
+                     help="retries of a trial whose worker or node died (default 2)")
+    run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
+    run.add_argument("--force-new", action="store_true",
+                     help="the study exists with another search space: start a new, suffixed study")
+    run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own output")
+
+    status = sub.add_parser("status", help="trials done / running / diverged / failed / left")
+    status.add_argument("study", nargs="?", default=None, metavar="STUDY")
+    _storage_arg(status)
+
+    lst = sub.add_parser("list", help="the studies in the storage")
+    _storage_arg(lst)
+
+    export = sub.add_parser("export", help="the best configuration of each method")
+    export.add_argument("study", metavar="STUDY")
+    _storage_arg(export)
+    export.add_argument("--format", choices=("yaml", "json"), default=None,
+                        help="default: from --out's suffix, else yaml")
+    export.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
+
+    train = sub.add_parser("train", help="one run of a trial config or an export file")
+    train.add_argument("config", metavar="CONFIG.yaml")
+    train.add_argument("--method", default=None, help="the method of an export file to run")
+    train.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N")
+
+    report = sub.add_parser("report", help="self-contained HTML report of a study")
+    report.add_argument("study", metavar="STUDY")
+    _storage_arg(report)
+    report.add_argument("--out", required=True, metavar="FILE")
+
+    dash = sub.add_parser("dashboard", help="the web dashboard")
+    _storage_arg(dash)
+    dash.add_argument("--host", default="127.0.0.1")
+    dash.add_argument("--port", type=int, default=8050)
+    dash.add_argument("--allow-remote", action="store_true",
+                      help="allow a --host other than localhost (the dashboard has no login)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _readable_storage(url: str | None) -> str:
+    from study.storage import check_storage, resolve_storage_url
+
+    resolved = resolve_storage_url(url)
+    check_storage(resolved, must_exist=True)
+    return resolved
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import run_sweep
+    from study.storage import redact, resolve_storage_url
+
+    summary = run_sweep(
+        args.space,
+        storage=args.storage,
+        study_name=args.study_name,
+        ray_address=args.ray_address,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        force_new=args.force_new,
+        progress=not args.no_progress,
+        verbose=args.verbose,
+        max_retries=args.max_retries,
+        device=args.device,
+    )
+    shown = summary.storage or redact(resolve_storage_url(args.storage))
+    done = summary.completed + summary.diverged + summary.failed
+    print(f"study {summary.study_name}: {done}/{summary.total} done ({summary.completed} completed, "
+          f"{summary.diverged} diverged, {summary.failed} failed), {summary.left} left; "
+          f"this run: {summary.ran} trial(s), {summary.skipped} already finished"
+          + (f", {summary.closed_interrupted} interrupted trial(s) closed and re-run"
+             if summary.closed_interrupted else ""))
+    if summary.created is False and summary.ran == 0 and summary.left == 0:
+        print("nothing left to run")
+    if summary.left:
+        print(f"{summary.left} trial(s) left: run the same command again to finish the study")
+    # Always the redacted URL: it says where the study is; a password must be typed again.
+    storage_opt = f" --storage '{shown}'"
+    print("see the results" + (" (password hidden)" if "***" in storage_opt else "") + ":")
+    print(f"  proxstudy dashboard{storage_opt}")
+    print(f"  proxstudy report {summary.study_name}{storage_opt} --out report.html")
+    print(f"  proxstudy export {summary.study_name}{storage_opt} --out best.yaml")
+    return 0 if summary.left == 0 else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from study.status import all_study_names, format_status, study_status
+
+    url = _readable_storage(args.storage)
+    _quiet_optuna()
+    names = [args.study] if args.study else all_study_names(url)
+    if not names:
+        print("no studies")
+        return 0
+    print("\n\n".join(format_status(study_status(url, n)) for n in names))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from study.status import all_study_names, format_list, study_status
+
+    url = _readable_storage(args.storage)
+    _quiet_optuna()
+    print(format_list([study_status(url, n) for n in all_study_names(url)]))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from study.export import export_study
+
+    fmt = args.format
+    if fmt is None:
+        fmt = "json" if args.out and args.out.lower().endswith(".json") else "yaml"
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise _Fail(f"--out {args.out}: directory {os.path.dirname(os.path.abspath(args.out))} does not exist")
+    url = _readable_storage(args.storage)
+    _quiet_optuna()
+    document = export_study(url, args.study, fmt, args.out)
+    if args.out:
+        print(f"exported {len(document['methods'])} method(s) of {args.study} to {args.out}; "
+              f"run one with: proxstudy train {args.out} --method NAME", file=sys.stderr)
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from workers.train_command import train_main
+
+    return int(train_main(args.config, method=args.method, device=args.device) or 0)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    url = _readable_storage(args.storage)
+    try:
+        from dashboards.report import write_report
+    except ImportError:
+        raise _Fail("the HTML report is not available in this installation (dashboards.report.write_report missing)") from None
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise _Fail(f"--out {args.out}: directory {os.path.dirname(os.path.abspath(args.out))} does not exist")
+    _quiet_optuna()
+    from study.status import all_study_names
+
+    if args.study not in all_study_names(url):
+        from study.status import UnknownStudyError
+
+        raise UnknownStudyError(f"no study {args.study!r} in the storage (studies there: "
+                                f"{', '.join(all_study_names(url)) or 'none'})")
+    write_report(url, args.study, args.out)
+    print(f"report written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    url = _readable_storage(args.storage)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise _Fail(f"--host {args.host}: the dashboard has no login; add --allow-remote to serve beyond localhost")
+    try:
+        from dashboards.app import run_dashboard
+    except ImportError:
+        raise _Fail("the dashboard is not available in this installation (dashboards.app.run_dashboard missing)") from None
+    _quiet_optuna()
+    run_dashboard(url, args.host, args.port, args.allow_remote)
+    return 0
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "list": _cmd_list,
+    "export": _cmd_export,
+    "train": _cmd_train,
+    "report": _cmd_report,
+    "dashboard": _cmd_dashboard,
+}
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that are the user's input, not our bugs (imported lazily)."""
+    from study.storage import StorageError
+    from workers.config import ConfigError
+    from workers.data import DataError
+
+    kinds: list[type[BaseException]] = [_Fail, ConfigError, DataError, StorageError]
+    from study.export import NothingToExportError
+    from study.runner import SweepError
+    from study.status import UnknownStudyError
+
+    kinds += [SweepError, UnknownStudyError, NothingToExportError]
+    return tuple(kinds)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `proxstudy` script: runs the subcommand and exits with its status
+    (0 ok, 1 some trials left or failed runs, 2 bad input, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with a usage line on bad arguments
+    try:
+        expected = _expected_errors()
+        try:
+            code = _COMMANDS[args.command](args)
+        except expected as exc:
+            code = _error(str(exc))
+        except OSError as exc:  # e.g. --out not writable
+            code = _error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+    except KeyboardInterrupt:
+        print("proxstudy: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug, not the user's input: one line unless debugging
+        if os.environ.get("PROXSTUDY_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"proxstudy: internal error: {type(exc).__name__}: {first} "
+              "(set PROXSTUDY_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

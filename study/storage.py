@@ -1,0 +1,150 @@
+"""Where studies live: storage-URL resolution, connectivity checks and password redaction.
+
+Every command resolves its storage URL here, so the default (``PROXSTUDY_STORAGE`` else
+``sqlite:///proxstudy.db`` in the working directory) is defined once. Connectivity is checked
+with a short timeout *before* anything is written, so a wrong host or password fails fast with
+one clear line instead of a hanging sweep or a half-created study. URLs are only ever shown
+through :func:`redact`, which hides the password.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import optuna
+
+ENV_STORAGE = "PROXSTUDY_STORAGE"
+DEFAULT_SQLITE_FILE = "proxstudy.db"
+CONNECT_TIMEOUT_S = 5
+
+
+class StorageError(RuntimeError):
+    """The storage cannot be used: bad URL, unreachable server, missing SQLite file.
+
+    The message is safe to print: it never contains a password.
+    """
+
+
+def resolve_storage_url(url: str | None = None, cwd: str | os.PathLike | None = None) -> str:
+    """The storage URL a command uses: the argument, else ``$PROXSTUDY_STORAGE``, else SQLite.
+
+    The SQLite default is made absolute so that messages show where the file really is.
+    """
+    if url:
+        return url
+    from_env = os.environ.get(ENV_STORAGE, "").strip()
+    if from_env:
+        return from_env
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    return f"sqlite:///{(base / DEFAULT_SQLITE_FILE).resolve()}"
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ``***`` (safe for logs and messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not parseable: still never show what looks like a password
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the URL's password from a driver's error message, should it appear there."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return _PASSWORD_IN_URL.sub(r"\1***@", text)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for in-memory or non-SQLite URLs)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _connect_args(url: str) -> dict:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "postgresql":
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+    if backend == "mysql" and driver in {"pymysql", "mysqldb", "mysqlconnector"}:
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+    if backend == "sqlite":
+        # The driver is the only writer, but readers (status, dashboards) may hold a lock briefly.
+        return {"timeout": 30}
+    return {}
+
+
+def check_storage(url: str, *, must_exist: bool) -> None:
+    """Fail fast with a :class:`StorageError` if ``url`` cannot be used; writes nothing.
+
+    ``must_exist``: the command only reads (status, export, ...), so a missing SQLite file is an
+    error rather than something to create. For SQLite nothing is opened at all (opening would
+    create the file); for servers one ``SELECT 1`` is run with a short connect timeout.
+    """
+    shown = redact(url)
+    try:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        make_url(url)
+    except Exception as exc:
+        raise StorageError(f"storage URL {shown!r} is not a valid SQLAlchemy URL: {exc}") from None
+
+    path = sqlite_path(url)
+    if path is not None:
+        if must_exist and not path.is_file():
+            raise StorageError(f"storage {shown}: no database file at {path}")
+        if not must_exist and not path.parent.is_dir():
+            raise StorageError(f"storage {shown}: directory {path.parent} does not exist")
+        return
+    if make_url(url).get_backend_name() == "sqlite":
+        return  # in-memory: nothing to reach
+    try:
+        engine = create_engine(url, connect_args=_connect_args(url))
+    except Exception as exc:  # unknown dialect, driver not installed
+        raise StorageError(f"storage {shown}: {_scrub(_first_line(exc), url)}") from None
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        reason = _scrub(_first_line(getattr(exc, "orig", None) or exc), url)
+        raise StorageError(f"storage {shown} is not reachable: {reason}") from None
+    finally:
+        engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text_ = str(exc).strip() or type(exc).__name__
+    return text_.splitlines()[0]
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage for ``url`` (creates Optuna's tables if needed)."""
+    engine_kwargs: dict = {"connect_args": _connect_args(url)}
+    if sqlite_path(url) is None and not url.startswith("sqlite"):
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except Exception as exc:
+        raise StorageError(f"storage {redact(url)}: {_scrub(_first_line(exc), url)}") from None
