@@ -1,0 +1,143 @@
+"""Time one training step (forward + backward + optimizer step) of the paper's models.
+
+ProxProp layers in every optimization mode are timed against plain PyTorch BackProp
+(nn.Linear / nn.Conv2d) measured in the same run: the variants are interleaved round by
+round (the order rotates every round), each round times a few steps after a warm-up, and the
+table reports median ms/step and the median over rounds of each mode's ratio to the BackProp
+time of the same round, so load from other processes affects both sides alike.
+
+    python benchmarks/proxprop_step.py                  # both models, batch 500, CPU
+    python benchmarks/proxprop_step.py --quick          # fewer rounds, for a smoke run
+    python benchmarks/proxprop_step.py --device cuda --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proxprop import ProxPropConv2d, ProxPropLinear  # noqa: E402
+
+MODES = ["gradient", "prox_cg1", "prox_cg3", "prox_cg10", "prox_exact"]
+
+
+def mlp(mode: str | None) -> nn.Module:
+    """3072-4000-1000-4000-10, ReLU; ProxProp hidden layers (tau 0.05), plain last layer."""
+    def lin(i: int, o: int) -> nn.Module:
+        if mode is None:
+            return nn.Linear(i, o)
+        return ProxPropLinear(i, o, tau_prox=0.05, optimization_mode=mode)
+
+    return nn.Sequential(
+        nn.Flatten(), lin(3072, 4000), nn.ReLU(), lin(4000, 1000), nn.ReLU(), lin(1000, 4000),
+        nn.ReLU(), nn.Linear(4000, 10),
+    )
+
+
+def convnet(mode: str | None) -> nn.Module:
+    """conv5x5(16) ReLU pool, conv5x5(20) ReLU pool, conv5x5(20) ReLU, Linear(1280, 10)."""
+    def conv(i: int, o: int) -> nn.Module:
+        if mode is None:
+            return nn.Conv2d(i, o, 5, padding=2)
+        return ProxPropConv2d(i, o, 5, padding=2, tau_prox=1.0, optimization_mode=mode)
+
+    return nn.Sequential(
+        conv(3, 16), nn.ReLU(), nn.MaxPool2d(2), conv(16, 20), nn.ReLU(), nn.MaxPool2d(2),
+        conv(20, 20), nn.ReLU(), nn.Flatten(), nn.Linear(20 * 8 * 8, 10),
+    )
+
+
+def make_step(arch: str, mode: str | None, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = (mlp if arch == "mlp" else convnet)(mode).to(x.device)
+    if arch == "mlp":
+        lr = 0.05 if mode in (None, "gradient") else 1.0
+        opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.95, nesterov=True)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+    return step
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
+    variants = {"backprop": make_step(arch, None, x, y)}
+    variants.update({mode: make_step(arch, mode, x, y) for mode in modes})
+    for step in variants.values():  # warm-up
+        for _ in range(args.warmup):
+            step()
+    sync(device)
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(args.repeats):
+        shift = round_index % len(names)
+        order = names[shift:] + names[:shift]
+        this_round = {name: time_steps(variants[name], args.steps, device) for name in order}
+        for name in names:
+            times[name].append(this_round[name])
+            ratios[name].append(this_round[name] / this_round["backprop"])
+    return [(name, statistics.median(times[name]), statistics.median(ratios[name])) for name in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--arch", choices=["mlp", "convnet", "both"], default="both")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 1 step, 1 warm-up")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats, args.steps, args.warmup = 3, 1, 1
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    archs = ["mlp", "convnet"] if args.arch == "both" else [args.arch]
+    print(f"device={args.device} batch={args.batch} rounds={args.repeats} steps/round={args.steps} "
+          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    print(f"{'model':<8} {'variant':<12} {'ms/step':>10} {'x BackProp':>11}")
+    for arch in archs:
+        for name, ms, ratio in bench(arch, modes, args):
+            print(f"{arch:<8} {name:<12} {ms:>10.1f} {ratio:>11.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

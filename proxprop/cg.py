@@ -1,0 +1,99 @@
+"""Conjugate gradient on many independent SPD systems at once (one per row).
+
+Every ProxProp system has the form  M x = b  with  M = A^T A + I/tau_prox,  b = A^T g,
+started at x = 0 (the warm start X_k of ALGORITHM.md section 2, shifted so that the solver
+returns the direction X_k - X_{k+1} directly).  The rows of ``b`` are the output units.
+
+The loop never synchronises with the device: the reference's early stop (all rows stop once
+the largest squared residual is below tol^2 times the mean initial squared residual) is a
+0/1 factor on the step length, so CUDA streams and torch.compile see a fixed graph.  On the
+CPU the loop leaves as soon as the factor drops to 0, which saves the remaining operator
+applications of matrix-free solves.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["batched_cg", "EARLY_STOP_TOL", "REFERENCE_EPS"]
+
+#: The reference's relative tolerance of the early stop (on the residual norm).
+EARLY_STOP_TOL = 1e-2
+#: The constant the reference adds to CG's denominators (used by the "_ref" variant only).
+REFERENCE_EPS = 1e-6
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den where den > 0, else 0: a zero residual (g == 0) gives a zero step, not NaN."""
+    positive = den > 0
+    return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), 0.0)
+
+
+def batched_cg(
+    apply_m: Callable[[Tensor], Tensor],
+    b: Tensor,
+    iterations: int,
+    weight: Tensor | None = None,
+    joint: bool = False,
+    reference_variant: bool = False,
+    tol: float = EARLY_STOP_TOL,
+    curvature: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Run ``iterations`` CG steps from x = 0 on  M x_i = b_i  for every row i of ``b``.
+
+    apply_m: maps a (rows, q) tensor to M applied to each row.
+    weight: optional (q,) non-negative weights defining the inner product <u, v> = sum w u v
+        (the dual/eigen coordinates of solvers.py use it; None means the plain dot product).
+    joint: one CG over all rows as a single vector (the reference's generic layers) instead of
+        one CG per row.
+    reference_variant: reproduce the reference loop, whose first search-direction update reads
+        the already-updated residual (P aliases R) and whose denominators carry + 1e-6.
+    curvature: optional map from p to the per-row <p, M p> (unweighted, per row) that is
+        cheaper than apply_m (|A p|^2 + |p|^2/tau needs only A, not A^T); used for the last
+        iteration, which needs the step length but not M p.
+    """
+    def dot(u: Tensor, v: Tensor) -> Tensor:
+        per_row = (u * v).sum(dim=1) if weight is None else (u * v) @ weight
+        return per_row.sum().expand_as(per_row) if joint else per_row
+
+    eps = REFERENCE_EPS if reference_variant else 0.0
+    x = torch.zeros_like(b, memory_format=torch.contiguous_format)
+    r = b
+    p = r
+    rr = dot(r, r)
+    threshold = (tol * tol) * rr.mean()
+    active = torch.ones((), dtype=b.dtype, device=b.device)
+    host_checks = b.device.type == "cpu" and not torch.compiler.is_compiling()
+    for k in range(iterations):
+        if k == iterations - 1 and curvature is not None and weight is None:
+            mp = None
+            p_m_p = curvature(p)
+            if joint:
+                p_m_p = p_m_p.sum().expand_as(p_m_p)
+        else:
+            mp = apply_m(p)
+            p_m_p = dot(p, mp)
+        if reference_variant:
+            alpha = rr / (p_m_p + eps)
+        else:
+            alpha = _safe_div(rr, p_m_p)
+        alpha = (alpha * active)[:, None]
+        x.addcmul_(alpha, p)
+        if k == iterations - 1:
+            break
+        r = torch.addcmul(r, alpha, mp, value=-1.0)
+        rr_new = dot(r, r)
+        active = active * (rr_new.max() >= threshold).to(b.dtype)
+        if host_checks and not bool(active):
+            break
+        if reference_variant:
+            beta = rr_new / (rr + eps)
+            # the reference's P is the same tensor as R during the first iteration
+            p = torch.addcmul(r, beta[:, None], r if k == 0 else p)
+        else:
+            p = torch.addcmul(r, _safe_div(rr_new, rr)[:, None], p)
+        rr = rr_new
+    return x

@@ -1,0 +1,190 @@
+"""Gram matrices A^T A of convolution im2col matrices, without materialising A.
+
+Two ways, both exact:
+
+* ``unfold``: im2col in batch chunks and accumulate A_chunk^T A_chunk with one GEMM each;
+  2 n p^2 flops (n = batch * output positions, p = C k_h k_w), any stride/dilation.
+* ``shift`` (stride 1, dilation 1): an entry of A^T A pairs input channel c at kernel offset
+  (ki, kj) with channel c' at (ki', kj'); it is the sum, over the output window that offset
+  (ki, kj) reads, of the per-position products  P_s[u, v] = sum_b x[b,c,u,v] x[b,c',u+sy,v+sx]
+  with s = (ki'-ki, kj'-kj).  Only (2k_w - 1) k_h shifts exist, each window is a rectangle,
+  so one batched product per kernel row (reduction over the batch) plus 2-d prefix sums give
+  every entry.  About 2 B H_p W_p C^2 k_h (2k_w - 1) flops instead of 2 n p^2: ~10x fewer for
+  5x5 kernels.  Shifted positions are flat offsets into the padded image, so the shifted
+  operands are strided views of one (positions, C, B) tensor and need no copies.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["conv2d_gram", "conv2d_gram_flops", "FORCE_GRAM_METHOD"]
+
+#: Elements of one im2col chunk (bounded memory: 8M elements = 32 MB in float32).
+_CHUNK_ELEMENTS = 8_000_000
+#: Test/benchmark hook: "unfold" or "shift" forces the method (shift only where it applies).
+FORCE_GRAM_METHOD: str | None = None
+#: The batched small products of the shift method run at a fraction of GEMM speed; this
+#: factor (measured on a 2-core CPU) converts their flops to GEMM-flop equivalents.
+_SHIFT_SLOWDOWN = 2.5
+_UNFOLD_SLOWDOWN = 2.0  # im2col copies on top of the GEMM
+#: Rows (positions x channels) of one grouped product in the shift method.
+_GROUP_ROWS = 64
+
+
+def _shift_applies(stride: Sequence[int], dilation: Sequence[int]) -> bool:
+    return tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+
+
+def _use_shift(x: Tensor, kernel_size, stride, padding, dilation) -> bool:
+    if not _shift_applies(stride, dilation):
+        return False
+    if FORCE_GRAM_METHOD is not None:
+        return FORCE_GRAM_METHOD == "shift"
+    return _shift_flops(x, kernel_size, padding) < _unfold_flops(x, kernel_size, stride, padding, dilation)
+
+
+def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _unfold_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
+    batch, channels, h, w = x.shape
+    kh, kw = kernel_size
+    n = batch * _out_size(h, kh, stride[0], padding[0], dilation[0]) * _out_size(w, kw, stride[1], padding[1], dilation[1])
+    p = channels * kh * kw
+    return _UNFOLD_SLOWDOWN * 2.0 * n * p * p
+
+
+def _shift_flops(x: Tensor, kernel_size, padding) -> float:
+    batch, channels, h, w = x.shape
+    kh, kw = kernel_size
+    positions = (h + 2 * padding[0]) * (w + 2 * padding[1])
+    return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * (2 * kw - 1)
+
+
+def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
+    """GEMM-flop-equivalent cost of conv2d_gram with the method it would pick."""
+    if _use_shift(x, kernel_size, stride, padding, dilation):
+        return _shift_flops(x, kernel_size, padding)
+    return _unfold_flops(x, kernel_size, stride, padding, dilation)
+
+
+def conv2d_gram(
+    x: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    has_bias: bool,
+) -> Tensor:
+    """A^T A for A = [unfold(x) rows, 1] (p x p with p = C*kh*kw + has_bias)."""
+    if _use_shift(x, kernel_size, stride, padding, dilation):
+        return _gram_shift(x, tuple(kernel_size), tuple(padding), has_bias)
+    return _gram_unfold(x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), has_bias)
+
+
+def _with_bias(gram: Tensor, col_sums: Tensor, count: int) -> Tensor:
+    corner = torch.full((1, 1), float(count), dtype=gram.dtype, device=gram.device)
+    return torch.cat(
+        [torch.cat([gram, col_sums[:, None]], dim=1), torch.cat([col_sums[None, :], corner], dim=1)],
+        dim=0,
+    )
+
+
+def _gram_unfold(x: Tensor, kernel_size, stride, padding, dilation, has_bias: bool) -> Tensor:
+    batch, channels = x.shape[:2]
+    kh, kw = kernel_size
+    p0 = channels * kh * kw
+    positions = _out_size(x.shape[2], kh, stride[0], padding[0], dilation[0]) * _out_size(
+        x.shape[3], kw, stride[1], padding[1], dilation[1]
+    )
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, p0 * positions))
+    gram = torch.zeros(p0, p0, dtype=x.dtype, device=x.device)
+    col_sums = torch.zeros(p0, dtype=x.dtype, device=x.device)
+    for start in range(0, batch, chunk):
+        cols = F.unfold(x[start:start + chunk], (kh, kw), dilation=dilation, padding=padding, stride=stride)
+        mat = cols.transpose(1, 2).reshape(-1, p0)
+        gram.addmm_(mat.T, mat)
+        if has_bias:
+            col_sums += mat.sum(dim=0)
+    return _with_bias(gram, col_sums, batch * positions) if has_bias else gram
+
+
+def _window_masks(hp: int, wp: int, kh: int, kw: int, ho: int, wo: int, like: Tensor) -> Tensor:
+    """(kh*kw, hp*wp) 0/1 matrix: row (ki, kj) marks the output window [ki, ki+ho) x [kj, kj+wo)
+    that kernel offset (ki, kj) reads, so window sums of per-position values are one GEMM."""
+    rows = torch.arange(hp, device=like.device)
+    cols = torch.arange(wp, device=like.device)
+    k_rows = torch.arange(kh, device=like.device)[:, None]
+    k_cols = torch.arange(kw, device=like.device)[:, None]
+    in_rows = (rows >= k_rows) & (rows < k_rows + ho)  # (kh, hp)
+    in_cols = (cols >= k_cols) & (cols < k_cols + wo)  # (kw, wp)
+    mask = in_rows[:, None, :, None] & in_cols[None, :, None, :]
+    return mask.reshape(kh * kw, hp * wp).to(like.dtype)
+
+
+def _gram_shift(x: Tensor, kernel_size, padding, has_bias: bool) -> Tensor:
+    batch, channels, h, w = x.shape
+    kh, kw = kernel_size
+    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+    ho, wo = hp - kh + 1, wp - kw + 1
+    span = 2 * kw - 1
+    pos = hp * wp
+    # positions are processed in groups of `width`: one product of the group's (width*C x B)
+    # block with the (width + span - 1)*C x B block it reaches gives every pair it needs (a band
+    # of the result) with GEMM sizes that run near full speed
+    width = max(1, _GROUP_ROWS // channels)
+    reach = width + span - 1
+    # (positions, C, B) with kw - 1 zero positions in front and enough behind, so that every
+    # shifted block is in bounds (pairs that wrap around a row only feed unused entries)
+    xt = x.new_zeros(pos + 2 * (kw - 1) + width, channels, batch)
+    interior = xt[kw - 1:kw - 1 + pos].view(hp, wp, channels, batch)
+    interior[padding[0]:padding[0] + h, padding[1]:padding[1] + w] = x.permute(2, 3, 1, 0)
+    block = channels * batch
+    masks = _window_masks(hp, wp, kh, kw, ho, wo, x)
+    pair = channels * span * channels
+    # blocks[ki, kj, ki', kj', c, c'] for ki' > ki ("upper") and ki' == ki ("same_row"); the
+    # entries with ki' < ki follow by symmetry
+    upper = x.new_zeros(kh, kw, kh, kw, channels, channels)
+    same_row = x.new_zeros(kh, kw, kh, kw, channels, channels)
+    for sy in range(kh):
+        length = pos - sy * wp
+        groups = -(-length // width)
+        left = xt.as_strided((groups, width * channels, batch), (width * block, batch, 1), (kw - 1) * block)
+        right = xt.as_strided((groups, reach * channels, batch), (width * block, batch, 1), sy * wp * block)
+        full = torch.bmm(left, right.transpose(1, 2))  # (G, width*C, reach*C)
+        s_j = channels
+        s_c = reach * channels
+        s_i = channels * s_c
+        band = full.as_strided(
+            (groups, width, channels, span, channels), (width * s_i, s_i + s_j, s_c, s_j, 1)
+        )  # P[q = g*width + i, c, sx, c'] = sum_b x[q, c] x[q + sy*wp + sx, c']
+        prod = band.reshape(groups * width, pair)[:length]
+        rows = (kh - sy) * kw
+        sums = (masks[:rows, :length] @ prod).reshape(kh - sy, kw, channels, span, channels)
+        ki, kj, j = _shift_indices(kh - sy, kw, x.device)
+        target = same_row if sy == 0 else upper
+        target[ki, kj, ki + sy, kj + j - (kw - 1)] = sums[ki, kj, :, j, :]
+    p0 = channels * kh * kw
+    upper = upper.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
+    gram = upper + upper.T + same_row.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
+    if not has_bias:
+        return gram
+    plane = xt[kw - 1:kw - 1 + pos].sum(dim=2)  # (positions, C)
+    col = masks @ plane  # (kh*kw, C)
+    return _with_bias(gram, col.T.reshape(p0), batch * ho * wo)
+
+
+def _shift_indices(rows: int, kw: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """All (ki, kj, j) with ki < rows, kj and kj + sx in [0, kw), sx = j - (kw - 1)."""
+    ki, kj, j = torch.meshgrid(
+        torch.arange(rows), torch.arange(kw), torch.arange(2 * kw - 1), indexing="ij"
+    )
+    partner = kj + j - (kw - 1)
+    keep = (partner >= 0) & (partner < kw)
+    return ki[keep].to(device), kj[keep].to(device), j[keep].to(device)

@@ -1,0 +1,124 @@
+"""ProxPropLinear: an nn.Linear whose backward writes the ProxProp direction into .grad."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layer_options import ProxPropOptions
+from .modes import SolverConfig
+from .solvers import gram_solve_cost, gram_solve_rows
+
+__all__ = ["ProxPropLinear", "linear_direction"]
+
+#: Test/benchmark hook: "primal" or "dual" forces the form; None lets the flop model choose.
+FORCE_FORM: str | None = None
+
+
+def linear_direction(
+    a: Tensor, g: Tensor, has_bias: bool, cfg: SolverConfig
+) -> tuple[Tensor, Tensor | None]:
+    """Direction for weight (m x k) and bias (m,) from inputs a (n x k) and g = dL/dZ (n x m).
+
+    A = [a, 1] (n x p).  Chooses the dual form (n x n Gram, then the ordinary weight-gradient
+    product with g replaced by g') or the primal form (p x p Gram applied to the ordinary
+    gradient) by a flop count of forming and solving each.
+    """
+    n, k = a.shape
+    m = g.shape[1]
+    if cfg.kind == "gradient":
+        gw = g.T @ a
+        return gw, (g.sum(dim=0) if has_bias else None)
+    p = k + int(has_bias)
+    dual_cost = 2.0 * n * n * k + gram_solve_cost(n, m, cfg, a.device)
+    primal_cost = 2.0 * n * k * k + gram_solve_cost(p, m, cfg, a.device)
+    use_dual = dual_cost <= primal_cost if FORCE_FORM is None else FORCE_FORM == "dual"
+    if use_dual:
+        gram = a @ a.T
+        if has_bias:
+            gram = gram + 1.0
+        g_dual = gram_solve_rows(gram, g.T, cfg, dual=True)  # (m, n)
+        return g_dual @ a, (g_dual.sum(dim=1) if has_bias else None)
+    gw = g.T @ a
+    if has_bias:
+        col_sums = a.sum(dim=0)
+        n_col = torch.full((1, 1), float(n), dtype=a.dtype, device=a.device)
+        gram = torch.cat(
+            [torch.cat([a.T @ a, col_sums[:, None]], dim=1),
+             torch.cat([col_sums[None, :], n_col], dim=1)],
+            dim=0,
+        )
+        rhs = torch.cat([gw, g.sum(dim=0)[:, None]], dim=1)
+    else:
+        gram = a.T @ a
+        rhs = gw
+    direction = gram_solve_rows(gram, rhs, cfg, dual=False)
+    if has_bias:
+        return direction[:, :k], direction[:, k]
+    return direction, None
+
+
+class _ProxLinearFunction(torch.autograd.Function):
+    """Forward = F.linear; backward = ordinary input gradient + ProxProp parameter direction.
+
+    Returning the direction as the parameters' "gradient" lets autograd accumulate it into
+    .grad exactly like an ordinary gradient (two backward passes give twice the direction).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, cfg: SolverConfig) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.cfg = cfg
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ weight
+        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
+            a = x.reshape(-1, x.shape[-1])
+            g = grad_out.reshape(-1, grad_out.shape[-1])
+            grad_w, grad_b = linear_direction(a, g, ctx.has_bias, ctx.cfg)
+            if not ctx.needs_input_grad[1]:
+                grad_w = None
+            if not (ctx.has_bias and ctx.needs_input_grad[2]):
+                grad_b = None
+        return grad_x, grad_w, grad_b, None
+
+
+class ProxPropLinear(ProxPropOptions, nn.Linear):
+    """nn.Linear trained by ProxProp: after backward, .grad holds (A^T A + I/tau)^{-1} A^T g
+    (or N CG steps of it); see ALGORITHM.md section 2.  The input gradient is ordinary.
+
+    Extra keyword arguments: tau_prox (> 0, default 1.0) and optimization_mode ("gradient",
+    "prox_exact", "prox_cg<N>"; default "prox_cg1").  In "gradient" mode the layer is a plain
+    nn.Linear (no custom autograd function at all).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        tau_prox: float = 1.0,
+        optimization_mode: str = "prox_cg1",
+    ) -> None:
+        self._init_options(tau_prox, optimization_mode)
+        nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.solver_config.kind == "gradient":
+            return F.linear(input, self.weight, self.bias)
+        return _ProxLinearFunction.apply(input, self.weight, self.bias, self.solver_config)
+
+    def extra_repr(self) -> str:
+        return f"{nn.Linear.extra_repr(self)}, {self.options_repr()}"
