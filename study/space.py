@@ -17,7 +17,8 @@ Document (top-level keys; anything else is an error naming the allowed keys)::
     objective: train_loss (default, minimised) | val_accuracy (maximised)
     methods:   {NAME: method}, at least one                                    required
 
-A method: ``mode`` (gradient | prox_exact | prox_cg), ``lr`` (required), ``tau_prox`` (required
+A method: ``mode`` (gradient | prox_exact | prox_cg | prox_cg_ref, the last the reference
+release's aliased CG, for reproducing the paper), ``lr`` (required), ``tau_prox`` (required
 for the prox modes, an error for gradient), ``cg_iterations`` (required for prox_cg, an error
 otherwise), ``optimizer`` ({name: sgd|adam, fields}; default ``{name: sgd}``, plain SGD).
 
@@ -40,7 +41,7 @@ Decisions on the open points (kept here because users and the sweep runner rely 
   take ``seed`` (default 0, so a sampled sweep is reproducible).
 * Method names are non-empty strings without ``|`` or ``=`` (they are part of point keys).
 * Recorded params. A point's ``params`` (the Optuna params besides method and seed) are
-  ``lr`` always, ``tau_prox`` for the prox modes, ``cg_iterations`` for prox_cg (even when
+  ``lr`` always, ``tau_prox`` for the prox modes, ``cg_iterations`` for the CG modes (even when
   fixed, so that every trial of a study can be compared on the same axes), and
   ``optimizer.<field>`` only where that field is swept (a list or a range). Fixed optimizer
   fields are part of :attr:`MethodSpace.optimizer` only.
@@ -92,6 +93,7 @@ from study.records import (
     point_key,
 )
 from workers.config import (
+    CG_MODES,
     MODES,
     OBJECTIVES,
     ConfigError,
@@ -189,7 +191,7 @@ class MethodSpace:
     """One arm of the comparison: its mode, its params and its optimizer's fixed fields."""
 
     name: str
-    mode: str  # "gradient" | "prox_exact" | "prox_cg"
+    mode: str  # "gradient" | "prox_exact" | "prox_cg" | "prox_cg_ref"
     params: dict[str, Param]  # the params Optuna records for this method (see module doc)
     optimizer: dict  # the optimizer's fixed (non-swept) fields, "name" included
 
@@ -423,11 +425,12 @@ def _parse_method(name: str, spec: Any, source: str, field: str, sampler: str) -
             raise ConfigError(source, join_field(field, "tau_prox"), f"is required for mode {mode}")
         params[PARAM_TAU] = _parse_swept(PARAM_TAU, doc["tau_prox"], source, join_field(field, "tau_prox"),
                                          positive, False, sampler)
-    if "cg_iterations" in doc and mode != "prox_cg":
-        raise ConfigError(source, join_field(field, "cg_iterations"), f"applies only to mode prox_cg, not to {mode}")
-    if mode == "prox_cg":
+    if "cg_iterations" in doc and mode not in CG_MODES:
+        raise ConfigError(source, join_field(field, "cg_iterations"),
+                          f"applies only to modes prox_cg and prox_cg_ref, not to {mode}")
+    if mode in CG_MODES:
         if doc.get("cg_iterations") is None:
-            raise ConfigError(source, join_field(field, "cg_iterations"), "is required for mode prox_cg")
+            raise ConfigError(source, join_field(field, "cg_iterations"), f"is required for mode {mode}")
         params[PARAM_CG] = _parse_swept(PARAM_CG, doc["cg_iterations"], source, join_field(field, "cg_iterations"),
                                         at_least_one, True, sampler)
     fixed, swept = _parse_optimizer(doc.get("optimizer", {"name": "sgd"}), source,

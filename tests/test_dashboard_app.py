@@ -155,19 +155,12 @@ def test_password_not_on_index_page_with_real_postgres():
 
 
 def test_export_download_equals_proxstudy_export(server, storage):
-    from dashboards.exported import export_document
     from study import export as study_export
 
     r = requests.get(server.base + "/download/export.yaml", params={"study": "digits"}, timeout=60)
     expected = study_export.render(study_export.export_document(storage, "digits"), "yaml")
-    assert r.text == expected
-    # The fallback builder (used only without study.export) picks the same points.
-    own = export_document(D.load_study_data(storage, "digits"))
-    theirs = yaml.safe_load(expected)
-    for method, entry in theirs["methods"].items():
-        assert own["methods"][method]["params"] == entry["params"]
-        assert own["methods"][method]["seeds"] == entry["seeds"]
-        assert own["methods"][method]["objective"]["mean"] == pytest.approx(entry["objective"]["mean"])
+    assert r.status_code == 200 and r.text == expected
+    assert set(yaml.safe_load(r.text)["methods"])  # at least one method exported
 
 
 def test_run_dashboard_serves_on_localhost(storage, tmp_path):

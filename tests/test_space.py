@@ -363,3 +363,26 @@ def test_bad_space_is_refused_with_file_and_field(path):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_reference_cg_mode_reaches_the_layers_as_the_aliased_variant():
+    from workers.config import layer_mode
+    from workers.models import build_model
+
+    doc = {
+        "study": "ref-cg",
+        "dataset": {"name": "digits"},
+        "model": {"name": "mlp", "hidden": [8]},
+        "training": {"epochs": 1, "batch_size": 50, "seeds": [0]},
+        "objective": "train_loss",
+        "methods": {"paper-cg3": {"mode": "prox_cg_ref", "cg_iterations": 3, "tau_prox": 0.05, "lr": 1.0}},
+    }
+    space = parse_space(doc, "ref.yaml")
+    (point,) = grid_points(space)
+    config = trial_config(space, point.method, point.params, point.seed)
+    assert layer_mode(config) == "prox_cg3_ref"
+    model = build_model(config["model"], (64,), 10, layer_mode(config), config["tau_prox"])
+    modes = {m.optimization_mode for m in model.modules() if hasattr(m, "optimization_mode")}
+    assert modes == {"prox_cg3_ref"}
+    with pytest.raises(ConfigError, match="cg_iterations"):
+        parse_space({**doc, "methods": {"m": {"mode": "prox_cg_ref", "tau_prox": 1.0, "lr": 1.0}}}, "ref.yaml")

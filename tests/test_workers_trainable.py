@@ -20,6 +20,17 @@ def local_ray():
         ray.shutdown()
 
 
+class _CollectReports(tune.Callback):
+    """What the driver receives, per trial, in order: the stream the sweep recorder consumes
+    (read here rather than from Tune's result files, which are written asynchronously)."""
+
+    def __init__(self):
+        self.by_lr: dict[float, list[dict]] = {}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.by_lr.setdefault(trial.config["lr"], []).append(dict(result))
+
+
 def test_one_report_per_epoch_through_tuner(local_ray, tmp_path):
     base = {
         "dataset": {"name": "digits", "train_samples": 200},
@@ -38,30 +49,32 @@ def test_one_report_per_epoch_through_tuner(local_ray, tmp_path):
         "lr": tune.grid_search([1.0, 1.0e5, 2.0]),
         "device": tune.sample_from(lambda spec: "cuda:99" if spec.config.lr == 2.0 else "cpu"),
     }
+    reports = _CollectReports()
     tuner = tune.Tuner(
         proxprop_trainable,
         param_space=base,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=1, reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=str(tmp_path), name="workers-test", verbose=0),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), name="workers-test", verbose=0, callbacks=[reports]
+        ),
     )
     results = tuner.fit()
     assert results.num_errors == 0
-    by_lr = {r.config["lr"]: r for r in results}
 
-    done = by_lr[1.0].metrics_dataframe
-    assert done["epoch"].tolist() == [0, 1, 2]  # one report per epoch, epoch 0 included
-    assert done["trial_status"].tolist() == ["running", "running", "completed"]
-    assert (done["device"] == "cpu").all() and done["train_loss"].iloc[-1] < done["train_loss"].iloc[0]
-    assert done["training_iteration"].tolist() == [1, 2, 3]
+    done = reports.by_lr[1.0]
+    assert [r["epoch"] for r in done] == [0, 1, 2]  # one report per epoch, epoch 0 included
+    assert [r["trial_status"] for r in done] == ["running", "running", "completed"]
+    assert all(r["device"] == "cpu" for r in done) and done[-1]["train_loss"] < done[0]["train_loss"]
+    assert [r["training_iteration"] for r in done] == [1, 2, 3]
 
-    blown = by_lr[1.0e5]
-    assert blown.metrics["trial_status"] == "diverged"
-    assert blown.metrics["diverged_epoch"] == blown.metrics["epoch"] >= 1
-    assert len(blown.metrics_dataframe) == blown.metrics["epoch"] + 1
+    blown = reports.by_lr[1.0e5]
+    assert blown[-1]["trial_status"] == "diverged"
+    assert blown[-1]["diverged_epoch"] == blown[-1]["epoch"] >= 1
+    assert len(blown) == blown[-1]["epoch"] + 1
 
-    failed = by_lr[2.0]
-    assert failed.metrics["trial_status"] == "failed" and failed.metrics["error"]
-    assert failed.metrics["diverged_epoch"] is None and len(failed.metrics_dataframe) == 1
+    failed = reports.by_lr[2.0]
+    assert failed[-1]["trial_status"] == "failed" and failed[-1]["error"]
+    assert failed[-1]["diverged_epoch"] is None and len(failed) == 1
 
 
 def test_threads_follow_the_cpus_given():

@@ -34,7 +34,10 @@ __all__ = [
 
 DATASET_NAMES = ("digits", "cifar10", "usps", "synthetic")
 MODEL_NAMES = ("mlp", "convnet", "autoencoder")
-MODES = ("gradient", "prox_exact", "prox_cg")
+MODES = ("gradient", "prox_exact", "prox_cg", "prox_cg_ref")
+#: Modes that run CG and so take cg_iterations. prox_cg_ref is the reference release's aliased
+#: CG (see ALGORITHM.md), offered only to reproduce the paper's numbers.
+CG_MODES = ("prox_cg", "prox_cg_ref")
 OBJECTIVES = ("train_loss", "val_accuracy")
 OPTIMIZER_NAMES = ("sgd", "adam")
 
@@ -378,6 +381,8 @@ def layer_mode(config: Mapping) -> str:
     mode = config["mode"]
     if mode == "prox_cg":
         return f"prox_cg{config['cg_iterations']}"
+    if mode == "prox_cg_ref":
+        return f"prox_cg{config['cg_iterations']}_ref"
     return mode
 
 
@@ -402,8 +407,8 @@ def validate_trial_config(doc: Any, source: str) -> dict:
         raise ConfigError(source, "tau_prox", f"is required for mode {out['mode']}")
     out["tau_prox"] = None if tau is None else require_float(tau, source, "tau_prox", positive=True)
     cg = doc.get("cg_iterations")
-    if out["mode"] == "prox_cg" and cg is None:
-        raise ConfigError(source, "cg_iterations", "is required for mode prox_cg")
+    if out["mode"] in CG_MODES and cg is None:
+        raise ConfigError(source, "cg_iterations", f"is required for mode {out['mode']}")
     out["cg_iterations"] = None if cg is None else require_int(cg, source, "cg_iterations", 1)
     out["optimizer"] = validate_optimizer_spec(_require(doc, "optimizer", source, ""), source, "optimizer")
     out["seed"] = require_int(_require(doc, "seed", source, ""), source, "seed")

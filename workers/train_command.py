@@ -14,7 +14,7 @@ from typing import TextIO
 
 import torch
 
-from workers.config import ConfigError, load_train_file, validate_device
+from workers.config import ConfigError, layer_mode, load_train_file, validate_device
 from workers.data import load_dataset
 from workers.training import TrialOutcome, resolve_device, run_trial
 
@@ -44,8 +44,7 @@ def format_epoch_row(entry: dict) -> str:
 
 
 def _describe(config: dict) -> str:
-    mode = config["mode"] if config["mode"] != "prox_cg" else f"prox_cg{config['cg_iterations']}"
-    parts = [f"mode {mode}", f"lr {config['lr']:g}"]
+    parts = [f"mode {layer_mode(config)}", f"lr {config['lr']:g}"]
     if config["mode"] != "gradient":
         parts.append(f"tau_prox {config['tau_prox']:g}")
     parts.append(config["optimizer"]["name"])
