@@ -30,6 +30,7 @@ from dashboards.exported import NothingToExport, export_text
 from dashboards.figures import study_figures
 from dashboards.metrics import __doc__ as METRICS_DOC
 from dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows
+from study.storage import scrub_secrets
 
 REFRESH_MS = 5000
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -39,19 +40,6 @@ STUDY_PREFIX = "/study/"
 def study_href(name: str) -> str:
     """The study page's path; the name is fully URL-encoded (slashes, quotes, <, > ...)."""
     return STUDY_PREFIX + quote(name, safe="")
-
-
-def _scrub(message: str, storage: str) -> str:
-    """An error message made safe to show: no storage password in it."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        password = make_url(storage).password
-    except Exception:
-        password = None
-    if password:
-        message = message.replace(str(password), "***")
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", message)
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -195,7 +183,7 @@ def create_app(storage: str) -> dash.Dash:
                              dcc.Link("All studies", href="/")]), True, None
         except Exception as exc:  # show, never crash the page; no password in the text
             return html.Div([html.H1("Cannot read the storage"),
-                             html.P(_scrub(f"{type(exc).__name__}: {exc}", storage), className="error")]), True, None
+                             html.P(scrub_secrets(f"{type(exc).__name__}: {exc}", storage), className="error")]), True, None
         token = [name, data.version]
         if triggered == "tick" and version == token:
             return dash.no_update, not data.live, dash.no_update

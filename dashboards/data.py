@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 from dashboards.metrics import GoodRegion, MethodMetrics, compute_metrics, direction_for
 from study import records as R
 from study import records_sql
+from study.storage import redact  # re-exported: pages and logs show only the redacted URL
 
 LIVE_TTL_S = 4.0
 _versions = itertools.count(1)
@@ -50,16 +51,6 @@ STATUS_ORDER = (R.STATUS_COMPLETED, R.STATUS_DIVERGED, R.STATUS_FAILED, R.STATUS
 
 class StudyNotFound(LookupError):
     """The study does not exist in the storage (message safe to show)."""
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password, for pages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<storage URL not shown>"
 
 
 _storages: dict[str, optuna.storages.BaseStorage] = {}

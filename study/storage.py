@@ -54,7 +54,7 @@ def redact(url: str) -> str:
         return _PASSWORD_IN_URL.sub(r"\1***@", url)
 
 
-def _scrub(text: str, url: str) -> str:
+def scrub_secrets(text: str, url: str) -> str:
     """Remove the URL's password from a driver's error message, should it appear there."""
     try:
         from sqlalchemy.engine import make_url
@@ -123,12 +123,12 @@ def check_storage(url: str, *, must_exist: bool) -> None:
     try:
         engine = create_engine(url, connect_args=_connect_args(url))
     except Exception as exc:  # unknown dialect, driver not installed
-        raise StorageError(f"storage {shown}: {_scrub(_first_line(exc), url)}") from None
+        raise StorageError(f"storage {shown}: {scrub_secrets(_first_line(exc), url)}") from None
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as exc:
-        reason = _scrub(_first_line(getattr(exc, "orig", None) or exc), url)
+        reason = scrub_secrets(_first_line(getattr(exc, "orig", None) or exc), url)
         raise StorageError(f"storage {shown} is not reachable: {reason}") from None
     finally:
         engine.dispose()
@@ -147,4 +147,4 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as exc:
-        raise StorageError(f"storage {redact(url)}: {_scrub(_first_line(exc), url)}") from None
+        raise StorageError(f"storage {redact(url)}: {scrub_secrets(_first_line(exc), url)}") from None

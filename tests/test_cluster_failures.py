@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import descendants, free_port
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 PG_URL = os.environ.get("PROXSTUDY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -77,12 +79,6 @@ def _pg_reachable() -> bool:
 needs_pg = pytest.mark.skipif(not _pg_reachable(), reason=f"PostgreSQL not reachable at {PG_URL}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PROXSTUDY_"))}
     # RAY_AUTH_MODE explicit: otherwise a token left in ~/.ray by any local Ray switches the
@@ -91,36 +87,9 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-# ------------------------------------------------------------------------------------------
-# process tree helpers (/proc; Ray's workers leave the node's process group, not its tree)
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def _descendants(pid: int) -> list[int]:
-    tree, out, stack = _children_map(), [], [pid]
-    while stack:
-        for child in tree.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
-    return out
-
-
 def _kill_tree(leader: int) -> None:
     """SIGKILL a node: its process group and every descendant (Ray workers setsid)."""
-    pids = _descendants(leader)
+    pids = descendants(leader)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(leader, signal.SIGKILL)
     for pid in pids:
@@ -136,7 +105,7 @@ class RayNode:
         self._log = open(log, "wb")
         self.proc = subprocess.Popen(
             [RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-             f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
              *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
@@ -160,7 +129,7 @@ class RayNode:
     def trial_worker_pids(self) -> set[int]:
         """Ray worker processes of this node that currently run a Tune trial."""
         out = set()
-        for pid in _descendants(self.proc.pid):
+        for pid in descendants(self.proc.pid):
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
             except OSError:
@@ -192,7 +161,7 @@ def _wait_nodes(address: str, n: int, node: RayNode, timeout: float = 90) -> Non
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A head node with one CPU for trials, on free ports; torn down whatever happens."""
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     node = RayNode(
         ["--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false"],
@@ -229,7 +198,7 @@ class PausableProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.port = _free_port()
+        self.port = free_port()
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None

@@ -14,6 +14,7 @@ import yaml
 import dashboard_fixtures as F
 from dashboards import app as A
 from dashboards import data as D
+from study.storage import scrub_secrets
 
 XSS = "<script>alert(1)</script>"
 
@@ -139,7 +140,7 @@ def test_remote_binding_with_allow_remote_warns(tmp_path, capsys):
 def test_password_is_never_shown():
     url = "postgresql+psycopg://user:hunter2secret@db.example:5432/studies"
     assert "hunter2secret" not in D.redact(url) and "db.example" in D.redact(url)
-    assert "hunter2secret" not in A._scrub(f"could not connect to {url}", url)
+    assert "hunter2secret" not in scrub_secrets(f"could not connect to {url}", url)
 
 
 def test_password_not_on_index_page_with_real_postgres():

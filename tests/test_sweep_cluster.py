@@ -19,7 +19,8 @@ import pytest
 from optuna.trial import TrialState
 
 from study import records as R
-from test_sweep_points import BIN, PROXSTUDY, cli_env, free_port, kill_everything_of
+from processes import free_port, kill_everything_of
+from test_sweep_points import BIN, PROXSTUDY, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 
 from study import records as R
 from study.space import grid_points, load_space
-from test_sweep_points import PROXSTUDY, cli_env, descendants, kill_everything_of
+from processes import descendants, kill_everything_of
+from test_sweep_points import PROXSTUDY, cli_env
 
 pytestmark = pytest.mark.timeout(300)
 
