@@ -131,8 +131,9 @@ def robustness_curve(
 ) -> go.Figure:
     """Objective vs lr (log axis), one line per method at its best other parameters.
 
-    The band is mean +- std (population std over seeds). Diverged lrs break the line and show a
-    red "x" at the top of the plotted range.
+    The band spans the seeds (their min to max), which stays honest on the log y axis used for
+    positive losses (losses span decades, as in the paper's Table 1; mean - std could be
+    negative there). Diverged lrs break the line and show a red "x" at the top of the range.
     """
     fig = go.Figure()
     finite_all = [p.mean for p in points if not p.diverged and p.mean is not None]
@@ -148,13 +149,13 @@ def robustness_curve(
         extra = params_label({k: v for k, v in (m.best_params or {}).items() if k != PARAM_LR})
         if extra:
             label += f" ({extra})"
-        upper = [None if v is None else v + s for v, s in zip(y, sd)]
-        lower = [None if v is None else v - s for v, s in zip(y, sd)]
+        upper = [None if v is None else max(p.values) for v, p in zip(y, row)]
+        lower = [None if v is None else min(p.values) for v, p in zip(y, row)]
         fig.add_trace(go.Scatter(x=x, y=upper, mode="lines", line={"width": 0}, showlegend=False,
-                                 hoverinfo="skip", legendgroup=method, name=f"{method} +std"))
+                                 hoverinfo="skip", legendgroup=method, name=f"{method} seed max"))
         fig.add_trace(go.Scatter(x=x, y=lower, mode="lines", line={"width": 0}, fill="tonexty",
                                  fillcolor="rgba(100,100,100,0.15)", showlegend=False,
-                                 hoverinfo="skip", legendgroup=method, name=f"{method} -std"))
+                                 hoverinfo="skip", legendgroup=method, name=f"{method} seed min"))
         fig.add_trace(go.Scatter(
             x=x, y=y, mode="lines+markers", name=label, legendgroup=method,
             customdata=[[format_value(v), format_value(s), p.n] for v, s, p in zip(y, sd, row)],
@@ -169,7 +170,9 @@ def robustness_curve(
                 hovertemplate="lr=%{x}<br>diverged<extra></extra>",
             ))
     fig.update_xaxes(type="log", title_text="lr", exponentformat="power")
-    fig.update_yaxes(title_text=f"{objective} (mean ± std over seeds)")
+    log_y = direction == MINIMIZE and bool(finite_all) and min(finite_all) > 0
+    fig.update_yaxes(type="log" if log_y else "linear",
+                     title_text=f"{objective} (mean over seeds; band: min-max)")
     fig.update_layout(title={"text": "Robustness: objective vs learning rate at each method's best other parameters"})
     return fig
 

@@ -12,6 +12,8 @@ import os
 import tempfile
 from collections.abc import Sequence
 
+from plotly.offline import get_plotlyjs
+
 from dashboards import data as D
 from dashboards.figures import study_figures
 from dashboards.metrics import __doc__ as METRICS_DOC
@@ -22,7 +24,10 @@ body { font-family: sans-serif; margin: 16px; }
 table.data { border-collapse: collapse; margin: 8px 0 16px; }
 table.data th, table.data td { border: 1px solid #ccc; padding: 3px 8px; text-align: center; }
 table.data td:first-child { text-align: left; }
-.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 8px; }
+/* Two fixed columns: plotly sizes a figure when its script runs, before later grid items
+   exist, so an auto-fit grid would first give the first figure the whole row. */
+.grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }
+@media (max-width: 1100px) { .grid { grid-template-columns: minmax(0, 1fr); } }
 pre { white-space: pre-wrap; }
 """
 
@@ -47,11 +52,10 @@ def render_report(data: D.StudyData, storage_shown: str = "") -> str:
     esc = html.escape
     figs = study_figures(data)
     parts: list[str] = []
-    first = True
-    fig_html: dict[str, str] = {}
-    for key, fig in figs.items():
-        fig_html[key] = fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False})
-        first = False
+    # plotly.js goes once into <head>, so every figure can be placed anywhere in the body: a
+    # figure placed before the one that carried the library would find `Plotly` undefined.
+    fig_html = {key: fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True})
+                for key, fig in figs.items()}
     t1 = table1(data.points, data.records, data.direction)
     mrows = metrics_rows(data.metrics)
     counts = ", ".join(f"{data.counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
@@ -76,7 +80,7 @@ def render_report(data: D.StudyData, storage_shown: str = "") -> str:
     parts.append("</details>")
     title = esc(f"{data.name} - ProxProp robustness report")
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+            f"<style>{_STYLE}</style><script>{get_plotlyjs()}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
 def write_report(storage: str, study_name: str, out_path: str) -> None:

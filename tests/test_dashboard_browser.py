@@ -174,3 +174,17 @@ def test_script_named_study_stays_text_and_page_updates_live(site):
     F.add_trial(study, live, live.backprop, {"lr": 0.01}, 7, status="completed")
     browser.wait_for("document.querySelector('#study-counts').textContent.includes('5 completed')", timeout=25)
     assert browser.eval("window.__not_reloaded === true")
+
+
+def test_static_report_renders_every_figure_offline(site, tmp_path):
+    from dashboards.report import write_report
+
+    _, browser, url, _ = site
+    out = tmp_path / "report.html"
+    write_report(url, "digits", str(out))
+    browser.events.clear()
+    browser.navigate(out.as_uri())  # a file: URL, no server and no network: plotly.js is inline
+    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 7", timeout=45)
+    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 7
+    errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+    assert errors == []

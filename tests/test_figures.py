@@ -74,8 +74,10 @@ def test_robustness_curve_log_axis_best_row_and_band(records):
     # pp's best: cg1, tau 0.05, lr 0.01 (0.05 + 0.0005 + 0.005 = 0.0555).
     assert metrics["pp"].best_params == {"lr": 0.01, "tau_prox": 0.05, "cg_iterations": 1}
     assert lines["pp"].y[0] == pytest.approx(0.0555)
-    band_upper = [t for t in fig.data if t.name == "bp +std"][0]
-    assert band_upper.y[0] == pytest.approx(0.45 + 0.05)
+    band_upper = [t for t in fig.data if t.name == "bp seed max"][0]
+    band_lower = [t for t in fig.data if t.name == "bp seed min"][0]
+    assert band_upper.y[0] == pytest.approx(0.5) and band_lower.y[0] == pytest.approx(0.4)
+    assert fig.layout.yaxis.type == "log"  # positive losses span decades
     div = [t for t in fig.data if t.name == "bp diverged"][0]
     assert list(div.x) == [1.0] and div.marker.symbol == "x"
 
