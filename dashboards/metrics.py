@@ -43,10 +43,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.records import PARAM_LR, PointSummary
+from study.records import MAXIMIZE, MINIMIZE, PARAM_LR, PointSummary, best_point, point_value
 
-MINIMIZE = "minimize"
-MAXIMIZE = "maximize"
 
 
 @dataclass(frozen=True)
@@ -105,29 +103,8 @@ def evaluated(points: Iterable[PointSummary]) -> list[PointSummary]:
     return [p for p in points if p.diverged or p.n > 0]
 
 
-def point_value(point: PointSummary, direction: str = MINIMIZE) -> float:
-    """The point objective; diverged points are the worst possible value."""
-    if point.diverged or point.mean is None:
-        return -math.inf if direction == MAXIMIZE else math.inf
-    return float(point.mean)
-
-
 def _sort_key(direction: str):
     return (lambda v: -v) if direction == MAXIMIZE else (lambda v: v)
-
-
-def _better(a: float, b: float, direction: str) -> bool:
-    return a > b if direction == MAXIMIZE else a < b
-
-
-def best_point(points: Sequence[PointSummary], direction: str = MINIMIZE) -> PointSummary | None:
-    """The finite best point (first in input order on ties), None if none trained."""
-    best: PointSummary | None = None
-    for p in points:
-        value = point_value(p, direction)
-        if math.isfinite(value) and (best is None or _better(value, point_value(best, direction), direction)):
-            best = p
-    return best
 
 
 def median(values: Sequence[float]) -> float:

@@ -26,23 +26,14 @@ class NothingToExportError(LookupError):
     """The study has no finished point that could be exported."""
 
 
-def _rank_key(summary: R.PointSummary, maximize: bool) -> tuple:
-    if summary.diverged or summary.mean is None:
-        return (1, 0.0)
-    return (0, -summary.mean if maximize else summary.mean)
-
-
 def best_points(records: list[R.TrialRecord], maximize: bool) -> dict[str, R.PointSummary]:
-    """Per method, the best parameter point (only points with a completed, finite seed)."""
+    """Per method, the best parameter point over its seeds (diverged points never win)."""
     by_method: dict[str, list[R.PointSummary]] = {}
     for summary in R.aggregate_points(records):
         by_method.setdefault(summary.method, []).append(summary)
-    best = {}
-    for method, summaries in by_method.items():
-        candidates = [s for s in summaries if s.mean is not None]
-        if candidates:
-            best[method] = min(candidates, key=lambda s: _rank_key(s, maximize))
-    return best
+    direction = R.MAXIMIZE if maximize else R.MINIMIZE
+    best = {method: R.best_point(summaries, direction) for method, summaries in by_method.items()}
+    return {method: point for method, point in best.items() if point is not None}
 
 
 def export_document(storage: str | optuna.storages.BaseStorage, study_name: str) -> dict[str, Any]:

@@ -293,3 +293,28 @@ def aggregate_points(records: Iterable[TrialRecord]) -> list[PointSummary]:
         else:  # completed but non-finite objective: treat as diverged
             summary.n_diverged += 1
     return [summaries[point] for point in order]
+
+
+MINIMIZE = "minimize"
+MAXIMIZE = "maximize"
+
+
+def point_value(point: PointSummary, direction: str = MINIMIZE) -> float:
+    """The point's objective for ranking: its seed mean, or the worst possible value if any seed
+    diverged (or none completed), so diverged points rank last everywhere."""
+    if point.diverged or point.mean is None:
+        return -math.inf if direction == MAXIMIZE else math.inf
+    return float(point.mean)
+
+
+def best_point(points: Iterable[PointSummary], direction: str = MINIMIZE) -> PointSummary | None:
+    """The best point by :func:`point_value` (the first in input order on ties), or None when no
+    point has a finite value. Export, status and dashboards all rank with this one function."""
+    best: PointSummary | None = None
+    best_value = math.inf
+    sign = -1.0 if direction == MAXIMIZE else 1.0
+    for point in points:
+        value = sign * point_value(point, direction)
+        if math.isfinite(value) and (best is None or value < best_value):
+            best, best_value = point, value
+    return best

@@ -107,3 +107,16 @@ def test_running_trials_are_not_aggregated(sqlite_url):
     assert rec.status == R.STATUS_RUNNING and not rec.finished
     (summary,) = R.aggregate_points([rec])
     assert summary.n == 0 and summary.n_unfinished == 1
+
+
+def test_best_point_ranks_diverged_last_in_both_directions():
+    def point(mean_values, n_diverged=0, lr=0.1):
+        return R.PointSummary("m", {"lr": lr}, list(mean_values), list(range(len(mean_values))), n_diverged, 0, 0)
+
+    low_but_diverged = point([0.001], n_diverged=1, lr=1.0)
+    a, b, tie = point([0.5, 0.7], lr=0.01), point([0.2], lr=0.1), point([0.2], lr=0.2)
+    assert R.best_point([low_but_diverged, a, b, tie]) is b  # diverged never wins; ties: first
+    assert R.best_point([low_but_diverged, a, b], R.MAXIMIZE) is a
+    assert R.best_point([low_but_diverged]) is None
+    assert R.point_value(low_but_diverged) == math.inf
+    assert R.point_value(low_but_diverged, R.MAXIMIZE) == -math.inf
