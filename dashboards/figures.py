@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -17,6 +18,7 @@ from dashboards.tables import Table1, format_lr, format_value, metrics_rows, MET
 from study.records import PARAM_CG, PARAM_LR, PARAM_TAU, PointSummary, TrialRecord
 
 DIVERGED_COLOR = "#d62728"
+METHOD_COLORS = plotly.colors.qualitative.Plotly
 NO_TAU = "n/a"
 
 
@@ -138,10 +140,13 @@ def robustness_curve(
     fig = go.Figure()
     finite_all = [p.mean for p in points if not p.diverged and p.mean is not None]
     top = max(finite_all) if finite_all else 1.0
-    for method, m in metrics.items():
+    for index, (method, m) in enumerate(metrics.items()):
         row = best_row([p for p in points if p.method == method], m.best_params)
         if not row:
             continue
+        # One colour per method (as in the other figures); the invisible band traces would
+        # otherwise consume colours of the cycle.
+        color = METHOD_COLORS[index % len(METHOD_COLORS)]
         x = [float(p.params[PARAM_LR]) for p in row]
         y = [None if p.diverged or p.mean is None else p.mean for p in row]
         sd = [0.0 if p.std is None else p.std for p in row]
@@ -157,7 +162,7 @@ def robustness_curve(
                                  fillcolor="rgba(100,100,100,0.15)", showlegend=False,
                                  hoverinfo="skip", legendgroup=method, name=f"{method} seed min"))
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers", name=label, legendgroup=method,
+            x=x, y=y, mode="lines+markers", name=label, legendgroup=method, line={"color": color},
             customdata=[[format_value(v), format_value(s), p.n] for v, s, p in zip(y, sd, row)],
             hovertemplate="lr=%{x}<br>mean=%{customdata[0]}<br>std=%{customdata[1]}<br>n=%{customdata[2]}"
             "<extra>%{fullData.name}</extra>",
