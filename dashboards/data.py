@@ -46,7 +46,10 @@ _STATUS_OF_STATE = {
     TrialState.RUNNING: R.STATUS_RUNNING,
     TrialState.WAITING: R.STATUS_WAITING,
 }
-STATUS_ORDER = (R.STATUS_COMPLETED, R.STATUS_DIVERGED, R.STATUS_FAILED, R.STATUS_RUNNING, R.STATUS_WAITING)
+STATUS_ORDER = (
+    R.STATUS_COMPLETED, R.STATUS_DIVERGED, R.STATUS_FAILED, R.STATUS_RUNNING, R.STATUS_WAITING,
+    R.STATUS_INTERRUPTED,
+)
 
 
 class StudyNotFound(LookupError):
@@ -84,9 +87,14 @@ def status_counts(storage: optuna.storages.BaseStorage, study_id: int) -> dict[s
     return {status: storage.get_n_trials(study_id, state=state) for state, status in _STATUS_OF_STATE.items()}
 
 
-def _statuses(by_state: dict[TrialState, int]) -> dict[str, int]:
-    """Counts per Optuna state (``records_sql``) as :func:`status_counts` gives them."""
-    return {status: by_state.get(state, 0) for state, status in _STATUS_OF_STATE.items()}
+def _statuses(by_state: dict[TrialState | str, int]) -> dict[str, int]:
+    """Counts per status from ``records_sql``'s counts per Optuna state, where interrupted
+    trials (FAIL in Optuna, work left for us) are counted apart from failed ones."""
+    counts = {status: by_state.get(state, 0) for state, status in _STATUS_OF_STATE.items()}
+    interrupted = by_state.get(R.STATUS_INTERRUPTED, 0)
+    counts[R.STATUS_FAILED] -= interrupted
+    counts[R.STATUS_INTERRUPTED] = interrupted
+    return counts
 
 
 @dataclass

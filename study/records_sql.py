@@ -215,9 +215,10 @@ def read_records(url: str, study_name: str) -> list[R.TrialRecord] | None:
         return None
 
 
-def trial_state_counts(url: str, study_name: str) -> dict[TrialState, int] | None:
+def trial_state_counts(url: str, study_name: str) -> dict[TrialState | str, int] | None:
     """The study's trials per Optuna state in one ``GROUP BY`` query (states without trials
-    are absent), or None when the fast path does not apply.
+    are absent; key "interrupted": how many of the FAIL ones are interrupted trials), or None
+    when the fast path does not apply.
 
     Raises KeyError when the study does not exist, as Optuna's ``get_study_id_from_name``.
     """
@@ -264,7 +265,7 @@ def read_study_settings(url: str, study_name: str) -> StudySettings | None:
     )
 
 
-def all_trial_state_counts(url: str) -> dict[str, dict[TrialState, int]] | None:
+def all_trial_state_counts(url: str) -> dict[str, dict[TrialState | str, int]] | None:
     """Every study's name -> trials per Optuna state, in one query; None if not applicable."""
     try:
         with _connect(url) as conn:
@@ -274,7 +275,7 @@ def all_trial_state_counts(url: str) -> dict[str, dict[TrialState, int]] | None:
         return None
 
 
-def _state_counts(conn: sa.engine.Connection, study_name: str | None) -> dict[str, dict[TrialState, int]]:
+def _state_counts(conn: sa.engine.Connection, study_name: str | None) -> dict[str, dict[TrialState | str, int]]:
     joined = _STUDIES.outerjoin(_TRIALS, _TRIALS.c.study_id == _STUDIES.c.study_id)
     query = (
         sa.select(_STUDIES.c.study_name, _TRIALS.c.state, sa.func.count(_TRIALS.c.trial_id))
@@ -283,11 +284,31 @@ def _state_counts(conn: sa.engine.Connection, study_name: str | None) -> dict[st
     )
     if study_name is not None:
         query = query.where(_STUDIES.c.study_name == study_name)
-    out: dict[str, dict[TrialState, int]] = {}
+    out: dict[str, dict[TrialState | str, int]] = {}
     for name, state, count in conn.execute(query):
         per_state = out.setdefault(name, {})
         if state is not None:
             per_state[TrialState[state]] = int(count)
+    # FAIL trials closed after their driver died are not failures but work left (records.py);
+    # they are counted under the key "interrupted", and are included in the FAIL count.
+    interrupted = (
+        sa.select(_STUDIES.c.study_name, sa.func.count(_TRIALS.c.trial_id))
+        .select_from(
+            _STUDIES.join(_TRIALS, _TRIALS.c.study_id == _STUDIES.c.study_id).join(
+                _USER_ATTRS, _USER_ATTRS.c.trial_id == _TRIALS.c.trial_id
+            )
+        )
+        .where(
+            sa.cast(_TRIALS.c.state, sa.String) == TrialState.FAIL.name,  # an ENUM on PostgreSQL
+            _USER_ATTRS.c.key == R.ATTR_STATUS,
+            _USER_ATTRS.c.value_json == json.dumps(R.STATUS_INTERRUPTED),
+        )
+        .group_by(_STUDIES.c.study_name)
+    )
+    if study_name is not None:
+        interrupted = interrupted.where(_STUDIES.c.study_name == study_name)
+    for name, count in conn.execute(interrupted):
+        out.setdefault(name, {})[R.STATUS_INTERRUPTED] = int(count)
     return out
 
 

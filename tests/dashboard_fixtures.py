@@ -113,7 +113,7 @@ def add_trial(
     if status == R.STATUS_DIVERGED:
         final = None
     losses, diverged_at = _epoch_lists(final, space.epochs, rng)
-    if status in (R.STATUS_FAILED, R.STATUS_RUNNING):
+    if status in (R.STATUS_FAILED, R.STATUS_RUNNING, R.STATUS_INTERRUPTED):
         losses = losses[:2]
     history = [
         {
@@ -135,7 +135,8 @@ def add_trial(
     if status == R.STATUS_FAILED:
         attrs[R.ATTR_ERROR] = "RuntimeError: <b>synthetic</b> failure"
     intermediate = {e: v for e, v in enumerate(losses) if v is not None}
-    state = R.STATE_FOR_STATUS.get(status, TrialState.RUNNING)
+    # An interrupted trial is what the runner leaves of a dead driver's trial: Optuna FAIL.
+    state = {**R.STATE_FOR_STATUS, R.STATUS_INTERRUPTED: TrialState.FAIL}.get(status, TrialState.RUNNING)
     full_params = {R.PARAM_METHOD: method, R.PARAM_SEED: seed, **params}
     dists = space.distributions()
     study.add_trial(

@@ -56,3 +56,14 @@ def test_study_list_and_missing_things(storage, tmp_path):
     with pytest.raises(FileNotFoundError):
         D.get_storage(f"sqlite:///{tmp_path / 'absent.db'}")
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_interrupted_trials_are_counted_apart_from_failed_ones(storage):
+    study = optuna.load_study(study_name="live", storage=storage)
+    F.add_trial(study, SPACE, SPACE.backprop, {"lr": 0.1}, 3, status=R.STATUS_INTERRUPTED)
+    F.add_trial(study, SPACE, SPACE.backprop, {"lr": 0.1}, 4, status=R.STATUS_FAILED)
+    (summary,) = D.list_studies(storage)
+    assert summary.counts[R.STATUS_INTERRUPTED] == 1 and summary.counts[R.STATUS_FAILED] == 1
+    data = D.load_study_data(storage, "live")
+    assert data.counts == summary.counts
+    assert data.counts[R.STATUS_COMPLETED] == 4 and data.counts[R.STATUS_RUNNING] == 1

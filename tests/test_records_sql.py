@@ -120,6 +120,7 @@ def _check_storage(url: str, name: str) -> None:
     storage = optuna.storages.get_storage(url)
     study_id = storage.get_study_id_from_name(name)
     counts = S.trial_state_counts(url, name)
+    assert counts.pop(R.STATUS_INTERRUPTED) == sum(r.status == R.STATUS_INTERRUPTED for r in slow) == 1
     assert counts == {s: n for s in TrialState if (n := storage.get_n_trials(study_id, state=s))}
     assert S.all_trial_state_counts(url)[name + "-other"] == {TrialState.COMPLETE: 1}
     with pytest.raises(KeyError):
