@@ -32,11 +32,11 @@ from pathlib import Path
 
 import pytest
 
+from postgres import PG_URL, needs_pg
 from processes import descendants, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
-PG_URL = os.environ.get("PROXSTUDY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 # PROXSTUDY_TEST_CLI: test another `proxstudy` executable than the one beside this Python.
@@ -66,17 +66,6 @@ FAST_NODE_DEATH = {
 }
 
 
-def _pg_reachable() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_URL.replace("postgresql+psycopg", "postgresql"), connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
-
-needs_pg = pytest.mark.skipif(not _pg_reachable(), reason=f"PostgreSQL not reachable at {PG_URL}")
 
 
 def _env(**extra: str) -> dict[str, str]:

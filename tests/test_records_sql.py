@@ -10,20 +10,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sqlite3
 import time
 import uuid
 
 import optuna
 import pytest
+
+from postgres import PG_URL, needs_pg
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from study import records as R
 from study import records_sql as S
 
-PG_URL = os.environ.get("PROXSTUDY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 DISTRIBUTIONS = {
     R.PARAM_METHOD: CategoricalDistribution(["backprop", "proxprop-cg"]),
@@ -159,17 +159,7 @@ def test_datetimes_are_local_time_like_optunas(sqlite_url, monkeypatch):
         time.tzset()
 
 
-def _pg_reachable() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_URL.replace("postgresql+psycopg", "postgresql"), connect_timeout=3):
-            return True
-    except Exception:
-        return False
-
-
-@pytest.mark.skipif(not _pg_reachable(), reason=f"PostgreSQL not reachable at {PG_URL}")
+@needs_pg
 def test_sql_path_equals_optuna_api_on_postgresql():
     name = f"records-sql-{uuid.uuid4().hex[:10]}"
     try:

@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 
 from study import records as R
 from study.space import load_space
-from test_sweep_points import PG_URL, PROXSTUDY, cli_env
+from postgres import PG_URL, needs_pg
+from test_sweep_points import PROXSTUDY, cli_env
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,16 +47,6 @@ methods:
 def proxstudy(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([PROXSTUDY, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _pg_reachable() -> bool:
-    try:
-        from study.storage import check_storage
-
-        check_storage(PG_URL, must_exist=True)
-        return True
-    except Exception:
-        return False
 
 
 def check_recorded_study(url: str, study: str, space_file: Path) -> None:
@@ -151,7 +142,7 @@ def test_digits_sweep_on_sqlite_end_to_end(tmp_path):
     run_sweep_and_check(f"sqlite:///{tmp_path / 'study.db'}", "e2e-digits", tmp_path)
 
 
-@pytest.mark.skipif(not _pg_reachable(), reason=f"PostgreSQL not reachable at {PG_URL}")
+@needs_pg
 def test_digits_sweep_on_postgresql_end_to_end(tmp_path):
     study = f"e2e-pg-{uuid.uuid4().hex[:10]}"
     try:

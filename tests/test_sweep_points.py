@@ -32,7 +32,6 @@ from study.storage import redact, resolve_storage_url
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PROXSTUDY = str(BIN / "proxstudy")
-PG_URL = os.environ.get("PROXSTUDY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def cli_env(**extra: str) -> dict[str, str]:

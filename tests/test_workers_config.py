@@ -15,33 +15,17 @@ from workers.config import (
     validate_optimizer_spec,
     validate_trial_config,
 )
+from trial_configs import trial_config
 
-
-def trial(**changes) -> dict:
-    config = {
-        "dataset": {"name": "digits"},
-        "model": {"name": "mlp", "hidden": [16]},
-        "training": {"epochs": 2, "batch_size": 100},
-        "objective": "train_loss",
-        "method": "proxprop-cg",
-        "mode": "prox_cg",
-        "lr": 1.0,
-        "tau_prox": 0.05,
-        "cg_iterations": 3,
-        "optimizer": {"name": "sgd", "momentum": 0.95, "nesterov": True},
-        "seed": 0,
-    }
-    config.update(changes)
-    return config
 
 
 def test_valid_config_is_normalised():
-    out = validate_trial_config(trial(_point_key="abc"), "<config>")
+    out = validate_trial_config(trial_config(_point_key="abc"), "<config>")
     assert out["device"] == "auto" and out["_point_key"] == "abc"
     assert out["training"]["divergence_factor"] == 1e3 and out["dataset"]["val_fraction"] == 0.2
     assert layer_mode(out) == "prox_cg3"
-    assert layer_mode(validate_trial_config(trial(mode="prox_exact"), "x")) == "prox_exact"
-    gradient = validate_trial_config(trial(mode="gradient", tau_prox=None, cg_iterations=None), "x")
+    assert layer_mode(validate_trial_config(trial_config(mode="prox_exact"), "x")) == "prox_exact"
+    gradient = validate_trial_config(trial_config(mode="gradient", tau_prox=None, cg_iterations=None), "x")
     assert layer_mode(gradient) == "gradient" and gradient["tau_prox"] is None
     assert validate_trial_config(out, "<config>") == out  # idempotent
 
@@ -77,7 +61,7 @@ def test_valid_config_is_normalised():
 )
 def test_errors_name_the_field(changes, field, words):
     with pytest.raises(ConfigError) as info:
-        validate_trial_config(trial(**changes), "space.yaml")
+        validate_trial_config(trial_config(**changes), "space.yaml")
     assert info.value.source == "space.yaml" and info.value.field == field
     assert str(info.value).startswith(f"space.yaml: {field}: ") and words in str(info.value)
 
@@ -99,9 +83,9 @@ def _export(tmp_path, suffix=".yaml"):
         "direction": "minimize",
         "methods": {
             "backprop": {"params": {"lr": 0.05}, "objective": {"mean": 0.1, "std": 0.0, "n": 1}, "seeds": [0],
-                         "trial_config": trial(method="backprop", mode="gradient", lr=0.05, tau_prox=None, cg_iterations=None)},
+                         "trial_config": trial_config(method="backprop", mode="gradient", lr=0.05, tau_prox=None, cg_iterations=None)},
             "proxprop-cg": {"params": {"lr": 1.0}, "objective": {"mean": 0.1, "std": 0.0, "n": 1}, "seeds": [0],
-                            "trial_config": trial()},
+                            "trial_config": trial_config()},
         },
     }
     path = tmp_path / f"export{suffix}"
@@ -117,7 +101,7 @@ def test_load_train_file_reads_exports_and_bare_configs(tmp_path):
         load_train_file(path, "adam")
     assert info.value.field == "methods"
     bare = tmp_path / "trial.yaml"
-    bare.write_text(yaml.safe_dump(trial()))
+    bare.write_text(yaml.safe_dump(trial_config()))
     assert load_train_file(bare)[0]["lr"] == 1.0
     with pytest.raises(ConfigError):
         load_train_file(bare, "backprop")

@@ -10,23 +10,18 @@ import yaml
 from workers.config import ConfigError
 from workers.data import DataError
 from workers.train_command import TABLE_HEADER, train_main
+from trial_configs import trial_config
 
 
 def _trial(**changes) -> dict:
-    config = {
-        "dataset": {"name": "digits", "train_samples": 200},
-        "model": {"name": "mlp", "hidden": [16]},
-        "training": {"epochs": 2, "batch_size": 100},
-        "objective": "train_loss",
-        "method": "proxprop-exact",
-        "mode": "prox_exact",
-        "lr": 1.0,
-        "tau_prox": 0.05,
-        "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True},
-        "seed": 0,
-    }
-    config.update(changes)
-    return config
+    base = trial_config(
+        dataset={"name": "digits", "train_samples": 200},
+        method="proxprop-exact",
+        mode="prox_exact",
+        optimizer={"name": "sgd", "momentum": 0.9, "nesterov": True},
+    )
+    del base["cg_iterations"]
+    return {**base, **changes}
 
 
 def _lines(text: str) -> list[str]:

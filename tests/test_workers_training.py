@@ -9,25 +9,17 @@ import torch
 
 from workers.config import ConfigError
 from workers.training import EPOCH_KEYS, run_trial
+from trial_configs import trial_config
 
 
 def digits_trial(**changes) -> dict:
-    config = {
+    base = {
         "dataset": {"name": "digits", "train_samples": 400},
         "model": {"name": "mlp", "hidden": [32]},
-        "training": {"epochs": 2, "batch_size": 100},
-        "objective": "train_loss",
-        "method": "proxprop-cg",
-        "mode": "prox_cg",
-        "lr": 1.0,
-        "tau_prox": 0.05,
-        "cg_iterations": 3,
         "optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True},
-        "seed": 0,
         "device": "cpu",
     }
-    config.update(changes)
-    return config
+    return trial_config(**{**base, **changes})
 
 
 def test_completed_trial_records_every_epoch():
