@@ -35,8 +35,9 @@ COPY proxprop ./proxprop
 COPY workers ./workers
 COPY study ./study
 COPY dashboards ./dashboards
+COPY proxstudy ./proxstudy
 RUN pip install . "ray[default,tune]==${RAY_VERSION}" \
-    && python -c "import torch, ray, optuna, psycopg, proxprop, workers, study; print('torch', torch.__version__, 'ray', ray.__version__)"
+    && python -c "import torch, ray, optuna, psycopg, proxprop, proxstudy.workers, proxstudy.study; print('torch', torch.__version__, 'ray', ray.__version__)"
 
 # Search spaces travel with the image so `proxstudy run search_spaces/...` works in any container.
 COPY search_spaces ./search_spaces

@@ -35,8 +35,6 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Before Ray is imported: no usage reporting, and no token auth picked up from ~/.ray (the
 # nodes below are started with the same setting).
@@ -145,7 +143,7 @@ def ray_cluster(cpus_per_node: list[int]):
 
 
 def _sweep(space, storage: str | None, workdir: Path, ray_address: str | None) -> tuple[float, float, int, float]:
-    from study.runner import run_sweep
+    from proxstudy.study.runner import run_sweep
 
     url = storage or f"sqlite:///{workdir / (uuid.uuid4().hex + '.db')}"
     name = f"bench-{'cluster' if ray_address else 'local'}-{uuid.uuid4().hex[:8]}"
@@ -167,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from study.runner import load_space_any
+    from proxstudy.study.runner import load_space_any
 
     space = load_space_any(args.space or DEFAULT_SPACE)
     configs = {

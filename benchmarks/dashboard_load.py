@@ -31,18 +31,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # for tests.support: the benchmark builds its study like the tests do
 
 import optuna  # noqa: E402
 import requests  # noqa: E402
 
-import dashboard_fixtures as F  # noqa: E402
-from dashboards import app as A  # noqa: E402
-from dashboards import data as D  # noqa: E402
-from dashboards.figures import study_figures  # noqa: E402
-from study import records as R  # noqa: E402
-from study import records_sql  # noqa: E402
+from proxstudy.dashboards import app as A  # noqa: E402
+from proxstudy.dashboards import data as D  # noqa: E402
+from proxstudy.dashboards.figures import study_figures  # noqa: E402
+from proxstudy.study import records as R  # noqa: E402
+from proxstudy.study import records_sql  # noqa: E402
+from tests.support import study_fixtures as F  # noqa: E402
 
 STUDY = "dashboard-bench"
 

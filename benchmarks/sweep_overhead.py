@@ -21,12 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def space_document(lrs: list[float], seeds: int, epochs: int) -> dict:
@@ -57,8 +53,8 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=2)
     args = parser.parse_args()
 
-    from study import records as R
-    from study.runner import run_sweep
+    from proxstudy.study import records as R
+    from proxstudy.study.runner import run_sweep
 
     lrs = [round(0.01 * 1.5**i, 6) for i in range(args.trials_per_seed)]
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:

@@ -25,12 +25,12 @@ import dash
 from dash import Input, Output, State, dash_table, dcc, html
 from flask import Response, request
 
-from dashboards import data as D
-from dashboards.exported import NothingToExport, export_text
-from dashboards.figures import study_figures
-from dashboards.metrics import __doc__ as METRICS_DOC
-from dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows
-from study.storage import scrub_secrets
+from proxstudy.dashboards import data as D
+from proxstudy.dashboards.exported import NothingToExport, export_text
+from proxstudy.dashboards.figures import study_figures
+from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
+from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows
+from proxstudy.study.storage import scrub_secrets
 
 REFRESH_MS = 5000
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}

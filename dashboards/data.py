@@ -30,10 +30,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from dashboards.metrics import GoodRegion, MethodMetrics, compute_metrics, direction_for
-from study import records as R
-from study import records_sql
-from study.storage import redact  # re-exported: pages and logs show only the redacted URL
+from proxstudy.dashboards.metrics import GoodRegion, MethodMetrics, compute_metrics, direction_for
+from proxstudy.study import records as R
+from proxstudy.study import records_sql
+from proxstudy.study.storage import redact  # re-exported: pages and logs show only the redacted URL
 
 LIVE_TTL_S = 4.0
 _versions = itertools.count(1)

@@ -6,8 +6,8 @@ same bytes; this module only adapts it to the dashboard's cached storage and err
 
 from __future__ import annotations
 
-from dashboards.data import StudyData, get_storage
-from study import export as study_export
+from proxstudy.dashboards.data import StudyData, get_storage
+from proxstudy.study import export as study_export
 
 
 class NothingToExport(LookupError):

@@ -13,9 +13,9 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboards.metrics import MINIMIZE, MethodMetrics, params_label, point_value
-from dashboards.tables import Table1, format_lr, format_value, metrics_rows, METRIC_COLUMNS
-from study.records import PARAM_CG, PARAM_LR, PARAM_TAU, PointSummary, TrialRecord
+from proxstudy.dashboards.metrics import MINIMIZE, MethodMetrics, params_label, point_value
+from proxstudy.dashboards.tables import Table1, format_lr, format_value, metrics_rows, METRIC_COLUMNS
+from proxstudy.study.records import PARAM_CG, PARAM_LR, PARAM_TAU, PointSummary, TrialRecord
 
 DIVERGED_COLOR = "#d62728"
 METHOD_COLORS = plotly.colors.qualitative.Plotly

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from study.records import MAXIMIZE, MINIMIZE, PARAM_LR, PointSummary, best_point, point_value
+from proxstudy.study.records import MAXIMIZE, MINIMIZE, PARAM_LR, PointSummary, best_point, point_value
 
 
 

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from plotly.offline import get_plotlyjs
 
-from dashboards import data as D
-from dashboards.figures import study_figures
-from dashboards.metrics import __doc__ as METRICS_DOC
-from dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows
+from proxstudy.dashboards import data as D
+from proxstudy.dashboards.figures import study_figures
+from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
+from proxstudy.dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows
 
 _STYLE = """
 body { font-family: sans-serif; margin: 16px; }

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dashboards.metrics import MINIMIZE, MethodMetrics, params_label, point_value
-from study.records import (
+from proxstudy.dashboards.metrics import MINIMIZE, MethodMetrics, params_label, point_value
+from proxstudy.study.records import (
     PARAM_CG,
     PARAM_LR,
     STATUS_COMPLETED,

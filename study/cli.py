@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _readable_storage(url: str | None) -> str:
-    from study.storage import check_storage, resolve_storage_url
+    from proxstudy.study.storage import check_storage, resolve_storage_url
 
     resolved = resolve_storage_url(url)
     check_storage(resolved, must_exist=True)
@@ -111,8 +111,8 @@ def _quiet_optuna() -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from study.runner import run_sweep
-    from study.storage import redact, resolve_storage_url
+    from proxstudy.study.runner import run_sweep
+    from proxstudy.study.storage import redact, resolve_storage_url
 
     summary = run_sweep(
         args.space,
@@ -149,7 +149,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from study.status import all_study_names, format_status, study_status
+    from proxstudy.study.status import all_study_names, format_status, study_status
 
     url = _readable_storage(args.storage)
     _quiet_optuna()
@@ -162,7 +162,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from study.status import all_study_names, format_list, study_status
+    from proxstudy.study.status import all_study_names, format_list, study_status
 
     url = _readable_storage(args.storage)
     _quiet_optuna()
@@ -171,7 +171,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from study.export import export_study
+    from proxstudy.study.export import export_study
 
     fmt = args.format
     if fmt is None:
@@ -188,7 +188,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from workers.train_command import train_main
+    from proxstudy.workers.train_command import train_main
 
     return int(train_main(args.config, method=args.method, device=args.device) or 0)
 
@@ -196,16 +196,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     url = _readable_storage(args.storage)
     try:
-        from dashboards.report import write_report
+        from proxstudy.dashboards.report import write_report
     except ImportError:
         raise _Fail("the HTML report is not available in this installation (dashboards.report.write_report missing)") from None
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise _Fail(f"--out {args.out}: directory {os.path.dirname(os.path.abspath(args.out))} does not exist")
     _quiet_optuna()
-    from study.status import all_study_names
+    from proxstudy.study.status import all_study_names
 
     if args.study not in all_study_names(url):
-        from study.status import UnknownStudyError
+        from proxstudy.study.status import UnknownStudyError
 
         raise UnknownStudyError(f"no study {args.study!r} in the storage (studies there: "
                                 f"{', '.join(all_study_names(url)) or 'none'})")
@@ -219,7 +219,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise _Fail(f"--host {args.host}: the dashboard has no login; add --allow-remote to serve beyond localhost")
     try:
-        from dashboards.app import run_dashboard
+        from proxstudy.dashboards.app import run_dashboard
     except ImportError:
         raise _Fail("the dashboard is not available in this installation (dashboards.app.run_dashboard missing)") from None
     _quiet_optuna()
@@ -240,14 +240,14 @@ _COMMANDS = {
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """The exception types that are the user's input, not our bugs (imported lazily)."""
-    from study.storage import StorageError
-    from workers.config import ConfigError
-    from workers.data import DataError
+    from proxstudy.study.storage import StorageError
+    from proxstudy.workers.config import ConfigError
+    from proxstudy.workers.data import DataError
 
     kinds: list[type[BaseException]] = [_Fail, ConfigError, DataError, StorageError]
-    from study.export import NothingToExportError
-    from study.runner import SweepError
-    from study.status import UnknownStudyError
+    from proxstudy.study.export import NothingToExportError
+    from proxstudy.study.runner import SweepError
+    from proxstudy.study.status import UnknownStudyError
 
     kinds += [SweepError, UnknownStudyError, NothingToExportError]
     return tuple(kinds)

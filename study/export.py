@@ -18,8 +18,8 @@ from typing import Any
 
 import optuna
 
-from study import records as R
-from study.status import UnknownStudyError
+from proxstudy.study import records as R
+from proxstudy.study.status import UnknownStudyError
 
 
 class NothingToExportError(LookupError):
@@ -38,7 +38,7 @@ def best_points(records: list[R.TrialRecord], maximize: bool) -> dict[str, R.Poi
 
 def export_document(storage: str | optuna.storages.BaseStorage, study_name: str) -> dict[str, Any]:
     """The export file's content (a JSON-able dict) for a study."""
-    from study.space import parse_space, trial_config
+    from proxstudy.study.space import parse_space, trial_config
 
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if study_name not in summaries:

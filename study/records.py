@@ -210,7 +210,7 @@ def load_records(
     for storage objects, and with ``fast=False``, through the Optuna API. Both give equal records.
     """
     if fast and isinstance(storage, str):
-        from study import records_sql  # imports this module
+        from proxstudy.study import records_sql  # imports this module
 
         records = records_sql.read_records(storage, study_name)
         if records is not None:

@@ -51,7 +51,7 @@ from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from study import records as R
+from proxstudy.study import records as R
 
 _log = logging.getLogger(__name__)
 

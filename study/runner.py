@@ -43,8 +43,8 @@ from optuna.distributions import BaseDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from study import records as R
-from study.storage import check_storage, open_storage, redact, resolve_storage_url
+from proxstudy.study import records as R
+from proxstudy.study.storage import check_storage, open_storage, redact, resolve_storage_url
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class SweepSummary:
 
 
 def _space_api():
-    from study import space
+    from proxstudy.study import space
 
     return space
 
@@ -468,7 +468,7 @@ class Progress:
 
 
 def _trainable() -> Callable:
-    from workers.trainable import proxprop_trainable
+    from proxstudy.workers.trainable import proxprop_trainable
 
     return proxprop_trainable
 
@@ -932,8 +932,8 @@ def _example_params(method_space) -> dict:
 def validate_before_writing(space) -> None:
     """Everything that can be wrong with the input, checked before the storage is touched:
     a trial config per method validates, and the data files are there (or downloadable)."""
-    from workers.config import validate_trial_config
-    from workers.data import check_available
+    from proxstudy.workers.config import validate_trial_config
+    from proxstudy.workers.data import check_available
 
     space_mod = _space_api()
     for method, method_space in space.methods.items():

@@ -83,7 +83,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
-from study.records import (
+from proxstudy.study.records import (
     OPTIMIZER_PARAM_PREFIX,
     PARAM_CG,
     PARAM_LR,
@@ -92,7 +92,7 @@ from study.records import (
     PARAM_TAU,
     point_key,
 )
-from workers.config import (
+from proxstudy.workers.config import (
     CG_MODES,
     MODES,
     OBJECTIVES,

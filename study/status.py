@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from study import records as R
+from proxstudy.study import records as R
 
 
 class UnknownStudyError(LookupError):
@@ -68,7 +68,7 @@ def _space_from_attrs(user_attrs: dict):
     document = user_attrs.get(R.STUDY_ATTR_SPACE)
     if not isinstance(document, dict):
         return None
-    from study.space import parse_space
+    from proxstudy.study.space import parse_space
 
     try:
         return parse_space(document, str(user_attrs.get(R.STUDY_ATTR_SOURCE, "<stored document>")))
@@ -106,7 +106,7 @@ def study_status(storage: str | optuna.storages.BaseStorage, study_name: str) ->
     space = _space_from_attrs(summary.user_attrs)
     expected = None
     if space is not None:
-        from study.runner import expected_per_method
+        from proxstudy.study.runner import expected_per_method
 
         expected = expected_per_method(space)
     records = R.load_records(storage, study_name)

@@ -226,7 +226,7 @@ def validate_dataset_spec(spec: Any, source: str, field: str = "dataset") -> dic
 
 def _validate_md5_option(name: str, value: Any, source: str, field: str) -> dict[str, str]:
     """md5 override: a digest (cifar10: the archive) or {file name: digest} (usps: two files)."""
-    from workers.data import DOWNLOAD_FILES  # local: data.py imports this module
+    from proxstudy.workers.data import DOWNLOAD_FILES  # local: data.py imports this module
 
     files = DOWNLOAD_FILES[name]
     if isinstance(value, str):

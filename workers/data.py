@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workers.config import validate_dataset_spec
+from proxstudy.workers.config import validate_dataset_spec
 
 __all__ = [
     "DOWNLOAD_FILES",

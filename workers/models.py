@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from workers.config import validate_model_spec
+from proxstudy.workers.config import validate_model_spec
 
 __all__ = ["build_model", "Autoencoder"]
 

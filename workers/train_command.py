@@ -14,9 +14,9 @@ from typing import TextIO
 
 import torch
 
-from workers.config import ConfigError, layer_mode, load_train_file, validate_device
-from workers.data import load_dataset
-from workers.training import TrialOutcome, resolve_device, run_trial
+from proxstudy.workers.config import ConfigError, layer_mode, load_train_file, validate_device
+from proxstudy.workers.data import load_dataset
+from proxstudy.workers.training import TrialOutcome, resolve_device, run_trial
 
 __all__ = ["train_main", "format_epoch_row", "TABLE_HEADER"]
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import torch
 
-from workers.config import ConfigError
-from workers.training import EPOCH_KEYS, run_trial
+from proxstudy.workers.config import ConfigError
+from proxstudy.workers.training import EPOCH_KEYS, run_trial
 
 __all__ = ["proxprop_trainable", "threads_for_trial"]
 

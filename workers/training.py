@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.config import layer_mode, validate_trial_config
-from workers.data import load_dataset
-from workers.models import build_model
+from proxstudy.workers.config import layer_mode, validate_trial_config
+from proxstudy.workers.data import load_dataset
+from proxstudy.workers.models import build_model
 
 __all__ = [
     "EPOCH_KEYS",

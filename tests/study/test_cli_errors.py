@@ -2,7 +2,7 @@
 no traceback, nothing written to the storage.
 
 The corpus tests/bad_spaces/ (first line `# expect: <text the message must contain>`) runs in
-this one process through study.cli.main (cheap); one case runs as a real subprocess.
+this one process through proxstudy.study.cli.main (cheap); one case runs as a real subprocess.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from study.cli import main
-from test_sweep_points import PROXSTUDY, cli_env, synthetic_space, write_space
+from proxstudy.study.cli import main
+from tests.support.cli import PROXSTUDY, cli_env, synthetic_space, write_space
 
 BAD = sorted((Path(__file__).parent / "bad_spaces").glob("*.yaml"))
 

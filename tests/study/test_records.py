@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from study import records as R
+from proxstudy.study import records as R
 
 
 def test_point_key_is_stable_and_distinguishes_values():

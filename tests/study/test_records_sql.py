@@ -17,12 +17,12 @@ import uuid
 import optuna
 import pytest
 
-from postgres import PG_URL, needs_pg
+from tests.support.postgres import PG_URL, needs_pg
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from study import records as R
-from study import records_sql as S
+from proxstudy.study import records as R
+from proxstudy.study import records_sql as S
 
 
 DISTRIBUTIONS = {

@@ -18,7 +18,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from study import records as R
+from proxstudy.study import records as R
 
 
 @dataclass(frozen=True)

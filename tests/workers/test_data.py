@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures_data import (
+from tests.support.data_files import (
     cifar_archive_bytes,
     cifar_arrays,
     md5,
@@ -17,7 +17,7 @@ from fixtures_data import (
     usps_bytes,
     write_cifar_batches,
 )
-from workers.data import DataError, check_available, clear_cache, load_dataset
+from proxstudy.workers.data import DataError, check_available, clear_cache, load_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -235,7 +235,7 @@ def test_usps_missing_files_message(tmp_path):
 
 
 def test_default_checksums_are_the_official_ones():
-    from workers.data import KNOWN_MD5
+    from proxstudy.workers.data import KNOWN_MD5
 
     assert KNOWN_MD5 == {
         "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",

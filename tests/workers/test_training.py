@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from workers.config import ConfigError
-from workers.training import EPOCH_KEYS, run_trial
-from trial_configs import trial_config
+from proxstudy.workers.config import ConfigError
+from proxstudy.workers.training import EPOCH_KEYS, run_trial
+from tests.support.trial_configs import trial_config
 
 
 def digits_trial(**changes) -> dict:
@@ -139,7 +139,7 @@ def test_callback_exceptions_propagate():
 
 
 def test_test_set_metrics_after_completion(tmp_path):
-    from fixtures_data import cifar_arrays, write_cifar_batches
+    from tests.support.data_files import cifar_arrays, write_cifar_batches
 
     write_cifar_batches(tmp_path / "cifar-10-batches-py", cifar_arrays(4))
     config = digits_trial(dataset={"name": "cifar10", "root": str(tmp_path), "val_size": 4},

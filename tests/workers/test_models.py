@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from proxprop import ProxPropConv2d, ProxPropLinear
-from workers.models import build_model
+from proxstudy.workers.models import build_model
 
 
 def _proxprop_layers(model: nn.Module) -> list[nn.Module]:

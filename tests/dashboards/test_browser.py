@@ -19,9 +19,9 @@ import optuna
 import pytest
 import requests
 
-import dashboard_fixtures as F
-from dashboards import app as A
-from dashboards import data as D
+from tests.support import study_fixtures as F
+from proxstudy.dashboards import app as A
+from proxstudy.dashboards import data as D
 
 websocket = pytest.importorskip("websocket")
 XSS = "<script>alert(1)</script>"
@@ -177,7 +177,7 @@ def test_script_named_study_stays_text_and_page_updates_live(site):
 
 
 def test_static_report_renders_every_figure_offline(site, tmp_path):
-    from dashboards.report import write_report
+    from proxstudy.dashboards.report import write_report
 
     _, browser, url, _ = site
     out = tmp_path / "report.html"

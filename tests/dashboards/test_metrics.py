@@ -7,15 +7,15 @@ import math
 
 import pytest
 
-from dashboards.metrics import (
+from proxstudy.dashboards.metrics import (
     MAXIMIZE,
     GoodRegion,
     compute_metrics,
     expected_best_of_k,
     median,
 )
-from dashboards.tables import format_lr, format_value, table1
-from study.records import TrialRecord, aggregate_points
+from proxstudy.dashboards.tables import format_lr, format_value, table1
+from proxstudy.study.records import TrialRecord, aggregate_points
 
 
 def rec(number, method, params, seed, status="completed", value=None, train_loss=None):

@@ -18,10 +18,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study import records as R
-from study.space import grid_points, load_space
-from processes import descendants, kill_everything_of
-from test_sweep_points import PROXSTUDY, cli_env
+from proxstudy.study import records as R
+from proxstudy.study.space import grid_points, load_space
+from tests.support.processes import descendants, kill_everything_of
+from tests.support.cli import PROXSTUDY, cli_env
 
 pytestmark = pytest.mark.timeout(300)
 

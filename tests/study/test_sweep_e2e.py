@@ -17,10 +17,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from study import records as R
-from study.space import load_space
-from postgres import PG_URL, needs_pg
-from test_sweep_points import PROXSTUDY, cli_env
+from proxstudy.study import records as R
+from proxstudy.study.space import load_space
+from tests.support.postgres import PG_URL, needs_pg
+from tests.support.cli import PROXSTUDY, cli_env
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,22 +1,16 @@
-"""The sweep runner's pure parts (no Ray): which points run, counting, redaction, progress.
-
-Also holds the helpers the other sweep/CLI test modules share (spaces, subprocess env).
-"""
+"""The sweep runner's pure parts (no Ray): which points run, counting, redaction, progress."""
 
 from __future__ import annotations
 
 import io
 import os
-import sys
-from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
-from study import records as R
-from study.runner import (
+from proxstudy.study import records as R
+from proxstudy.study.runner import (
     PointSearcherFinished,
     Progress,
     StaticPoints,
@@ -25,44 +19,10 @@ from study.runner import (
     expected_per_method,
     random_points,
 )
-from study.space import grid_points, parse_space
-from study.status import counts_from_records
-from study.storage import redact, resolve_storage_url
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-PROXSTUDY = str(BIN / "proxstudy")
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for `proxstudy` subprocesses: the repo importable from any cwd, no Ray or
-    proxstudy settings leaking in from the caller, one torch thread per trial."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PROXSTUDY_"))}
-    env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1", **extra)
-    return env
-
-
-def synthetic_space(study: str = "unit", sampler: dict | None = None, seeds=(0, 1)) -> dict:
-    return {
-        "study": study,
-        "dataset": {"name": "synthetic", "n_train": 64, "n_val": 32, "input_shape": [1, 4, 4],
-                    "num_classes": 3, "seed": 0},
-        "model": {"name": "mlp", "hidden": [8]},
-        "training": {"epochs": 2, "batch_size": 32, "seeds": list(seeds)},
-        "sampler": sampler or {"name": "grid"},
-        "objective": "train_loss",
-        "methods": {
-            "backprop": {"mode": "gradient", "lr": {"low": 0.01, "high": 1.0, "log": True, "points": 3}},
-            "cg": {"mode": "prox_cg", "cg_iterations": [1, 2], "tau_prox": 1.0,
-                   "lr": {"low": 0.01, "high": 1.0, "log": True, "points": 2}},
-        },
-    }
-
-
-def write_space(path: Path, doc: dict) -> Path:
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
+from proxstudy.study.space import grid_points, parse_space
+from proxstudy.study.status import counts_from_records
+from proxstudy.study.storage import redact, resolve_storage_url
+from tests.support.cli import synthetic_space
 
 # ------------------------------------------------------------------------------------------
 
@@ -168,7 +128,7 @@ def test_close_interrupted_fails_running_trials_of_a_dead_driver_and_refuses_a_l
     import socket
 
     live.set_user_attr(R.ATTR_DRIVER, f"{socket.gethostname()}:{os.getppid()}")  # pytest's parent: alive
-    from study.runner import SweepError
+    from proxstudy.study.runner import SweepError
 
     with pytest.raises(SweepError, match="is being run by process"):
         close_interrupted(storage, study._study_id)
@@ -199,7 +159,7 @@ def test_progress_line_counts_and_eta():
 def test_storage_writer_retries_connection_errors_and_stops_on_other_errors(monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from study import runner
+    from proxstudy.study import runner
 
     monkeypatch.setattr(runner, "STORAGE_RETRY_S", 5.0)
     writer = runner._StorageWriter()

@@ -11,10 +11,10 @@ import pytest
 import requests
 import yaml
 
-import dashboard_fixtures as F
-from dashboards import app as A
-from dashboards import data as D
-from study.storage import scrub_secrets
+from tests.support import study_fixtures as F
+from proxstudy.dashboards import app as A
+from proxstudy.dashboards import data as D
+from proxstudy.study.storage import scrub_secrets
 
 XSS = "<script>alert(1)</script>"
 
@@ -156,7 +156,7 @@ def test_password_not_on_index_page_with_real_postgres():
 
 
 def test_export_download_equals_proxstudy_export(server, storage):
-    from study import export as study_export
+    from proxstudy.study import export as study_export
 
     r = requests.get(server.base + "/download/export.yaml", params={"study": "digits"}, timeout=60)
     expected = study_export.render(study_export.export_document(storage, "digits"), "yaml")
@@ -173,7 +173,7 @@ def test_run_dashboard_serves_on_localhost(storage, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import sys; from dashboards.app import run_dashboard; "
+    code = ("import sys; from proxstudy.dashboards.app import run_dashboard; "
             f"run_dashboard(sys.argv[1], port={port})")
     log = tmp_path / "stderr.txt"
     with open(log, "w") as err:

@@ -7,7 +7,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
-from workers.trainable import proxprop_trainable, threads_for_trial  # noqa: E402
+from proxstudy.workers.trainable import proxprop_trainable, threads_for_trial  # noqa: E402
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SENTINEL_PASSWORD = "sentinel-pw-7f3a9c"
@@ -240,7 +240,10 @@ def test_dockerfile_installs_the_project_as_non_root():
     # Everything pip needs to build the package is copied in before `pip install .`.
     copied = {part.rstrip("/") for kw, rest in instructions if kw == "COPY" for part in rest.split()[:-1]}
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    needed = {"pyproject.toml", *pyproject["tool"]["setuptools"]["packages"]}
+    setuptools = pyproject["tool"]["setuptools"]
+    package_dir = setuptools.get("package-dir", {})
+    top_folders = {package_dir.get(p, p).split(".")[0] for p in setuptools["packages"]}
+    needed = {"pyproject.toml", *top_folders}
     if "readme" in pyproject["project"]:
         needed.add(pyproject["project"]["readme"])
     assert needed <= copied, needed - copied

@@ -13,9 +13,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from study import records as R
-from study.runner import SweepError, run_sweep
-from test_sweep_points import synthetic_space
+from proxstudy.study import records as R
+from proxstudy.study.runner import SweepError, run_sweep
+from tests.support.cli import synthetic_space
 
 pytestmark = pytest.mark.timeout(300)
 

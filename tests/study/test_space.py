@@ -16,19 +16,19 @@ import pytest
 import yaml
 from optuna.distributions import check_distribution_compatibility
 
-from study.records import point_key
-from study.space import (
+from proxstudy.study.records import point_key
+from proxstudy.study.space import (
     grid_points,
     load_space,
     parse_space,
     recorded_distributions,
     trial_config,
 )
-from workers.config import ConfigError, validate_trial_config
+from proxstudy.workers.config import ConfigError, validate_trial_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
-BAD = sorted((ROOT / "tests" / "bad_spaces").glob("*.yaml"))
+BAD = sorted((ROOT / "tests" / "study" / "bad_spaces").glob("*.yaml"))
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -366,8 +366,8 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def test_reference_cg_mode_reaches_the_layers_as_the_aliased_variant():
-    from workers.config import layer_mode
-    from workers.models import build_model
+    from proxstudy.workers.config import layer_mode
+    from proxstudy.workers.models import build_model
 
     doc = {
         "study": "ref-cg",

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from postgres import PG_URL, needs_pg
-from processes import descendants, free_port
+from tests.support.postgres import PG_URL, needs_pg
+from tests.support.processes import descendants, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
@@ -285,7 +285,7 @@ def _write_space(tmp_path: Path, study: str, epochs: int) -> Path:
 
 
 def _expected_keys(space_path: Path) -> set[str]:
-    from study.space import grid_points, load_space
+    from proxstudy.study.space import grid_points, load_space
 
     return {p.key for p in grid_points(load_space(space_path))}
 
@@ -301,14 +301,14 @@ def _trials(study: str):
 
 
 def _n_finished(study: str) -> int:
-    from study import records as R
+    from proxstudy.study import records as R
 
     return sum(1 for t in _trials(study) if t.user_attrs.get(R.ATTR_STATUS) in R.FINAL_STATUSES
                and t.state.is_finished())
 
 
 def _assert_each_point_once_finished(study: str, expected: set[str]) -> None:
-    from study import records as R
+    from proxstudy.study import records as R
 
     trials = _trials(study)
     records = [R.record_from_frozen_trial(t) for t in trials]
@@ -375,7 +375,7 @@ def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen, log:
 @needs_pg
 def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, worker_node, tmp_path, cli_procs,
                                                                    study_name):
-    from study import records as R
+    from proxstudy.study import records as R
 
     study = study_name
     epochs = 12

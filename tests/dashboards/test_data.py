@@ -6,9 +6,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-import dashboard_fixtures as F
-from dashboards import data as D
-from study import records as R
+from tests.support import study_fixtures as F
+from proxstudy.dashboards import data as D
+from proxstudy.study import records as R
 
 SPACE = F.SyntheticSpace(lrs=(0.01, 0.1), taus=(1.0,), cgs=(3,), seeds=(0,))
 

@@ -7,11 +7,11 @@ import math
 import plotly.graph_objects as go
 import pytest
 
-from dashboards import figures as FG
-from dashboards.data import build_study_data
-from dashboards.metrics import compute_metrics
-from dashboards.tables import table1
-from study.records import TrialRecord, aggregate_points
+from proxstudy.dashboards import figures as FG
+from proxstudy.dashboards.data import build_study_data
+from proxstudy.dashboards.metrics import compute_metrics
+from proxstudy.dashboards.tables import table1
+from proxstudy.study.records import TrialRecord, aggregate_points
 
 
 def rec(number, method, params, seed, status="completed", value=None, seconds=1.0):

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from workers.config import (
+from proxstudy.workers.config import (
     ConfigError,
     layer_mode,
     load_train_file,
@@ -15,7 +15,7 @@ from workers.config import (
     validate_optimizer_spec,
     validate_trial_config,
 )
-from trial_configs import trial_config
+from tests.support.trial_configs import trial_config
 
 
 

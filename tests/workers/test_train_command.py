@@ -7,10 +7,10 @@ import io
 import pytest
 import yaml
 
-from workers.config import ConfigError
-from workers.data import DataError
-from workers.train_command import TABLE_HEADER, train_main
-from trial_configs import trial_config
+from proxstudy.workers.config import ConfigError
+from proxstudy.workers.data import DataError
+from proxstudy.workers.train_command import TABLE_HEADER, train_main
+from tests.support.trial_configs import trial_config
 
 
 def _trial(**changes) -> dict:

@@ -18,9 +18,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from study import records as R
-from processes import free_port, kill_everything_of
-from test_sweep_points import BIN, PROXSTUDY, cli_env
+from proxstudy.study import records as R
+from tests.support.processes import free_port, kill_everything_of
+from tests.support.cli import BIN, PROXSTUDY, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
