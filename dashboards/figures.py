@@ -41,17 +41,22 @@ def _log_scale(robustness: Robustness) -> bool:
 
 
 def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
-    """Colour-bar ticks for log10 values: 1-2-5 steps per decade, labelled in real units."""
+    """Colour-bar ticks for log10 values (1-2-5 steps per decade over at most two decades, one
+    per decade beyond), labelled in real units; the range's ends are labelled too."""
     vals, text = [], []
+    mantissas = (1, 2, 5) if hi - lo <= 2 else (1,)  # at most about a dozen labels
     for exponent in range(math.floor(lo) - 1, math.ceil(hi) + 1):
-        for mantissa in (1, 2, 5):
+        for mantissa in mantissas:
             v = mantissa * 10.0**exponent
             if lo - 1e-9 <= math.log10(v) <= hi + 1e-9:
                 vals.append(math.log10(v))
                 text.append(format_value(v))
-    if len(vals) < 2:  # a very narrow range: label its ends
-        vals, text = [lo, hi], [format_value(10**lo), format_value(10**hi)]
-    return vals, text
+    for end in (lo, hi):  # the ends: the best point of the study and the value before training
+        if all(abs(end - v) > 0.15 for v in vals):
+            vals.append(end)
+            text.append(format_value(10**end))
+    order = sorted(range(len(vals)), key=vals.__getitem__)
+    return [vals[i] for i in order], [text[i] for i in order]
 
 
 def heatmap(robustness: Robustness, method: str, objective: str = "objective") -> go.Figure:
@@ -190,11 +195,13 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
                 customdata=[p.n_diverged for p in dx],
             ))
     log = _log_scale(r)
-    for value, dash, text in ((r.initial_value, "dot", "before training"),
-                              (r.progress_threshold, "dash", f"trained ({100 * (1 - r.delta):.0f}% of best progress)")):
-        if value is not None and (value > 0 or not log):
-            fig.add_hline(y=value, line_dash=dash, line_color="#555", annotation_text=text,
-                          annotation_position="top left")
+    lrs = [p.lr for p in r.points if p.lr is not None]
+    for value, dash, text in ((r.initial_value, "dot", "before training (no progress)"),
+                              (r.progress_threshold, "dash", f"trained: {100 * (1 - r.delta):.0f}% of the best progress")):
+        if lrs and value is not None and (value > 0 or not log):
+            fig.add_trace(go.Scatter(x=[min(lrs), max(lrs)], y=[value, value], mode="lines", name=text,
+                                     line={"dash": dash, "color": "#555", "width": 1.5},
+                                     hovertemplate=f"{text}: {format_value(value)}<extra></extra>"))
     fig.update_xaxes(type="log", title_text="lr", exponentformat="power")
     fig.update_yaxes(type="log" if log else "linear",
                      title_text=f"capped {objective} (line: seed median; band: seed range)")
@@ -214,7 +221,7 @@ def sensitivity_bars(robustness: Robustness) -> go.Figure:
             marker={"color": METHOD_COLORS[index % len(METHOD_COLORS)]},
             error_y={"type": "data", "symmetric": False, "array": [hi - m.lr_sensitivity],
                      "arrayminus": [m.lr_sensitivity - lo], "thickness": 2, "width": 10},
-            text=[f"{m.lr_sensitivity:.2f}"], textposition="inside",
+            text=[f"{m.lr_sensitivity:.2f}"], textposition="inside", insidetextanchor="middle",
             customdata=[[f"{lo:.2f}", f"{hi:.2f}", params_label(m.sensitivity_params) or "(no other parameter)"]],
             hovertemplate="%{x}<br>lr sensitivity %{y:.3f}<br>95% CI [%{customdata[0]}, %{customdata[1]}]"
             "<br>at %{customdata[2]}<extra></extra>",

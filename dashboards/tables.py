@@ -166,7 +166,7 @@ def format_lr_range(lr_range: tuple[float, float] | None) -> str:
     if lr_range is None:
         return "none"
     lo, hi = lr_range
-    return format_lr(lo) if lo == hi else f"{format_lr(lo)}-{format_lr(hi)}"
+    return format_lr(lo) if lo == hi else f"{format_lr(lo)} to {format_lr(hi)}"
 
 
 def _setting(params: Mapping[str, Any] | None) -> str:

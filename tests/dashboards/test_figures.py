@@ -58,8 +58,9 @@ def test_heatmap_log_colour_facets_per_cg_and_marks_diverged_cells(records):
     # One colour range for the study, l* to l0, with tick labels in real units.
     assert heat[0].zmin == pytest.approx(math.log10(r.best_value)) and heat[0].zmax == pytest.approx(math.log10(2.0))
     bar = heat[0].colorbar
-    assert [10 ** v for v in bar.tickvals] == pytest.approx([0.1, 0.2, 0.5, 1.0, 2.0])
-    assert list(bar.ticktext) == ["0.100", "0.200", "0.500", "1.000", "2.000"]
+    # l* = 0.0555 (pp, cg1, tau 0.05, lr 0.01): ticks 0.0555 (the end), 0.1, 0.2, 0.5, 1, 2.
+    assert [10 ** v for v in bar.tickvals] == pytest.approx([r.best_value, 0.1, 0.2, 0.5, 1.0, 2.0])
+    assert list(bar.ticktext) == ["0.056", "0.100", "0.200", "0.500", "1.000", "2.000"]
     # BackProp has no tau: one row labelled n/a, one facet.
     bp = FG.heatmap(r, "bp")
     assert len([t for t in bp.data if isinstance(t, go.Heatmap)]) == 1
@@ -91,8 +92,10 @@ def test_lr_curves_at_the_most_robust_setting_with_seed_bands(records):
     pp = r.methods["pp"].sensitivity_params
     assert lines["pp"].name == f"pp ({FG.params_label(pp)})"
     # Reference lines: before training (2.0) and the trained threshold.
-    ys = sorted(shape.y0 for shape in fig.layout.shapes)
-    assert ys == pytest.approx(sorted([2.0, r.progress_threshold]))
+    before = [t for t in fig.data if t.name == "before training (no progress)"][0]
+    trained = [t for t in fig.data if t.name.startswith("trained: 90%")][0]
+    assert list(before.y) == [2.0, 2.0] and list(before.x) == [0.01, 1.0]
+    assert list(trained.y) == pytest.approx([r.progress_threshold] * 2) and trained.line.dash == "dash"
 
 
 def test_sensitivity_bars_with_interval_error_bars(records):
