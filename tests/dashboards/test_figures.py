@@ -156,3 +156,10 @@ def test_study_figures_cover_every_method(records):
             "tunability", "divergence"} <= set(figs)
     assert all(isinstance(f, go.Figure) for f in figs.values())
     assert not math.isnan(data.metrics.methods["bp"].expected_best[0])
+
+
+def test_colour_bar_ticks_thin_out_over_many_decades():
+    vals, text = FG._log_ticks(math.log10(2e-4), math.log10(2.3))
+    # one tick per decade (1e-3 ... 1) plus the two ends, labelled in real units
+    assert text == ["2e-4", "1e-3", "0.010", "0.100", "1.000", "2.300"]
+    assert vals == sorted(vals)
