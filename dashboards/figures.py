@@ -196,8 +196,9 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
             ))
     log = _log_scale(r)
     lrs = [p.lr for p in r.points if p.lr is not None]
+    trained_text = f"trained: {100 * (1 - r.delta):.0f}% of the best progress"
     for value, dash, text in ((r.initial_value, "dot", "before training (no progress)"),
-                              (r.progress_threshold, "dash", f"trained: {100 * (1 - r.delta):.0f}% of the best progress")):
+                              (r.progress_threshold, "dash", trained_text)):
         if lrs and value is not None and (value > 0 or not log):
             fig.add_trace(go.Scatter(x=[min(lrs), max(lrs)], y=[value, value], mode="lines", name=text,
                                      line={"dash": dash, "color": "#555", "width": 1.5},
@@ -316,7 +317,8 @@ def tunability_curve(robustness: Robustness, objective: str = "objective") -> go
     fig.update_xaxes(type="log", title_text="k random draws from the method's grid")
     fig.update_yaxes(type="log" if _log_scale(robustness) else "linear",
                      title_text=f"expected best capped {objective}")
-    fig.update_layout(title={"text": "Tunability: expected best after k random draws (diverged runs count as untrained)"})
+    fig.update_layout(title={"text": "Tunability: expected best after k random draws "
+                                     "(diverged runs count as untrained)"})
     return fig
 
 

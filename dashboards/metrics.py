@@ -108,10 +108,23 @@ SOURCE_WORST_FINAL = "worst final value (no epoch-0 values recorded)"
 SOURCE_NONE = "none (no completed or diverged trial)"
 
 __all__ = [
-    "DEFAULT_DELTA", "N_RESAMPLES", "RNG_SEED", "K_MAX", "MINIMIZE", "MAXIMIZE",
-    "PointRobustness", "MethodRobustness", "Comparison", "Robustness",
-    "compute_robustness", "summary_document", "picks", "expected_best_of_k", "median",
-    "direction_for", "params_label",
+    "DEFAULT_DELTA",
+    "K_MAX",
+    "MAXIMIZE",
+    "MINIMIZE",
+    "N_RESAMPLES",
+    "RNG_SEED",
+    "Comparison",
+    "MethodRobustness",
+    "PointRobustness",
+    "Robustness",
+    "compute_robustness",
+    "direction_for",
+    "expected_best_of_k",
+    "median",
+    "params_label",
+    "picks",
+    "summary_document",
 ]
 
 
@@ -376,7 +389,7 @@ def _evaluate(values: np.ndarray, diverged: np.ndarray, l0: float, delta: float,
     rows = np.arange(B)
     out: dict[str, _Stats] = {}
     for lay in layouts:
-        n_theta, n_lr = lay.grid.shape
+        n_theta = lay.grid.shape[0]
         div_rate = diverged[:, lay.indices].mean(axis=1) if len(lay.indices) else np.full(B, np.nan)
         best = values[:, lay.indices].min(axis=1) if len(lay.indices) else np.full(B, np.nan)
         if n_theta == 0:
@@ -495,7 +508,7 @@ def compute_robustness(
         bs = boot[lay.name] if boot else None
         idx = lay.indices
         vs = [point_out[i].value for i in idx]
-        completed_idx = [i for i, ok in zip(idx, lay.has_completed) if ok]
+        completed_idx = [i for i, ok in zip(idx, lay.has_completed, strict=True) if ok]
         best_i = min(completed_idx, key=lambda i: values0[0, i]) if completed_idx else None
         has_theta = len(lay.thetas) > 0
         theta = dict(lay.thetas[int(st.theta[0])]) if has_theta else None
