@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv2d_gram", "conv2d_gram_flops", "FORCE_GRAM_METHOD"]
+from .strategies import GRAM_METHODS, check_choice
+
+__all__ = ["conv2d_gram", "conv2d_gram_flops"]
 
 #: Elements of one im2col chunk (bounded memory: 8M elements = 32 MB in float32).
 _CHUNK_ELEMENTS = 8_000_000
-#: Test/benchmark hook: "unfold" or "shift" forces the method (shift only where it applies).
-FORCE_GRAM_METHOD: str | None = None
 #: The batched small products of the shift method run at a fraction of GEMM speed; this
 #: factor (measured on a 2-core CPU) converts their flops to GEMM-flop equivalents.
 _SHIFT_SLOWDOWN = 2.5
@@ -40,11 +40,13 @@ def _shift_applies(stride: Sequence[int], dilation: Sequence[int]) -> bool:
     return tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _use_shift(x: Tensor, kernel_size, stride, padding, dilation) -> bool:
+def _use_shift(x: Tensor, kernel_size, stride, padding, dilation, method: str | None) -> bool:
+    """method None: the cheaper by flop count; "shift" applies to stride-1 undilated convs only."""
+    check_choice("gram_method", method, GRAM_METHODS)
     if not _shift_applies(stride, dilation):
         return False
-    if FORCE_GRAM_METHOD is not None:
-        return FORCE_GRAM_METHOD == "shift"
+    if method is not None:
+        return method == "shift"
     return _shift_flops(x, kernel_size, padding) < _unfold_flops(x, kernel_size, stride, padding, dilation)
 
 
@@ -67,9 +69,9 @@ def _shift_flops(x: Tensor, kernel_size, padding) -> float:
     return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * (2 * kw - 1)
 
 
-def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
+def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation, *, method: str | None = None) -> float:
     """GEMM-flop-equivalent cost of conv2d_gram with the method it would pick."""
-    if _use_shift(x, kernel_size, stride, padding, dilation):
+    if _use_shift(x, kernel_size, stride, padding, dilation, method):
         return _shift_flops(x, kernel_size, padding)
     return _unfold_flops(x, kernel_size, stride, padding, dilation)
 
@@ -81,9 +83,14 @@ def conv2d_gram(
     padding: Sequence[int],
     dilation: Sequence[int],
     has_bias: bool,
+    *,
+    method: str | None = None,
 ) -> Tensor:
-    """A^T A for A = [unfold(x) rows, 1] (p x p with p = C*kh*kw + has_bias)."""
-    if _use_shift(x, kernel_size, stride, padding, dilation):
+    """A^T A for A = [unfold(x) rows, 1] (p x p with p = C*kh*kw + has_bias).
+
+    method: None (the cheaper by flop count), "unfold" or "shift" (stride 1, dilation 1 only;
+    elsewhere "unfold" is used)."""
+    if _use_shift(x, kernel_size, stride, padding, dilation, method):
         return _gram_shift(x, tuple(kernel_size), tuple(padding), has_bias)
     return _gram_unfold(x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), has_bias)
 
