@@ -1,10 +1,20 @@
 """Time one training step (forward + backward + optimizer step) of the paper's models.
 
 ProxProp layers in every optimization mode are timed against plain PyTorch BackProp
-(nn.Linear / nn.Conv2d) measured in the same run: the variants are interleaved round by
-round (the order rotates every round), each round times a few steps after a warm-up, and the
-table reports median ms/step and the median over rounds of each mode's ratio to the BackProp
-time of the same round, so load from other processes affects both sides alike.
+(nn.Linear / nn.Conv2d) measured in the same run: every round runs BackProp, variant,
+BackProp, variant, ..., BackProp (the variants' order rotates every round), and each
+variant's ratio is its time over the mean of the two BackProp timings around it, so load
+from other processes affects both sides alike.  The table reports median ms/step and the
+median (and min-max) over rounds of the ratios.
+
+Memory: the peak of one training step (after warm-up) relative to BackProp's, counting every
+tensor: the model's parameters, gradients, optimizer state and batch alive at the step's
+start, plus the highest level that the step's own allocations reach.  On CUDA that is
+torch.cuda.max_memory_allocated.  On the CPU torch keeps no allocator statistics and
+tracemalloc does not see torch's allocations (c10 allocates with posix_memalign, outside
+Python's allocator), so the step runs once under torch.profiler with profile_memory=True,
+whose allocation events (size, +/-) come from the allocator itself; their running sum in time
+order gives the step's own peak.
 
     python benchmarks/proxprop_step.py                  # both models, batch 500, CPU
     python benchmarks/proxprop_step.py --quick          # fewer rounds, for a smoke run
@@ -56,7 +66,8 @@ def convnet(mode: str | None) -> nn.Module:
     )
 
 
-def make_step(arch: str, mode: str | None, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def make_step(arch: str, mode: str | None, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None], Callable[[], int]]:
+    """The training step and a function returning the bytes alive between steps."""
     torch.manual_seed(0)
     model = (mlp if arch == "mlp" else convnet)(mode).to(x.device)
     if arch == "mlp":
@@ -71,7 +82,45 @@ def make_step(arch: str, mode: str | None, x: torch.Tensor, y: torch.Tensor) -> 
         loss_fn(model(x), y).backward()
         opt.step()
 
-    return step
+    def resident() -> int:
+        tensors = [x, y, *model.parameters(), *model.buffers()]
+        tensors += [p.grad for p in model.parameters() if p.grad is not None]
+        tensors += [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t)]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(storages.values())
+
+    return step, resident
+
+
+def step_peak_bytes(step: Callable[[], None], resident: Callable[[], int], device: torch.device) -> int:
+    """Peak bytes of tensors alive during one step (see the module docstring)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    before = resident()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = []
+
+    def walk(node) -> None:
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+        for child in node.children:
+            walk(child)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
+    level = peak = 0
+    for _, size in sorted(events, key=lambda e: e[0]):
+        level += size
+        peak = max(peak, level)
+    return before + peak
 
 
 def sync(device: torch.device) -> None:
@@ -88,36 +137,45 @@ def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> fl
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[tuple[str, float, float]]:
+Row = tuple[str, float, list[float], float]  # variant, median ms, ratios per round, memory ratio
+
+
+def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[Row]:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32, generator=gen).to(device)
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
     variants = {"backprop": make_step(arch, None, x, y)}
     variants.update({mode: make_step(arch, mode, x, y) for mode in modes})
-    for step in variants.values():  # warm-up
+    for step, _ in variants.values():  # warm-up
         for _ in range(args.warmup):
             step()
     sync(device)
-    names = list(variants)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in names}
+    peak = {name: step_peak_bytes(step, resident, device) for name, (step, resident) in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(args.repeats):
-        shift = round_index % len(names)
-        order = names[shift:] + names[:shift]
-        this_round = {name: time_steps(variants[name], args.steps, device) for name in order}
-        for name in names:
-            times[name].append(this_round[name])
-            ratios[name].append(this_round[name] / this_round["backprop"])
-    return [(name, statistics.median(times[name]), statistics.median(ratios[name])) for name in names]
+        shift = round_index % len(modes)
+        order = modes[shift:] + modes[:shift]
+        backprop = [time_steps(variants["backprop"][0], args.steps, device)]
+        for name in order:
+            times[name].append(time_steps(variants[name][0], args.steps, device))
+            backprop.append(time_steps(variants["backprop"][0], args.steps, device))
+            ratios[name].append(times[name][-1] / ((backprop[-2] + backprop[-1]) / 2))
+        times["backprop"].append(statistics.median(backprop))
+        ratios["backprop"].append(1.0)
+    return [
+        (name, statistics.median(times[name]), ratios[name], peak[name] / peak["backprop"])
+        for name in variants
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median)")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (median)")
+    parser.add_argument("--steps", type=int, default=1, help="timed steps per variant and round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--arch", choices=["mlp", "convnet", "both"], default="both")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
@@ -132,10 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     archs = ["mlp", "convnet"] if args.arch == "both" else [args.arch]
     print(f"device={args.device} batch={args.batch} rounds={args.repeats} steps/round={args.steps} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"{'model':<8} {'variant':<12} {'ms/step':>10} {'x BackProp':>11}")
+    print(f"{'model':<8} {'variant':<12} {'ms/step':>9} {'x BackProp':>11} {'(min-max)':>11} {'memory x':>9}")
     for arch in archs:
-        for name, ms, ratio in bench(arch, modes, args):
-            print(f"{arch:<8} {name:<12} {ms:>10.1f} {ratio:>11.2f}", flush=True)
+        for name, ms, ratios, memory in bench(arch, modes, args):
+            spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+            print(f"{arch:<8} {name:<12} {ms:>9.1f} {statistics.median(ratios):>11.2f} {spread:>11} "
+                  f"{memory:>9.2f}", flush=True)
     return 0
 
 

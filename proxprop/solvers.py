@@ -57,9 +57,10 @@ def eigh_flops_per_n3(device: torch.device) -> float:
 
     Measured on the 2-core CPU: eigh(500) in float32 takes 7 ms with two threads but up to
     1.4 s when another process holds a core (its many small parallel regions wait for the
-    descheduled thread); with one thread it takes 11 ms (max 30 ms under the same load), about
-    as long as 16 * 500^3 GEMM flops.  So eigh runs single-threaded on the CPU (_eigh) and
-    costs 16 s^3.  On GPUs the eigensolver is slow relative to GEMM.
+    descheduled thread; cholesky_inverse(500) showed the same, 1.5 s); with one thread it
+    takes 11 ms (max 30 ms under the same load), about as long as 16 * 500^3 GEMM flops.  So
+    the small factorisations run single-threaded on the CPU (_small_lapack) and eigh costs
+    16 s^3.  On GPUs the eigensolver is slow relative to GEMM.
     """
     return 16.0 if device.type == "cpu" else 2000.0
 
@@ -97,10 +98,16 @@ class FactoredRows(NamedTuple):
         return self.left @ self.right.sum(dim=-1)
 
 
+#: Largest matrix that the CPU factorises single-threaded (see eigh_flops_per_n3); larger ones
+#: (primal systems of wide layers) have enough work per parallel region to use every thread.
+_SINGLE_THREAD_SIZE = 1024
+
+
 @contextlib.contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """Run LAPACK's eigensolver single-threaded on the CPU (see eigh_flops_per_n3)."""
-    if device.type != "cpu" or torch.compiler.is_compiling():
+def _small_lapack(matrix: Tensor) -> Iterator[None]:
+    """Run LAPACK on a small matrix single-threaded on the CPU (see eigh_flops_per_n3)."""
+    if (matrix.device.type != "cpu" or matrix.shape[-1] > _SINGLE_THREAD_SIZE
+            or torch.compiler.is_compiling()):
         yield
         return
     threads = torch.get_num_threads()
@@ -112,7 +119,7 @@ def _one_thread(device: torch.device) -> Iterator[None]:
 
 
 def _eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
-    with _one_thread(gram.device):
+    with _small_lapack(gram):
         evals, evecs = torch.linalg.eigh(gram)
     return evals.clamp_min(0.0), evecs
 
@@ -129,10 +136,12 @@ def _exact(gram: Tensor, rhs: Tensor, inv_tau: float | Tensor) -> FactoredRows:
     eye = torch.eye(size, dtype=gram.dtype, device=gram.device)
     shift = _column(inv_tau)
     shifted = gram + (shift[..., None] if isinstance(shift, Tensor) else shift) * eye
-    factor, info = torch.linalg.cholesky_ex(shifted)
+    with _small_lapack(shifted):
+        factor, info = torch.linalg.cholesky_ex(shifted)
     if not bool((info != 0).any()):
         if 4 * rhs.shape[-2] >= size:
-            return FactoredRows(rhs, torch.cholesky_inverse(factor))
+            with _small_lapack(factor):
+                return FactoredRows(rhs, torch.cholesky_inverse(factor))
         return FactoredRows(torch.cholesky_solve(rhs.mT, factor).mT, None)
     # rounding made the shifted matrix numerically indefinite: the eigenvalues are clamped
     evals, evecs = _eigh(gram)
