@@ -31,8 +31,7 @@ The factorisations and the moments path accept leading batch dimensions: Gram ma
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -41,6 +40,7 @@ from . import moments
 from .cg import EARLY_STOP_TOL, REFERENCE_EPS, _safe_div, batched_cg
 from .modes import SolverConfig
 from .strategies import CG_STRATEGIES, check_choice
+from .threads import single_threaded
 
 __all__ = [
     "FactoredRows",
@@ -57,10 +57,9 @@ def eigh_flops_per_n3(device: torch.device) -> float:
 
     Measured on the 2-core CPU: eigh(500) in float32 takes 7 ms with two threads but up to
     1.4 s when another process holds a core (its many small parallel regions wait for the
-    descheduled thread; cholesky_inverse(500) showed the same, 1.5 s); with one thread it
-    takes 11 ms (max 30 ms under the same load), about as long as 16 * 500^3 GEMM flops.  So
-    the small factorisations run single-threaded on the CPU (_small_lapack) and eigh costs
-    16 s^3.  On GPUs the eigensolver is slow relative to GEMM.
+    descheduled thread); with one thread it takes 11 ms (max 30 ms under the same load), about
+    as long as 16 * 500^3 GEMM flops.  So small factorisations run single-threaded on the CPU
+    (threads.py) and eigh costs 16 s^3.  On GPUs the eigensolver is slow relative to GEMM.
     """
     return 16.0 if device.type == "cpu" else 2000.0
 
@@ -98,28 +97,8 @@ class FactoredRows(NamedTuple):
         return self.left @ self.right.sum(dim=-1)
 
 
-#: Largest matrix that the CPU factorises single-threaded (see eigh_flops_per_n3); larger ones
-#: (primal systems of wide layers) have enough work per parallel region to use every thread.
-_SINGLE_THREAD_SIZE = 1024
-
-
-@contextlib.contextmanager
-def _small_lapack(matrix: Tensor) -> Iterator[None]:
-    """Run LAPACK on a small matrix single-threaded on the CPU (see eigh_flops_per_n3)."""
-    if (matrix.device.type != "cpu" or matrix.shape[-1] > _SINGLE_THREAD_SIZE
-            or torch.compiler.is_compiling()):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _eigh(gram: Tensor) -> tuple[Tensor, Tensor]:
-    with _small_lapack(gram):
+    with single_threaded(gram.device, gram.shape[-1]):
         evals, evecs = torch.linalg.eigh(gram)
     return evals.clamp_min(0.0), evecs
 
@@ -136,11 +115,11 @@ def _exact(gram: Tensor, rhs: Tensor, inv_tau: float | Tensor) -> FactoredRows:
     eye = torch.eye(size, dtype=gram.dtype, device=gram.device)
     shift = _column(inv_tau)
     shifted = gram + (shift[..., None] if isinstance(shift, Tensor) else shift) * eye
-    with _small_lapack(shifted):
+    with single_threaded(gram.device, size):
         factor, info = torch.linalg.cholesky_ex(shifted)
     if not bool((info != 0).any()):
         if 4 * rhs.shape[-2] >= size:
-            with _small_lapack(factor):
+            with single_threaded(gram.device, size):
                 return FactoredRows(rhs, torch.cholesky_inverse(factor))
         return FactoredRows(torch.cholesky_solve(rhs.mT, factor).mT, None)
     # rounding made the shifted matrix numerically indefinite: the eigenvalues are clamped
@@ -285,9 +264,10 @@ def _eigen_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, dual: bool, joint: b
         weight = coeffs.square()
         if dual:
             weight.mul_(evals.unsqueeze(-2))
-        values = moments.moment_cg_polynomial(
-            diag, weight, cfg.cg_iterations, joint=joint, reference_variant=reference, tol=tol
-        )
+        with single_threaded(gram.device):
+            values = moments.moment_cg_polynomial(
+                diag, weight, cfg.cg_iterations, joint=joint, reference_variant=reference, tol=tol
+            )
         return FactoredRows(coeffs.mul_(values), evecs.mT)
     coeffs = batched_cg(
         lambda v: v * diag.unsqueeze(-2), coeffs, cfg.cg_iterations,
