@@ -28,9 +28,10 @@ __all__ = ["conv2d_gram", "conv2d_gram_flops"]
 
 #: Elements of one im2col chunk (bounded memory: 8M elements = 32 MB in float32).
 _CHUNK_ELEMENTS = 8_000_000
-#: The batched small products of the shift method run at a fraction of GEMM speed; this
-#: factor (measured on a 2-core CPU) converts their flops to GEMM-flop equivalents.
-_SHIFT_SLOWDOWN = 2.5
+#: The shift method's batched products (counted with their wasted pairs, see _shift_flops) run
+#: below GEMM speed; this factor (2-core CPU, C = 16..20) converts their flops to GEMM-flop
+#: equivalents.
+_SHIFT_SLOWDOWN = 1.9
 _UNFOLD_SLOWDOWN = 2.0  # im2col copies on top of the GEMM
 #: Rows (positions x channels) of one grouped product in the shift method.
 _GROUP_ROWS = 64
@@ -63,10 +64,14 @@ def _unfold_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
 
 
 def _shift_flops(x: Tensor, kernel_size, padding) -> float:
+    """Each group of `width` positions is multiplied with the `reach` positions it can pair
+    with (_gram_shift), of which 2 kw - 1 per position are used: few channels mean wide groups
+    and much waste (3 channels: 29 computed per 9 used)."""
     batch, channels, h, w = x.shape
     kh, kw = kernel_size
     positions = (h + 2 * padding[0]) * (w + 2 * padding[1])
-    return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * (2 * kw - 1)
+    reach = max(1, _GROUP_ROWS // channels) + 2 * kw - 2
+    return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * reach
 
 
 def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation, *, method: str | None = None) -> float:
