@@ -28,7 +28,7 @@ from .cg import batched_cg
 from .gram import conv2d_gram, conv2d_gram_flops
 from .layer_options import ProxPropOptions
 from .modes import SolverConfig
-from .solvers import gram_solve_cost, gram_solve_rows
+from .solvers import gram_solve_cost, gram_solve_factored
 from .strategies import CG_STRATEGIES, CONV_STRATEGIES, GRAM_METHODS, check_choice
 
 __all__ = ["ProxPropConv2d", "conv2d_direction", "ConvGeometry", "ConvStrategies"]
@@ -91,7 +91,7 @@ def _dual_direction(
     if has_bias:
         gram = gram + 1.0
     g_rows = grad_out.transpose(0, 1).reshape(m, -1)
-    g_dual = gram_solve_rows(gram, g_rows, cfg, dual=True, joint=joint, cg_strategy=cg_strategy)
+    g_dual = gram_solve_factored(gram, g_rows, cfg, dual=True, joint=joint, cg_strategy=cg_strategy).dense()
     g_img = g_dual.reshape(m, batch, *grad_out.shape[2:]).transpose(0, 1).contiguous()
     _, w_dir, b_dir = _conv_backward(g_img, x, weight, has_bias, geom, [False, True, has_bias])
     return w_dir, b_dir
@@ -127,7 +127,8 @@ def _single_group_direction(
     if cfg.kind == "prox_exact" or strategy != "matrix_free":
         gram = conv2d_gram(x, weight.shape[2:], geom.stride, geom.padding, geom.dilation, has_bias,
                            method=how.gram_method)
-        direction = gram_solve_rows(gram, rhs, cfg, dual=False, joint=joint, cg_strategy=how.cg_strategy)
+        direction = gram_solve_factored(gram, rhs, cfg, dual=False, joint=joint,
+                                        cg_strategy=how.cg_strategy).dense()
     else:
         inv_tau = cfg.inv_tau
 

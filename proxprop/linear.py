@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .layer_options import ProxPropOptions
 from .modes import SolverConfig
-from .solvers import gram_solve_cost, gram_solve_factored, gram_solve_rows
+from .solvers import gram_solve_cost, gram_solve_factored
 from .strategies import CG_STRATEGIES, SOLVER_FORMS, check_choice
 
 __all__ = ["ProxPropLinear", "linear_direction"]
@@ -58,7 +58,7 @@ def linear_direction(
     else:
         gram = a.T @ a
         rhs = gw
-    direction = gram_solve_rows(gram, rhs, cfg, dual=False, cg_strategy=cg_strategy)
+    direction = gram_solve_factored(gram, rhs, cfg, dual=False, cg_strategy=cg_strategy).dense()
     if has_bias:
         return direction[:, :k], direction[:, k]
     return direction, None

@@ -45,7 +45,6 @@ from .threads import single_threaded
 __all__ = [
     "FactoredRows",
     "gram_solve_factored",
-    "gram_solve_rows",
     "gram_solve_cost",
     "cg_strategy_for",
     "eigh_flops_per_n3",
@@ -313,17 +312,3 @@ def gram_solve_factored(
     solved = batched_cg(lambda v: v @ gram + inv_tau * v, rhs, cfg.cg_iterations, tol=tol,
                         reference_variant=cfg.kind == "prox_cg_ref")
     return FactoredRows(solved, None)
-
-
-def gram_solve_rows(
-    gram: Tensor,
-    rhs: Tensor,
-    cfg: SolverConfig,
-    dual: bool,
-    *,
-    joint: bool = False,
-    tol: float = EARLY_STOP_TOL,
-    cg_strategy: str | None = None,
-) -> Tensor:
-    """gram_solve_factored's rows as one tensor (..., m, s)."""
-    return gram_solve_factored(gram, rhs, cfg, dual, joint=joint, tol=tol, cg_strategy=cg_strategy).dense()

@@ -272,21 +272,16 @@ def test_cuda_matches_cpu(kind, mode, dtype):
         torch.testing.assert_close(a.double().cpu(), b, rtol=tol, atol=tol * float(b.abs().max()))
 
 
-@pytest.mark.parametrize("kwargs,argument", [
-    (dict(solver_form="dense"), "solver_form"), (dict(cg_strategy="lanczos"), "cg_strategy"),
+@pytest.mark.parametrize("make,kwargs,argument", [
+    (ProxPropLinear, dict(solver_form="dense"), "solver_form"),
+    (ProxPropLinear, dict(cg_strategy="lanczos"), "cg_strategy"),
+    (ProxPropConv2d, dict(conv_strategy="fft"), "conv_strategy"),
+    (ProxPropConv2d, dict(gram_method="im2col"), "gram_method"),
+    (ProxPropConv2d, dict(cg_strategy=3), "cg_strategy"),
 ])
-def test_bad_linear_strategy_raises_naming_the_argument(kwargs, argument):
+def test_bad_strategy_raises_naming_the_argument(make, kwargs, argument):
     with pytest.raises(ValueError, match=argument):
-        ProxPropLinear(2, 2, **kwargs)
-
-
-@pytest.mark.parametrize("kwargs,argument", [
-    (dict(conv_strategy="fft"), "conv_strategy"), (dict(gram_method="im2col"), "gram_method"),
-    (dict(cg_strategy=3), "cg_strategy"),
-])
-def test_bad_conv_strategy_raises_naming_the_argument(kwargs, argument):
-    with pytest.raises(ValueError, match=argument):
-        ProxPropConv2d(2, 2, 3, **kwargs)
+        make(2, 2, 3, **kwargs) if make is ProxPropConv2d else make(2, 2, **kwargs)
 
 
 @pytest.mark.parametrize("mode", ["prox_cg3", "prox_cg10", "prox_cg3_ref"])
