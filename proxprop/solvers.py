@@ -23,10 +23,10 @@ CG strategies (strategies.py), chosen per call by a flop model unless forced:
               float64 and for N <= moments.MAX_ITERATIONS (see there for the measured error).
 All rows are solved together: the Gram matrix is factored once per layer and step.
 
-The factorisations and the moments path accept leading batch dimensions: Gram matrices
-(..., s, s), right-hand sides (..., m, s), and 1/tau as a float or a tensor broadcastable to
-(...,), for solving the layers of several stacked models at once.  The direct dual loop
-(row blocks) takes one problem at a time.
+Leading batch dimensions (the layers of several stacked models at once): gram_solve_factored
+takes Gram matrices (..., s, s) and right-hand sides (..., m, s); _exact and
+moments.moment_cg_polynomial also take 1/tau as a tensor of shape (...,).  The direct dual
+loop (row blocks) takes one problem at a time, so stacked dual problems use the eigenbasis.
 """
 
 from __future__ import annotations
@@ -304,6 +304,8 @@ def gram_solve_factored(
     rows, size = rhs.shape[-2:]
     strategy = cg_strategy_for(size, rows, cfg, gram.dtype, gram.device, joint=joint,
                                cg_strategy=cg_strategy)
+    if strategy == "direct" and dual and rhs.dim() > 2:
+        strategy = "spectral"  # the direct dual loop (row blocks) takes one problem at a time
     if strategy != "direct":
         return _eigen_cg(gram, rhs, cfg, dual, joint, tol, use_moments=strategy == "moments")
     if dual:

@@ -164,6 +164,10 @@ def test_solver_accepts_batches_and_tensor_tau():
         coeffs = rhs[i].numpy() @ vecs
         expected = numpy_cg(np.clip(mu, 0, None) + 2.0, coeffs, 3) @ vecs.T
         assert rel(batched[i].numpy(), expected) < 1e-10
+    dual = gram_solve_factored(gram, rhs, cfg, dual=True).dense()  # automatic choice
+    for i in range(3):
+        one = gram_solve_factored(gram[i], rhs[i], cfg, dual=True, cg_strategy="direct").dense()
+        assert rel(dual[i].numpy(), one.numpy()) < 1e-10
 
 
 def test_factored_rows_association_and_sums():
