@@ -64,8 +64,10 @@ def eigh_flops_per_n3(device: torch.device) -> float:
 
 
 #: An elementwise pass over one element of a (rows x s) array, in GEMM-flop equivalents
-#: (memory-bound: 0.4 ms per 2M float32 elements measured, vs ~100 GFLOP/s GEMM).
-_PASS_FLOPS = 30.0
+#: (memory-bound: 0.4 ms per 2M float32 elements on an idle CPU, up to 4.5 ms when other
+#: processes share the cores, vs ~100 GFLOP/s GEMM; priced for the shared machine: with 30,
+#: MLP cg3 took its middle layer through the direct loop and ran slower than cg10).
+_PASS_FLOPS = 100.0
 #: Elementwise passes per iteration of the direct and spectral CG loops, and of the moments
 #: path as a whole (squares, float64 copy, the polynomial's values, the product with c).
 _DIRECT_PASSES = 12
@@ -137,7 +139,9 @@ def _cg_costs(size: int, rows: int, cfg: SolverConfig, dtype: torch.dtype,
         "spectral": eigh + 2.0 * product + _SPECTRAL_PASSES * iterations * passes,
     }
     if not joint:
-        costs["direct"] = iterations * (product + _DIRECT_PASSES * passes)
+        # one iteration is a line search along the right-hand side: a product and 3 passes
+        loop_passes = 3 if iterations == 1 else _DIRECT_PASSES * iterations
+        costs["direct"] = iterations * product + loop_passes * passes
     if dtype != torch.float64 and iterations <= moments.MAX_ITERATIONS:
         pairs = (iterations + 1) * (iterations + 2) / 2
         # the H product runs in float64 (twice the GEMM cost)
