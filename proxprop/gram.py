@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .strategies import GRAM_METHODS, check_choice
+from .threads import single_threaded
 
 __all__ = ["conv2d_gram", "conv2d_gram_flops"]
 
@@ -159,37 +160,53 @@ def _gram_shift(x: Tensor, kernel_size, padding, has_bias: bool) -> Tensor:
     interior[padding[0]:padding[0] + h, padding[1]:padding[1] + w] = x.permute(2, 3, 1, 0)
     block = channels * batch
     masks = _window_masks(hp, wp, kh, kw, ho, wo, x)
-    pair = channels * span * channels
-    # blocks[ki, kj, ki', kj', c, c'] for ki' > ki ("upper") and ki' == ki ("same_row"); the
-    # entries with ki' < ki follow by symmetry
-    upper = x.new_zeros(kh, kw, kh, kw, channels, channels)
-    same_row = x.new_zeros(kh, kw, kh, kw, channels, channels)
+    # the products (large GEMMs, all threads) first, then the bookkeeping: window sums and
+    # scatters are many small operations, run single-threaded (threads.py: on a shared CPU each
+    # small parallel region waits for a descheduled thread)
+    products = []
     for sy in range(kh):
         length = pos - sy * wp
         groups = -(-length // width)
         left = xt.as_strided((groups, width * channels, batch), (width * block, batch, 1), (kw - 1) * block)
         right = xt.as_strided((groups, reach * channels, batch), (width * block, batch, 1), sy * wp * block)
-        full = torch.bmm(left, right.transpose(1, 2))  # (G, width*C, reach*C)
-        s_j = channels
-        s_c = reach * channels
-        s_i = channels * s_c
+        products.append(torch.bmm(left, right.transpose(1, 2)))  # (G, width*C, reach*C)
+    plane = xt[kw - 1:kw - 1 + pos].sum(dim=2) if has_bias else None  # (positions, C)
+    with single_threaded(x.device):
+        gram = _assemble_shift(products, masks, pos, wp, kh, kw, width, reach, channels)
+        if not has_bias:
+            return gram
+        col = masks @ plane  # (kh*kw, C)
+        return _with_bias(gram, col.T.reshape(-1), batch * ho * wo)
+
+
+def _assemble_shift(products: list[Tensor], masks: Tensor, pos: int, wp: int, kh: int, kw: int,
+                    width: int, reach: int, channels: int) -> Tensor:
+    """Window sums of the shift products, scattered into A^T A (see _gram_shift)."""
+    span = 2 * kw - 1
+    pair = channels * span * channels
+    like = products[0]
+    # blocks[ki, kj, ki', kj', c, c'] for ki' > ki ("upper") and ki' == ki ("same_row"); the
+    # entries with ki' < ki follow by symmetry
+    upper = like.new_zeros(kh, kw, kh, kw, channels, channels)
+    same_row = like.new_zeros(kh, kw, kh, kw, channels, channels)
+    s_j = channels
+    s_c = reach * channels
+    s_i = channels * s_c
+    for sy, full in enumerate(products):
+        length = pos - sy * wp
+        groups = full.shape[0]
         band = full.as_strided(
             (groups, width, channels, span, channels), (width * s_i, s_i + s_j, s_c, s_j, 1)
         )  # P[q = g*width + i, c, sx, c'] = sum_b x[q, c] x[q + sy*wp + sx, c']
         prod = band.reshape(groups * width, pair)[:length]
         rows = (kh - sy) * kw
         sums = (masks[:rows, :length] @ prod).reshape(kh - sy, kw, channels, span, channels)
-        ki, kj, j = _shift_indices(kh - sy, kw, x.device)
+        ki, kj, j = _shift_indices(kh - sy, kw, like.device)
         target = same_row if sy == 0 else upper
         target[ki, kj, ki + sy, kj + j - (kw - 1)] = sums[ki, kj, :, j, :]
     p0 = channels * kh * kw
     upper = upper.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
-    gram = upper + upper.T + same_row.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
-    if not has_bias:
-        return gram
-    plane = xt[kw - 1:kw - 1 + pos].sum(dim=2)  # (positions, C)
-    col = masks @ plane  # (kh*kw, C)
-    return _with_bias(gram, col.T.reshape(p0), batch * ho * wo)
+    return upper + upper.T + same_row.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
 
 
 def _shift_indices(rows: int, kw: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
