@@ -42,10 +42,12 @@ from .cg import EARLY_STOP_TOL, batched_cg
 __all__ = ["moment_cg_polynomial", "orthonormal_basis", "MAX_ITERATIONS"]
 
 #: Largest N for which solvers.py picks this path automatically (float32).  Measured worst
-#: case (rows with disjoint spectral supports, spectrum over 6 decades, float32 inputs):
-#: relative error vs CG in extended precision 1e-7 at N = 3, 1e-5 at N = 10, 3e-4 at N = 20;
-#: on the MLP's spectra at most 1e-5 for N <= 20, while float32 textbook CG is off by up to
-#: 5e-2 there (loss of orthogonality).  Above 20 the elementwise loop takes over.
+#: case (rows whose measures live on disjoint halves of a 6-decade spectrum, float32 inputs,
+#: against CG in extended precision): 7e-8 at N = 3, 1e-6 at N = 5, 1e-4 at N = 10, 5e-4 at
+#: N = 20 (float32 textbook CG: 2e-7 to 6e-7).  On realistic spectra (8 decades, or a bulk
+#: under large outliers as ReLU inputs give) the path stays within 1e-8 while float32 textbook
+#: CG is off by up to 1e-1 (tests/test_proxprop_moments.py).  Above 20 the elementwise loop
+#: takes over, below float32's own ~1e-3 accuracy of these solves up to there.
 MAX_ITERATIONS = 20
 
 #: Relative size below which a new basis polynomial is taken as zero on the support (the
@@ -117,12 +119,14 @@ def moment_cg_polynomial(
     Same scalars as cg.batched_cg on the diagonal system (textbook or aliased loop, the
     reference's early stop, ``joint``), computed from H instead of elementwise passes.
     """
-    mu64 = mu.double()
-    w64 = weight.double()
     size = iterations + 1
-    mass = w64.sum(dim=-1, keepdim=True)
-    normalised = w64 / torch.where(mass > 0, mass, torch.ones_like(mass))
-    q, s_map = orthonormal_basis(mu64, normalised.mean(dim=-2), iterations)
+    # the rows' average normalised measure only chooses the basis: one matrix-vector product
+    # in the input dtype, then float64
+    mass = weight.sum(dim=-1, keepdim=True)
+    inv_mass = torch.where(mass > 0, 1.0 / torch.where(mass > 0, mass, torch.ones_like(mass)), 0.0)
+    average = (weight.mT @ inv_mass)[..., 0].double() / weight.shape[-2]
+    q, s_map = orthonormal_basis(mu.double(), average, iterations)
+    w64 = weight.double()
     rows, cols, index = _pair_index(size, mu.device)
     products = q[..., rows] * q[..., cols]  # (..., s, D(D+1)/2)
     gram = (w64 @ products)[..., index]  # (..., m, D, D)
