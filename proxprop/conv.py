@@ -32,9 +32,11 @@ from .solvers import gram_solve_cost, gram_solve_factored
 from .strategies import CG_STRATEGIES, CONV_STRATEGIES, GRAM_METHODS, check_choice
 
 __all__ = ["ProxPropConv2d", "conv2d_direction", "ConvGeometry", "ConvStrategies"]
-#: Convolutions (forward + weight gradient) run below GEMM speed: flops -> GEMM equivalents
-#: (measured with oneDNN on the 2-core CPU: forward 180, backward 165 GFLOP/s, GEMM 100-200).
-_CONV_SLOWDOWN = 1.5
+#: Convolutions (forward + weight gradient) in GEMM-flop equivalents per flop, measured with
+#: oneDNN on the idle 2-core CPU (GEMM 100-200 GFLOP/s): 180-290 GFLOP/s with 16-20 input
+#: channels, 57 with 3 (the paper's first layer), so few-input convolutions count 3x.
+def _conv_slowdown(inputs_per_output: int) -> float:
+    return 1.0 if inputs_per_output >= 128 else 3.0
 #: im2col copies on top of the GEMM of the dual form.
 _UNFOLD_SLOWDOWN = 2.0
 #: Largest explicit im2col (elements) the dual form may build.
@@ -111,14 +113,14 @@ def _single_group_direction(
     gram_cost = conv2d_gram_flops(x, weight.shape[2:], geom.stride, geom.padding, geom.dilation,
                                   method=how.gram_method)
     gram_cost += gram_solve_cost(p, m, cfg, x.device, x.dtype, cg_strategy=how.cg_strategy)
-    free_cost = (4.0 * cfg.cg_iterations - 2.0) * n * p * m * _CONV_SLOWDOWN
+    free_cost = (4.0 * cfg.cg_iterations - 2.0) * n * p * m * _conv_slowdown(p0)
     if cfg.kind == "prox_exact":
         free_cost = float("inf")
     dual_cost = float("inf")
     if n * p0 <= _DUAL_MAX_ELEMENTS:
         dual_cost = _UNFOLD_SLOWDOWN * 2.0 * n * n * p0 + gram_solve_cost(
             n, m, cfg, x.device, x.dtype, cg_strategy=how.cg_strategy)
-        dual_cost += 2.0 * n * p * m * _CONV_SLOWDOWN
+        dual_cost += 2.0 * n * p * m * _conv_slowdown(p0)
     strategy = how.conv_strategy or min(
         ("gram", gram_cost), ("matrix_free", free_cost), ("dual", dual_cost), key=lambda item: item[1]
     )[0]
