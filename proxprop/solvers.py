@@ -24,7 +24,7 @@ CG strategies (strategies.py), chosen per call by a flop model unless forced:
 All rows are solved together: the Gram matrix is factored once per layer and step.
 
 Leading batch dimensions (the layers of several stacked models at once): gram_solve_factored
-takes Gram matrices (..., s, s) and right-hand sides (..., m, s); _exact and
+takes Gram matrices (..., s, s) and right-hand sides (..., m, s); exact_solve and
 moments.moment_cg_polynomial also take 1/tau as a tensor of shape (...,).  The direct dual
 loop (row blocks) takes one problem at a time, so stacked dual problems use the eigenbasis.
 """
@@ -44,6 +44,7 @@ from .threads import single_threaded
 
 __all__ = [
     "FactoredRows",
+    "exact_solve",
     "gram_solve_factored",
     "gram_solve_cost",
     "cg_strategy_for",
@@ -109,9 +110,11 @@ def _column(inv_tau: float | Tensor) -> float | Tensor:
     return inv_tau[..., None] if isinstance(inv_tau, Tensor) else inv_tau
 
 
-def _exact(gram: Tensor, rhs: Tensor, inv_tau: float | Tensor) -> FactoredRows:
-    """(K + I/tau)^{-1} for every row: Cholesky, then an explicit inverse when there are many
-    rows (one GEMM instead of two triangular solves, which run 2.5x slower than GEMM here)."""
+def exact_solve(gram: Tensor, rhs: Tensor, inv_tau: float | Tensor) -> FactoredRows:
+    """Rows of rhs (..., m, s) times (K + I/tau)^{-1}, factored; inv_tau a float or (...,).
+
+    Cholesky, then an explicit inverse when there are many rows (one GEMM instead of two
+    triangular solves, which run 2.5x slower than GEMM here)."""
     size = gram.shape[-1]
     eye = torch.eye(size, dtype=gram.dtype, device=gram.device)
     shift = _column(inv_tau)
@@ -304,7 +307,7 @@ def gram_solve_factored(
                                      cg_strategy=cg_strategy)
         return FactoredRows(solved.dense().to(rhs.dtype), None)
     if cfg.kind == "prox_exact":
-        return _exact(gram, rhs, cfg.inv_tau)
+        return exact_solve(gram, rhs, cfg.inv_tau)
     rows, size = rhs.shape[-2:]
     strategy = cg_strategy_for(size, rows, cfg, gram.dtype, gram.device, joint=joint,
                                cg_strategy=cg_strategy)

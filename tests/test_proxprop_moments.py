@@ -150,9 +150,9 @@ def test_solver_accepts_batches_and_tensor_tau():
     gram = a @ a.mT
     rhs = torch.randn(3, 4, 12, dtype=torch.float64)
     inv_tau = torch.tensor([0.5, 2.0, 10.0], dtype=torch.float64)
-    from proxprop.solvers import _exact
+    from proxprop.solvers import exact_solve
 
-    got = _exact(gram, rhs, inv_tau)
+    got = exact_solve(gram, rhs, inv_tau)
     assert isinstance(got, FactoredRows)
     for i in range(3):
         expected = np.linalg.solve(gram[i].numpy() + inv_tau[i].item() * np.eye(12), rhs[i].numpy().T).T
