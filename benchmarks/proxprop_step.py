@@ -19,11 +19,14 @@ order gives the step's own peak.
     python benchmarks/proxprop_step.py                  # both models, batch 500, CPU
     python benchmarks/proxprop_step.py --quick          # fewer rounds, for a smoke run
     python benchmarks/proxprop_step.py --device cuda --repeats 9
+    python benchmarks/proxprop_step.py --baseline /tmp/old   # also time /tmp/old/proxprop's
+                                       # layers in the same rounds (rows "MODE@baseline")
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
@@ -35,17 +38,28 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxprop import ProxPropConv2d, ProxPropLinear  # noqa: E402
+import proxprop  # noqa: E402
 
 MODES = ["gradient", "prox_cg1", "prox_cg3", "prox_cg10", "prox_exact"]
 
 
-def mlp(mode: str | None) -> nn.Module:
+def load_baseline(root: str):
+    """The proxprop package under ``root`` (e.g. an older checkout), as another module."""
+    init = Path(root) / "proxprop" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("proxprop_baseline", init,
+                                                  submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["proxprop_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def mlp(mode: str | None, package=proxprop) -> nn.Module:
     """3072-4000-1000-4000-10, ReLU; ProxProp hidden layers (tau 0.05), plain last layer."""
     def lin(i: int, o: int) -> nn.Module:
         if mode is None:
             return nn.Linear(i, o)
-        return ProxPropLinear(i, o, tau_prox=0.05, optimization_mode=mode)
+        return package.ProxPropLinear(i, o, tau_prox=0.05, optimization_mode=mode)
 
     return nn.Sequential(
         nn.Flatten(), lin(3072, 4000), nn.ReLU(), lin(4000, 1000), nn.ReLU(), lin(1000, 4000),
@@ -53,12 +67,12 @@ def mlp(mode: str | None) -> nn.Module:
     )
 
 
-def convnet(mode: str | None) -> nn.Module:
+def convnet(mode: str | None, package=proxprop) -> nn.Module:
     """conv5x5(16) ReLU pool, conv5x5(20) ReLU pool, conv5x5(20) ReLU, Linear(1280, 10)."""
     def conv(i: int, o: int) -> nn.Module:
         if mode is None:
             return nn.Conv2d(i, o, 5, padding=2)
-        return ProxPropConv2d(i, o, 5, padding=2, tau_prox=1.0, optimization_mode=mode)
+        return package.ProxPropConv2d(i, o, 5, padding=2, tau_prox=1.0, optimization_mode=mode)
 
     return nn.Sequential(
         conv(3, 16), nn.ReLU(), nn.MaxPool2d(2), conv(16, 20), nn.ReLU(), nn.MaxPool2d(2),
@@ -66,10 +80,11 @@ def convnet(mode: str | None) -> nn.Module:
     )
 
 
-def make_step(arch: str, mode: str | None, x: torch.Tensor, y: torch.Tensor) -> tuple[Callable[[], None], Callable[[], int]]:
+def make_step(arch: str, mode: str | None, x: torch.Tensor, y: torch.Tensor,
+              package=proxprop) -> tuple[Callable[[], None], Callable[[], int]]:
     """The training step and a function returning the bytes alive between steps."""
     torch.manual_seed(0)
-    model = (mlp if arch == "mlp" else convnet)(mode).to(x.device)
+    model = (mlp if arch == "mlp" else convnet)(mode, package).to(x.device)
     if arch == "mlp":
         lr = 0.05 if mode in (None, "gradient") else 1.0
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.95, nesterov=True)
@@ -147,6 +162,10 @@ def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[Row]:
     y = torch.randint(0, 10, (args.batch,), generator=gen).to(device)
     variants = {"backprop": make_step(arch, None, x, y)}
     variants.update({mode: make_step(arch, mode, x, y) for mode in modes})
+    if args.baseline:
+        baseline = load_baseline(args.baseline)
+        variants.update({f"{mode}@baseline": make_step(arch, mode, x, y, baseline) for mode in modes})
+    timed = [name for name in variants if name != "backprop"]
     for step, _ in variants.values():  # warm-up
         for _ in range(args.warmup):
             step()
@@ -155,8 +174,8 @@ def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[Row]:
     times: dict[str, list[float]] = {name: [] for name in variants}
     ratios: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(args.repeats):
-        shift = round_index % len(modes)
-        order = modes[shift:] + modes[:shift]
+        shift = round_index % len(timed)
+        order = timed[shift:] + timed[:shift]
         backprop = [time_steps(variants["backprop"][0], args.steps, device)]
         for name in order:
             times[name].append(time_steps(variants[name][0], args.steps, device))
@@ -179,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--arch", choices=["mlp", "convnet", "both"], default="both")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    parser.add_argument("--baseline", default="", help="a folder holding another proxprop/ to time alongside")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 step, 1 warm-up")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     args = parser.parse_args(argv)
@@ -190,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     archs = ["mlp", "convnet"] if args.arch == "both" else [args.arch]
     print(f"device={args.device} batch={args.batch} rounds={args.repeats} steps/round={args.steps} "
           f"threads={torch.get_num_threads()} torch={torch.__version__}")
-    print(f"{'model':<8} {'variant':<12} {'ms/step':>9} {'x BackProp':>11} {'(min-max)':>11} {'memory x':>9}")
+    print(f"{'model':<8} {'variant':<20} {'ms/step':>9} {'x BackProp':>11} {'(min-max)':>11} {'memory x':>9}")
     for arch in archs:
         for name, ms, ratios, memory in bench(arch, modes, args):
             spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-            print(f"{arch:<8} {name:<12} {ms:>9.1f} {statistics.median(ratios):>11.2f} {spread:>11} "
+            print(f"{arch:<8} {name:<20} {ms:>9.1f} {statistics.median(ratios):>11.2f} {spread:>11} "
                   f"{memory:>9.2f}", flush=True)
     return 0
 
