@@ -300,3 +300,10 @@ def test_float32_moments_close_to_float64_textbook(mode, form):
         directions.append(flat(grads(layer)).double())
     error = torch.linalg.vector_norm(directions[1] - directions[0]) / torch.linalg.vector_norm(directions[0])
     assert error < 1e-4, float(error)
+
+
+def test_forced_strategies_show_in_repr_and_defaults_do_not():
+    assert "cg_strategy='moments'" in repr(ProxPropLinear(2, 2, cg_strategy="moments"))
+    assert "strategy" not in repr(ProxPropLinear(2, 2)) and "form" not in repr(ProxPropLinear(2, 2))
+    conv = ProxPropConv2d(2, 2, 3, conv_strategy="matrix_free", gram_method="unfold")
+    assert "conv_strategy='matrix_free'" in repr(conv) and "gram_method='unfold'" in repr(conv)
