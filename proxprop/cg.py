@@ -41,12 +41,17 @@ def batched_cg(
     reference_variant: bool = False,
     tol: float = EARLY_STOP_TOL,
     curvature: Callable[[Tensor], Tensor] | None = None,
+    inner: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Run ``iterations`` CG steps from x = 0 on  M x_i = b_i  for every row i of ``b``.
 
-    apply_m: maps a (rows, q) tensor to M applied to each row.
-    weight: optional (q,) non-negative weights defining the inner product <u, v> = sum w u v
+    b: (..., rows, q); leading dimensions are independent problems (each with its own early
+        stop), rows are the right-hand sides of one problem.
+    apply_m: maps a (..., rows, q) tensor to M applied to each row.
+    weight: optional (..., q) non-negative weights defining the inner product <u, v> = sum w u v
         (the dual/eigen coordinates of solvers.py use it; None means the plain dot product).
+    inner: optional per-row inner product (..., rows, q) x (..., rows, q) -> (..., rows) that
+        replaces the weighted dot product (moments.py: coefficient vectors under a Gram matrix).
     joint: one CG over all rows as a single vector (the reference's generic layers) instead of
         one CG per row.
     reference_variant: reproduce the reference loop, whose first search-direction update reads
@@ -56,23 +61,26 @@ def batched_cg(
         iteration, which needs the step length but not M p.
     """
     def dot(u: Tensor, v: Tensor) -> Tensor:
-        per_row = (u * v).sum(dim=1) if weight is None else (u * v) @ weight
-        return per_row.sum().expand_as(per_row) if joint else per_row
+        if inner is not None:
+            per_row = inner(u, v)
+        else:
+            per_row = (u * v).sum(dim=-1) if weight is None else ((u * v) @ weight[..., None])[..., 0]
+        return per_row.sum(dim=-1, keepdim=True).expand_as(per_row) if joint else per_row
 
     eps = REFERENCE_EPS if reference_variant else 0.0
     x = torch.zeros_like(b, memory_format=torch.contiguous_format)
     r = b
     p = r
     rr = dot(r, r)
-    threshold = (tol * tol) * rr.mean()
-    active = torch.ones((), dtype=b.dtype, device=b.device)
+    threshold = (tol * tol) * rr.mean(dim=-1, keepdim=True)
+    active = torch.ones_like(threshold)
     host_checks = b.device.type == "cpu" and not torch.compiler.is_compiling()
     for k in range(iterations):
         if k == iterations - 1 and curvature is not None and weight is None:
             mp = None
             p_m_p = curvature(p)
             if joint:
-                p_m_p = p_m_p.sum().expand_as(p_m_p)
+                p_m_p = p_m_p.sum(dim=-1, keepdim=True).expand_as(p_m_p)
         else:
             mp = apply_m(p)
             p_m_p = dot(p, mp)
@@ -80,20 +88,20 @@ def batched_cg(
             alpha = rr / (p_m_p + eps)
         else:
             alpha = _safe_div(rr, p_m_p)
-        alpha = (alpha * active)[:, None]
+        alpha = (alpha * active)[..., None]
         x.addcmul_(alpha, p)
         if k == iterations - 1:
             break
         r = torch.addcmul(r, alpha, mp, value=-1.0)
         rr_new = dot(r, r)
-        active = active * (rr_new.max() >= threshold).to(b.dtype)
-        if host_checks and not bool(active):
+        active = active * (rr_new.amax(dim=-1, keepdim=True) >= threshold).to(b.dtype)
+        if host_checks and not bool(active.any()):
             break
         if reference_variant:
             beta = rr_new / (rr + eps)
             # the reference's P is the same tensor as R during the first iteration
-            p = torch.addcmul(r, beta[:, None], r if k == 0 else p)
+            p = torch.addcmul(r, beta[..., None], r if k == 0 else p)
         else:
-            p = torch.addcmul(r, _safe_div(rr_new, rr)[:, None], p)
+            p = torch.addcmul(r, _safe_div(rr_new, rr)[..., None], p)
         rr = rr_new
     return x

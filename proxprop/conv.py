@@ -17,7 +17,7 @@ with one of three strategies picked by a flop model from the shapes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -28,14 +28,15 @@ from .cg import batched_cg
 from .gram import conv2d_gram, conv2d_gram_flops
 from .layer_options import ProxPropOptions
 from .modes import SolverConfig
-from .solvers import gram_solve_cost, gram_solve_rows
+from .solvers import gram_solve_cost, gram_solve_factored
+from .strategies import CG_STRATEGIES, CONV_STRATEGIES, GRAM_METHODS, check_choice
 
-__all__ = ["ProxPropConv2d", "conv2d_direction", "ConvGeometry"]
-
-#: Test/benchmark hook: "gram" or "matrix_free" forces the CG strategy; None = flop model.
-FORCE_STRATEGY: str | None = None
-#: Convolutions (forward + weight gradient) run below GEMM speed: flops -> GEMM equivalents.
-_CONV_SLOWDOWN = 3.0
+__all__ = ["ProxPropConv2d", "conv2d_direction", "ConvGeometry", "ConvStrategies"]
+#: Convolutions (forward + weight gradient) in GEMM-flop equivalents per flop, measured with
+#: oneDNN on the idle 2-core CPU (GEMM 100-200 GFLOP/s): 180-290 GFLOP/s with 16-20 input
+#: channels, 57 with 3 (the paper's first layer), so few-input convolutions count 3x.
+def _conv_slowdown(inputs_per_output: int) -> float:
+    return 1.0 if inputs_per_output >= 128 else 3.0
 #: im2col copies on top of the GEMM of the dual form.
 _UNFOLD_SLOWDOWN = 2.0
 #: Largest explicit im2col (elements) the dual form may build.
@@ -48,6 +49,20 @@ class ConvGeometry:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
+
+
+@dataclass(frozen=True)
+class ConvStrategies:
+    """The layer's strategy keywords (strategies.py), validated; None = flop model."""
+
+    conv_strategy: str | None = None
+    gram_method: str | None = None
+    cg_strategy: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("conv_strategy", self.conv_strategy, CONV_STRATEGIES)
+        check_choice("gram_method", self.gram_method, GRAM_METHODS)
+        check_choice("cg_strategy", self.cg_strategy, CG_STRATEGIES)
 
 
 def _conv_backward(
@@ -67,7 +82,7 @@ def _rows(grad_w: Tensor, grad_b: Tensor | None) -> Tensor:
 
 def _dual_direction(
     x: Tensor, weight: Tensor, has_bias: bool, geom: ConvGeometry, cfg: SolverConfig,
-    grad_out: Tensor, joint: bool,
+    grad_out: Tensor, joint: bool, cg_strategy: str | None,
 ) -> tuple[Tensor, Tensor | None]:
     """Dual form for few rows (n < p): K = A A^T from an explicit im2col, then the ordinary
     weight gradient of g' = (K + I/tau)^{-1} g (per output channel)."""
@@ -78,7 +93,7 @@ def _dual_direction(
     if has_bias:
         gram = gram + 1.0
     g_rows = grad_out.transpose(0, 1).reshape(m, -1)
-    g_dual = gram_solve_rows(gram, g_rows, cfg, dual=True, joint=joint)
+    g_dual = gram_solve_factored(gram, g_rows, cfg, dual=True, joint=joint, cg_strategy=cg_strategy).dense()
     g_img = g_dual.reshape(m, batch, *grad_out.shape[2:]).transpose(0, 1).contiguous()
     _, w_dir, b_dir = _conv_backward(g_img, x, weight, has_bias, geom, [False, True, has_bias])
     return w_dir, b_dir
@@ -86,7 +101,7 @@ def _dual_direction(
 
 def _single_group_direction(
     x: Tensor, weight: Tensor, has_bias: bool, geom: ConvGeometry, cfg: SolverConfig,
-    grad_w: Tensor, grad_b: Tensor | None, grad_out: Tensor,
+    grad_w: Tensor, grad_b: Tensor | None, grad_out: Tensor, how: ConvStrategies,
 ) -> tuple[Tensor, Tensor | None]:
     out_hw = grad_out.shape[2:]
     m = weight.shape[0]
@@ -95,23 +110,27 @@ def _single_group_direction(
     n = x.shape[0] * out_hw[0] * out_hw[1]
     joint = cfg.kind == "prox_cg_ref"  # the reference flattens all conv parameters into one CG
     rhs = _rows(grad_w, grad_b)
-    gram_cost = conv2d_gram_flops(x, weight.shape[2:], geom.stride, geom.padding, geom.dilation)
-    gram_cost += gram_solve_cost(p, m, cfg, x.device)
-    free_cost = (4.0 * cfg.cg_iterations - 2.0) * n * p * m * _CONV_SLOWDOWN
+    gram_cost = conv2d_gram_flops(x, weight.shape[2:], geom.stride, geom.padding, geom.dilation,
+                                  method=how.gram_method)
+    gram_cost += gram_solve_cost(p, m, cfg, x.device, x.dtype, cg_strategy=how.cg_strategy)
+    free_cost = (4.0 * cfg.cg_iterations - 2.0) * n * p * m * _conv_slowdown(p0)
     if cfg.kind == "prox_exact":
         free_cost = float("inf")
     dual_cost = float("inf")
     if n * p0 <= _DUAL_MAX_ELEMENTS:
-        dual_cost = _UNFOLD_SLOWDOWN * 2.0 * n * n * p0 + gram_solve_cost(n, m, cfg, x.device)
-        dual_cost += 2.0 * n * p * m * _CONV_SLOWDOWN
-    strategy = FORCE_STRATEGY or min(
+        dual_cost = _UNFOLD_SLOWDOWN * 2.0 * n * n * p0 + gram_solve_cost(
+            n, m, cfg, x.device, x.dtype, cg_strategy=how.cg_strategy)
+        dual_cost += 2.0 * n * p * m * _conv_slowdown(p0)
+    strategy = how.conv_strategy or min(
         ("gram", gram_cost), ("matrix_free", free_cost), ("dual", dual_cost), key=lambda item: item[1]
     )[0]
     if strategy == "dual" and n * p0 <= _DUAL_MAX_ELEMENTS:
-        return _dual_direction(x, weight, has_bias, geom, cfg, grad_out, joint)
+        return _dual_direction(x, weight, has_bias, geom, cfg, grad_out, joint, how.cg_strategy)
     if cfg.kind == "prox_exact" or strategy != "matrix_free":
-        gram = conv2d_gram(x, weight.shape[2:], geom.stride, geom.padding, geom.dilation, has_bias)
-        direction = gram_solve_rows(gram, rhs, cfg, dual=False, joint=joint)
+        gram = conv2d_gram(x, weight.shape[2:], geom.stride, geom.padding, geom.dilation, has_bias,
+                           method=how.gram_method)
+        direction = gram_solve_factored(gram, rhs, cfg, dual=False, joint=joint,
+                                        cg_strategy=how.cg_strategy).dense()
     else:
         inv_tau = cfg.inv_tau
 
@@ -137,16 +156,19 @@ def _single_group_direction(
 def conv2d_direction(
     x: Tensor, weight: Tensor, has_bias: bool, geom: ConvGeometry, cfg: SolverConfig,
     grad_w: Tensor, grad_b: Tensor | None, grad_out: Tensor,
+    *, conv_strategy: str | None = None, gram_method: str | None = None, cg_strategy: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """ProxProp direction of a 2-d convolution given its ordinary weight/bias gradients.
 
     Grouped convolutions are split into independent single-group problems (each group's
-    output channels only see that group's input channels).
+    output channels only see that group's input channels).  The strategy keywords are those
+    of ProxPropConv2d (None: flop model).
     """
+    how = ConvStrategies(conv_strategy, gram_method, cg_strategy)
     if cfg.kind == "gradient":
         return grad_w, grad_b
     if geom.groups == 1:
-        return _single_group_direction(x, weight, has_bias, geom, cfg, grad_w, grad_b, grad_out)
+        return _single_group_direction(x, weight, has_bias, geom, cfg, grad_w, grad_b, grad_out, how)
     single = ConvGeometry(geom.stride, geom.padding, geom.dilation, 1)
     c_in = x.shape[1] // geom.groups
     m_g = weight.shape[0] // geom.groups
@@ -155,7 +177,7 @@ def conv2d_direction(
         outs = slice(gi * m_g, (gi + 1) * m_g)
         w_dir, b_dir = _single_group_direction(
             x[:, gi * c_in:(gi + 1) * c_in], weight[outs], has_bias, single, cfg,
-            grad_w[outs], None if grad_b is None else grad_b[outs], grad_out[:, outs],
+            grad_w[outs], None if grad_b is None else grad_b[outs], grad_out[:, outs], how,
         )
         w_parts.append(w_dir)
         b_parts.append(b_dir)
@@ -167,10 +189,11 @@ class _ProxConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geom: ConvGeometry, cfg: SolverConfig
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, geom: ConvGeometry, cfg: SolverConfig,
+        how: ConvStrategies,
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.geom, ctx.cfg, ctx.has_bias = geom, cfg, bias is not None
+        ctx.geom, ctx.cfg, ctx.how, ctx.has_bias = geom, cfg, how, bias is not None
         return F.conv2d(x, weight, bias, geom.stride, geom.padding, geom.dilation, geom.groups)
 
     @staticmethod
@@ -184,13 +207,13 @@ class _ProxConv2dFunction(torch.autograd.Function):
         )
         if need_params:
             grad_w, grad_b = conv2d_direction(
-                x, weight, has_bias, ctx.geom, ctx.cfg, grad_w, grad_b, grad_out
+                x, weight, has_bias, ctx.geom, ctx.cfg, grad_w, grad_b, grad_out, **asdict(ctx.how)
             )
             if not ctx.needs_input_grad[1]:
                 grad_w = None
             if not (has_bias and ctx.needs_input_grad[2]):
                 grad_b = None
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 def explicit_padding(module: nn.Module, input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
@@ -219,6 +242,15 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
     Extra keyword arguments: tau_prox (> 0, default 1.0) and optimization_mode ("gradient",
     "prox_exact", "prox_cg<N>"; default "prox_cg1").  In "gradient" mode the layer is a plain
     nn.Conv2d (no custom autograd function at all).
+
+    How the direction is computed (strategies.py; None = chosen per step by a flop model from
+    the input and kernel shapes; every choice gives the same direction up to rounding):
+      conv_strategy: "gram" (form A^T A, p x p with p = in_channels/groups * k_h * k_w + bias),
+        "matrix_free" (CG with one convolution and one weight gradient per iteration; exact
+        solves still form A^T A) or "dual" (A A^T from an explicit im2col; tiny batches).
+      gram_method: "unfold" (chunked im2col GEMM) or "shift" (shifted products, stride-1
+        undilated convolutions only; see gram.py).
+      cg_strategy: "direct", "spectral" or "moments" (solvers.py).
     """
 
     def __init__(
@@ -237,20 +269,27 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
         *,
         tau_prox: float = 1.0,
         optimization_mode: str = "prox_cg1",
+        conv_strategy: str | None = None,
+        gram_method: str | None = None,
+        cg_strategy: str | None = None,
     ) -> None:
         self._init_options(tau_prox, optimization_mode)
+        how = ConvStrategies(conv_strategy, gram_method, cg_strategy)
         nn.Conv2d.__init__(
             self, in_channels, out_channels, kernel_size, stride=stride, padding=padding,
             dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
             device=device, dtype=dtype,
         )
+        self.conv_strategy, self.gram_method, self.cg_strategy = how.conv_strategy, how.gram_method, how.cg_strategy
 
     def forward(self, input: Tensor) -> Tensor:
         if self.solver_config.kind == "gradient":
             return self._conv_forward(input, self.weight, self.bias)
         x, padding = explicit_padding(self, input)
         geom = ConvGeometry(tuple(self.stride), padding, tuple(self.dilation), self.groups)
-        return _ProxConv2dFunction.apply(x, self.weight, self.bias, geom, self.solver_config)
+        how = ConvStrategies(self.conv_strategy, self.gram_method, self.cg_strategy)
+        return _ProxConv2dFunction.apply(x, self.weight, self.bias, geom, self.solver_config, how)
 
     def extra_repr(self) -> str:
-        return f"{nn.Conv2d.extra_repr(self)}, {self.options_repr()}"
+        forced = dict(conv_strategy=self.conv_strategy, gram_method=self.gram_method, cg_strategy=self.cg_strategy)
+        return f"{nn.Conv2d.extra_repr(self)}, {self.options_repr(**forced)}"

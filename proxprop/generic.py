@@ -30,7 +30,7 @@ from .conv import ProxPropConv2d
 from .layer_options import ProxPropOptions
 from .linear import ProxPropLinear
 from .modes import SolverConfig
-from .solvers import gram_solve_rows
+from .solvers import gram_solve_factored
 
 __all__ = ["proxprop_module_generator"]
 
@@ -112,7 +112,7 @@ def _direction(module, cfg, params, atg, apply_a, apply_at, names, x) -> list[Te
         flat = _Flattener(shapes, 1)
         gram = _dense_gram(module, names, params, x, flat)
         rhs = flat.flat(atg)
-        return flat.unflat(gram_solve_rows(gram, rhs, cfg, dual=False))
+        return flat.unflat(gram_solve_factored(gram, rhs, cfg, dual=False).dense())
     units = None if cfg.kind == "prox_cg_ref" else _output_units(module)
     flat = _Flattener(shapes, units or 1)
     inv_tau = cfg.inv_tau

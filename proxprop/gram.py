@@ -22,29 +22,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["conv2d_gram", "conv2d_gram_flops", "FORCE_GRAM_METHOD"]
+from .strategies import GRAM_METHODS, check_choice
+from .threads import single_threaded
+
+__all__ = ["conv2d_gram", "conv2d_gram_flops"]
 
 #: Elements of one im2col chunk (bounded memory: 8M elements = 32 MB in float32).
 _CHUNK_ELEMENTS = 8_000_000
-#: Test/benchmark hook: "unfold" or "shift" forces the method (shift only where it applies).
-FORCE_GRAM_METHOD: str | None = None
-#: The batched small products of the shift method run at a fraction of GEMM speed; this
-#: factor (measured on a 2-core CPU) converts their flops to GEMM-flop equivalents.
-_SHIFT_SLOWDOWN = 2.5
+#: The shift method's batched products (counted with their wasted pairs, see _shift_flops) in
+#: GEMM-flop equivalents: measured on the idle 2-core CPU at 150-160 GFLOP/s for 16-20
+#: channels and 80 for 3 channels, against GEMM's 100-200.
+_SHIFT_SLOWDOWN = 1.3
 _UNFOLD_SLOWDOWN = 2.0  # im2col copies on top of the GEMM
-#: Rows (positions x channels) of one grouped product in the shift method.
-_GROUP_ROWS = 64
+#: Rows (positions x channels) of one grouped product in the shift method: measured on the
+#: idle CPU, 32 beats 64 by 8-25% (less waste, see _shift_flops) and 16 is no faster.
+_GROUP_ROWS = 32
 
 
 def _shift_applies(stride: Sequence[int], dilation: Sequence[int]) -> bool:
     return tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _use_shift(x: Tensor, kernel_size, stride, padding, dilation) -> bool:
+def _use_shift(x: Tensor, kernel_size, stride, padding, dilation, method: str | None) -> bool:
+    """method None: the cheaper by flop count; "shift" applies to stride-1 undilated convs only."""
+    check_choice("gram_method", method, GRAM_METHODS)
     if not _shift_applies(stride, dilation):
         return False
-    if FORCE_GRAM_METHOD is not None:
-        return FORCE_GRAM_METHOD == "shift"
+    if method is not None:
+        return method == "shift"
     return _shift_flops(x, kernel_size, padding) < _unfold_flops(x, kernel_size, stride, padding, dilation)
 
 
@@ -61,15 +66,19 @@ def _unfold_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
 
 
 def _shift_flops(x: Tensor, kernel_size, padding) -> float:
+    """Each group of `width` positions is multiplied with the `reach` positions it can pair
+    with (_gram_shift), of which 2 kw - 1 per position are used: few channels mean wide groups
+    and much waste (3 channels: 29 computed per 9 used)."""
     batch, channels, h, w = x.shape
     kh, kw = kernel_size
     positions = (h + 2 * padding[0]) * (w + 2 * padding[1])
-    return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * (2 * kw - 1)
+    reach = max(1, _GROUP_ROWS // channels) + 2 * kw - 2
+    return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * reach
 
 
-def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
+def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation, *, method: str | None = None) -> float:
     """GEMM-flop-equivalent cost of conv2d_gram with the method it would pick."""
-    if _use_shift(x, kernel_size, stride, padding, dilation):
+    if _use_shift(x, kernel_size, stride, padding, dilation, method):
         return _shift_flops(x, kernel_size, padding)
     return _unfold_flops(x, kernel_size, stride, padding, dilation)
 
@@ -81,9 +90,14 @@ def conv2d_gram(
     padding: Sequence[int],
     dilation: Sequence[int],
     has_bias: bool,
+    *,
+    method: str | None = None,
 ) -> Tensor:
-    """A^T A for A = [unfold(x) rows, 1] (p x p with p = C*kh*kw + has_bias)."""
-    if _use_shift(x, kernel_size, stride, padding, dilation):
+    """A^T A for A = [unfold(x) rows, 1] (p x p with p = C*kh*kw + has_bias).
+
+    method: None (the cheaper by flop count), "unfold" or "shift" (stride 1, dilation 1 only;
+    elsewhere "unfold" is used)."""
+    if _use_shift(x, kernel_size, stride, padding, dilation, method):
         return _gram_shift(x, tuple(kernel_size), tuple(padding), has_bias)
     return _gram_unfold(x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), has_bias)
 
@@ -147,37 +161,53 @@ def _gram_shift(x: Tensor, kernel_size, padding, has_bias: bool) -> Tensor:
     interior[padding[0]:padding[0] + h, padding[1]:padding[1] + w] = x.permute(2, 3, 1, 0)
     block = channels * batch
     masks = _window_masks(hp, wp, kh, kw, ho, wo, x)
-    pair = channels * span * channels
-    # blocks[ki, kj, ki', kj', c, c'] for ki' > ki ("upper") and ki' == ki ("same_row"); the
-    # entries with ki' < ki follow by symmetry
-    upper = x.new_zeros(kh, kw, kh, kw, channels, channels)
-    same_row = x.new_zeros(kh, kw, kh, kw, channels, channels)
+    # the products (large GEMMs, all threads) first, then the bookkeeping: window sums and
+    # scatters are many small operations, run single-threaded (threads.py: on a shared CPU each
+    # small parallel region waits for a descheduled thread)
+    products = []
     for sy in range(kh):
         length = pos - sy * wp
         groups = -(-length // width)
         left = xt.as_strided((groups, width * channels, batch), (width * block, batch, 1), (kw - 1) * block)
         right = xt.as_strided((groups, reach * channels, batch), (width * block, batch, 1), sy * wp * block)
-        full = torch.bmm(left, right.transpose(1, 2))  # (G, width*C, reach*C)
-        s_j = channels
-        s_c = reach * channels
-        s_i = channels * s_c
+        products.append(torch.bmm(left, right.transpose(1, 2)))  # (G, width*C, reach*C)
+    plane = xt[kw - 1:kw - 1 + pos].sum(dim=2) if has_bias else None  # (positions, C)
+    with single_threaded(x.device):
+        gram = _assemble_shift(products, masks, pos, wp, kh, kw, width, reach, channels)
+        if not has_bias:
+            return gram
+        col = masks @ plane  # (kh*kw, C)
+        return _with_bias(gram, col.T.reshape(-1), batch * ho * wo)
+
+
+def _assemble_shift(products: list[Tensor], masks: Tensor, pos: int, wp: int, kh: int, kw: int,
+                    width: int, reach: int, channels: int) -> Tensor:
+    """Window sums of the shift products, scattered into A^T A (see _gram_shift)."""
+    span = 2 * kw - 1
+    pair = channels * span * channels
+    like = products[0]
+    # blocks[ki, kj, ki', kj', c, c'] for ki' > ki ("upper") and ki' == ki ("same_row"); the
+    # entries with ki' < ki follow by symmetry
+    upper = like.new_zeros(kh, kw, kh, kw, channels, channels)
+    same_row = like.new_zeros(kh, kw, kh, kw, channels, channels)
+    s_j = channels
+    s_c = reach * channels
+    s_i = channels * s_c
+    for sy, full in enumerate(products):
+        length = pos - sy * wp
+        groups = full.shape[0]
         band = full.as_strided(
             (groups, width, channels, span, channels), (width * s_i, s_i + s_j, s_c, s_j, 1)
         )  # P[q = g*width + i, c, sx, c'] = sum_b x[q, c] x[q + sy*wp + sx, c']
         prod = band.reshape(groups * width, pair)[:length]
         rows = (kh - sy) * kw
         sums = (masks[:rows, :length] @ prod).reshape(kh - sy, kw, channels, span, channels)
-        ki, kj, j = _shift_indices(kh - sy, kw, x.device)
+        ki, kj, j = _shift_indices(kh - sy, kw, like.device)
         target = same_row if sy == 0 else upper
         target[ki, kj, ki + sy, kj + j - (kw - 1)] = sums[ki, kj, :, j, :]
     p0 = channels * kh * kw
     upper = upper.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
-    gram = upper + upper.T + same_row.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
-    if not has_bias:
-        return gram
-    plane = xt[kw - 1:kw - 1 + pos].sum(dim=2)  # (positions, C)
-    col = masks @ plane  # (kh*kw, C)
-    return _with_bias(gram, col.T.reshape(p0), batch * ho * wo)
+    return upper + upper.T + same_row.permute(4, 0, 1, 5, 2, 3).reshape(p0, p0)
 
 
 def _shift_indices(rows: int, kw: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

@@ -47,5 +47,7 @@ class ProxPropOptions:
     def solver_config(self) -> SolverConfig:
         return self._solver_config
 
-    def options_repr(self) -> str:
-        return f"tau_prox={self.tau_prox!r}, optimization_mode={self.optimization_mode!r}"
+    def options_repr(self, **strategies: str | None) -> str:
+        """The options, then any strategy keyword that is not automatic (None)."""
+        forced = "".join(f", {name}={value!r}" for name, value in strategies.items() if value is not None)
+        return f"tau_prox={self.tau_prox!r}, optimization_mode={self.optimization_mode!r}{forced}"

@@ -10,22 +10,22 @@ from torch import Tensor, nn
 
 from .layer_options import ProxPropOptions
 from .modes import SolverConfig
-from .solvers import gram_solve_cost, gram_solve_rows
+from .solvers import gram_solve_cost, gram_solve_factored
+from .strategies import CG_STRATEGIES, SOLVER_FORMS, check_choice
 
 __all__ = ["ProxPropLinear", "linear_direction"]
 
-#: Test/benchmark hook: "primal" or "dual" forces the form; None lets the flop model choose.
-FORCE_FORM: str | None = None
-
 
 def linear_direction(
-    a: Tensor, g: Tensor, has_bias: bool, cfg: SolverConfig
+    a: Tensor, g: Tensor, has_bias: bool, cfg: SolverConfig,
+    *, solver_form: str | None = None, cg_strategy: str | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Direction for weight (m x k) and bias (m,) from inputs a (n x k) and g = dL/dZ (n x m).
 
-    A = [a, 1] (n x p).  Chooses the dual form (n x n Gram, then the ordinary weight-gradient
-    product with g replaced by g') or the primal form (p x p Gram applied to the ordinary
-    gradient) by a flop count of forming and solving each.
+    A = [a, 1] (n x p).  solver_form None chooses the dual form (n x n Gram, then the ordinary
+    weight-gradient product with g replaced by g') or the primal form (p x p Gram applied to
+    the ordinary gradient) by a flop count of forming and solving each; cg_strategy is
+    passed to the solver (solvers.py).
     """
     n, k = a.shape
     m = g.shape[1]
@@ -33,15 +33,18 @@ def linear_direction(
         gw = g.T @ a
         return gw, (g.sum(dim=0) if has_bias else None)
     p = k + int(has_bias)
-    dual_cost = 2.0 * n * n * k + gram_solve_cost(n, m, cfg, a.device)
-    primal_cost = 2.0 * n * k * k + gram_solve_cost(p, m, cfg, a.device)
-    use_dual = dual_cost <= primal_cost if FORCE_FORM is None else FORCE_FORM == "dual"
-    if use_dual:
+    if solver_form is None:
+        dual_cost = 2.0 * n * n * k + gram_solve_cost(n, m, cfg, a.device, a.dtype, cg_strategy=cg_strategy)
+        primal_cost = 2.0 * n * k * k + gram_solve_cost(p, m, cfg, a.device, a.dtype, cg_strategy=cg_strategy)
+        solver_form = "dual" if dual_cost <= primal_cost else "primal"
+    if solver_form == "dual":
         gram = a @ a.T
         if has_bias:
-            gram = gram + 1.0
-        g_dual = gram_solve_rows(gram, g.T, cfg, dual=True)  # (m, n)
-        return g_dual @ a, (g_dual.sum(dim=1) if has_bias else None)
+            gram += 1.0
+        # g' = g^T (...)^{-1} stays factored: (g' a) is the weight-gradient product, and
+        # g' = L R may be applied as L (R a) when the layer has fewer inputs than outputs
+        g_dual = gram_solve_factored(gram, g.T, cfg, dual=True, cg_strategy=cg_strategy)
+        return g_dual.times(a), (g_dual.row_sums() if has_bias else None)
     gw = g.T @ a
     if has_bias:
         col_sums = a.sum(dim=0)
@@ -55,7 +58,7 @@ def linear_direction(
     else:
         gram = a.T @ a
         rhs = gw
-    direction = gram_solve_rows(gram, rhs, cfg, dual=False)
+    direction = gram_solve_factored(gram, rhs, cfg, dual=False, cg_strategy=cg_strategy).dense()
     if has_bias:
         return direction[:, :k], direction[:, k]
     return direction, None
@@ -69,9 +72,13 @@ class _ProxLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, cfg: SolverConfig) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, cfg: SolverConfig,
+        solver_form: str | None, cg_strategy: str | None,
+    ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.cfg = cfg
+        ctx.strategies = dict(solver_form=solver_form, cg_strategy=cg_strategy)
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -84,12 +91,12 @@ class _ProxLinearFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
             a = x.reshape(-1, x.shape[-1])
             g = grad_out.reshape(-1, grad_out.shape[-1])
-            grad_w, grad_b = linear_direction(a, g, ctx.has_bias, ctx.cfg)
+            grad_w, grad_b = linear_direction(a, g, ctx.has_bias, ctx.cfg, **ctx.strategies)
             if not ctx.needs_input_grad[1]:
                 grad_w = None
             if not (ctx.has_bias and ctx.needs_input_grad[2]):
                 grad_b = None
-        return grad_x, grad_w, grad_b, None
+        return grad_x, grad_w, grad_b, None, None, None
 
 
 class ProxPropLinear(ProxPropOptions, nn.Linear):
@@ -99,6 +106,13 @@ class ProxPropLinear(ProxPropOptions, nn.Linear):
     Extra keyword arguments: tau_prox (> 0, default 1.0) and optimization_mode ("gradient",
     "prox_exact", "prox_cg<N>"; default "prox_cg1").  In "gradient" mode the layer is a plain
     nn.Linear (no custom autograd function at all).
+
+    How the direction is computed (strategies.py; None = chosen per step by a flop model from
+    the batch size, the layer's shape and dtype; every choice gives the same direction up to
+    rounding):
+      solver_form: "primal" (p x p system A^T A, p = in_features + bias) or "dual" (n x n
+        system A A^T, n = batch rows).
+      cg_strategy: "direct", "spectral" or "moments" (solvers.py).
     """
 
     def __init__(
@@ -111,14 +125,22 @@ class ProxPropLinear(ProxPropOptions, nn.Linear):
         *,
         tau_prox: float = 1.0,
         optimization_mode: str = "prox_cg1",
+        solver_form: str | None = None,
+        cg_strategy: str | None = None,
     ) -> None:
         self._init_options(tau_prox, optimization_mode)
+        solver_form = check_choice("solver_form", solver_form, SOLVER_FORMS)
+        cg_strategy = check_choice("cg_strategy", cg_strategy, CG_STRATEGIES)
         nn.Linear.__init__(self, in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.solver_form = solver_form
+        self.cg_strategy = cg_strategy
 
     def forward(self, input: Tensor) -> Tensor:
         if self.solver_config.kind == "gradient":
             return F.linear(input, self.weight, self.bias)
-        return _ProxLinearFunction.apply(input, self.weight, self.bias, self.solver_config)
+        return _ProxLinearFunction.apply(
+            input, self.weight, self.bias, self.solver_config, self.solver_form, self.cg_strategy
+        )
 
     def extra_repr(self) -> str:
-        return f"{nn.Linear.extra_repr(self)}, {self.options_repr()}"
+        return f"{nn.Linear.extra_repr(self)}, {self.options_repr(solver_form=self.solver_form, cg_strategy=self.cg_strategy)}"

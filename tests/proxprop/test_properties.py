@@ -270,3 +270,40 @@ def test_cuda_matches_cpu(kind, mode, dtype):
         assert a.is_cuda and a.dtype == dtype
         tol = 1e-9 if dtype == torch.float64 else 2e-3
         torch.testing.assert_close(a.double().cpu(), b, rtol=tol, atol=tol * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("make,kwargs,argument", [
+    (ProxPropLinear, dict(solver_form="dense"), "solver_form"),
+    (ProxPropLinear, dict(cg_strategy="lanczos"), "cg_strategy"),
+    (ProxPropConv2d, dict(conv_strategy="fft"), "conv_strategy"),
+    (ProxPropConv2d, dict(gram_method="im2col"), "gram_method"),
+    (ProxPropConv2d, dict(cg_strategy=3), "cg_strategy"),
+])
+def test_bad_strategy_raises_naming_the_argument(make, kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        make(2, 2, 3, **kwargs) if make is ProxPropConv2d else make(2, 2, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["prox_cg3", "prox_cg10", "prox_cg3_ref"])
+@pytest.mark.parametrize("form", ["dual", "primal"])
+def test_float32_moments_close_to_float64_textbook(mode, form):
+    """The moments path in float32 against the elementwise loop in float64, on a layer with
+    non-negative inputs (the spectrum with one large outlier that ReLU activations give)."""
+    directions = []
+    for dtype, strategy in [(torch.float64, "direct"), (torch.float32, "moments")]:
+        torch.manual_seed(2)
+        layer = ProxPropLinear(40, 30, tau_prox=0.05, optimization_mode=mode, solver_form=form,
+                               cg_strategy=strategy).to(dtype)
+        torch.manual_seed(3)
+        x = torch.rand(60, 40, dtype=torch.float64).to(dtype)
+        loss_of(layer(x)).backward()
+        directions.append(flat(grads(layer)).double())
+    error = torch.linalg.vector_norm(directions[1] - directions[0]) / torch.linalg.vector_norm(directions[0])
+    assert error < 1e-4, float(error)
+
+
+def test_forced_strategies_show_in_repr_and_defaults_do_not():
+    assert "cg_strategy='moments'" in repr(ProxPropLinear(2, 2, cg_strategy="moments"))
+    assert "strategy" not in repr(ProxPropLinear(2, 2)) and "form" not in repr(ProxPropLinear(2, 2))
+    conv = ProxPropConv2d(2, 2, 3, conv_strategy="matrix_free", gram_method="unfold")
+    assert "conv_strategy='matrix_free'" in repr(conv) and "gram_method='unfold'" in repr(conv)

@@ -17,9 +17,7 @@ from torch import nn
 
 import proxprop
 from proxprop import ProxPropConv2d, ProxPropLinear, proxprop_module_generator
-from proxprop import conv as conv_module
 from proxprop import gram as gram_module
-from proxprop import linear as linear_module
 from proxprop import solvers as solvers_module
 
 TOL = 1e-2  # the reference's early-stop tolerance
@@ -150,16 +148,6 @@ def assert_close(actual, expected, rtol=1e-8):
     assert err < rtol, f"relative error {err:.3e} >= {rtol:.1e}"
 
 
-@pytest.fixture
-def force(monkeypatch):
-    def setter(form=None, cg=None, conv=None, gram=None):
-        monkeypatch.setattr(gram_module, "FORCE_GRAM_METHOD", gram)
-        monkeypatch.setattr(linear_module, "FORCE_FORM", form)
-        monkeypatch.setattr(solvers_module, "FORCE_CG_STRATEGY", cg)
-        monkeypatch.setattr(conv_module, "FORCE_STRATEGY", conv)
-    return setter
-
-
 MODES = ["gradient", "prox_exact", "prox_cg1", "prox_cg2", "prox_cg5", "prox_cg3_ref"]
 
 # ----------------------------------------------------------------------------- linear
@@ -168,13 +156,14 @@ MODES = ["gradient", "prox_exact", "prox_cg1", "prox_cg2", "prox_cg5", "prox_cg3
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("form,cg", [(None, None), ("primal", "direct"), ("primal", "spectral"),
-                                     ("dual", "direct"), ("dual", "spectral")])
+                                     ("primal", "moments"), ("dual", "direct"), ("dual", "spectral"),
+                                     ("dual", "moments")])
 @pytest.mark.parametrize("n,k,m", [(5, 12, 4), (30, 6, 3)])
-def test_linear_matches_reference(mode, bias, form, cg, n, k, m, force):
-    force(form=form, cg=cg)
+def test_linear_matches_reference(mode, bias, form, cg, n, k, m):
     torch.manual_seed(n + k)
     tau = 0.7
-    layer = ProxPropLinear(k, m, bias=bias, tau_prox=tau, optimization_mode=mode).double()
+    layer = ProxPropLinear(k, m, bias=bias, tau_prox=tau, optimization_mode=mode,
+                           solver_form=form, cg_strategy=cg).double()
     x = torch.randn(n, k, dtype=torch.float64)
     _, g = run_layer(layer, x)
     a = linear_matrix(x.numpy(), bias)
@@ -205,13 +194,14 @@ GEOMETRIES = [
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
-@pytest.mark.parametrize("strategy,gram", [(None, None), ("gram", "unfold"), ("gram", "shift"), ("dual", None),
-                                           ("matrix_free", None)])
-def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, force):
-    force(conv=strategy, gram=gram)
+@pytest.mark.parametrize("strategy,gram,cg", [(None, None, None), ("gram", "unfold", None), ("gram", "shift", None),
+                                              ("gram", None, "moments"), ("dual", None, None),
+                                              ("dual", None, "moments"), ("matrix_free", None, None)])
+def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
     torch.manual_seed(3)
     tau = 0.4
-    layer = ProxPropConv2d(2, 3, (3, 2), bias=bias, tau_prox=tau, optimization_mode=mode, **geometry).double()
+    layer = ProxPropConv2d(2, 3, (3, 2), bias=bias, tau_prox=tau, optimization_mode=mode, **geometry,
+                           conv_strategy=strategy, gram_method=gram, cg_strategy=cg).double()
     x = torch.randn(3, 2, 7, 6, dtype=torch.float64)
     _, g = run_layer(layer, x)
     a = conv_matrix(x.numpy(), layer.kernel_size, layer.stride, layer.padding, layer.dilation, bias)
@@ -226,11 +216,10 @@ def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, force):
     ((3, 2, 7, 6), (3, 2), (1, 0)), ((2, 3, 5, 5), (5, 5), (2, 2)), ((4, 1, 6, 7), (3, 3), (0, 1)),
     ((2, 2, 4, 4), (1, 1), (0, 0)), ((2, 9, 4, 5), (2, 3), (1, 2)),
 ])
-def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bias, force):
-    force(gram=method)
+def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bias):
     torch.manual_seed(8)
     x = torch.randn(*shape, dtype=torch.float64)
-    got = gram_module.conv2d_gram(x, kernel, (1, 1), padding, (1, 1), bias).numpy()
+    got = gram_module.conv2d_gram(x, kernel, (1, 1), padding, (1, 1), bias, method=method).numpy()
     a = conv_matrix(x.numpy(), kernel, (1, 1), padding, (1, 1), bias)
     assert_close(got, a.T @ a, rtol=1e-12)
 
@@ -337,15 +326,16 @@ def test_conv2d_tiny_batch_uses_dual_form_correctly(mode):
 
 @pytest.mark.parametrize("form,cg,block", [("dual", "direct", 7), ("dual", "direct", None),
                                            ("primal", "direct", None), ("dual", "spectral", None),
-                                           ("primal", "spectral", None)])
-def test_linear_early_stop_and_row_blocks(form, cg, block, force, monkeypatch):
+                                           ("primal", "spectral", None), ("dual", "moments", None),
+                                           ("primal", "moments", None)])
+def test_linear_early_stop_and_row_blocks(form, cg, block, monkeypatch):
     """Small tau makes M nearly a multiple of I: CG meets the reference's stop rule early."""
-    force(form=form, cg=cg)
     if block is not None:  # several row blocks in the dual loop (7 elements -> 1 row per block)
         monkeypatch.setattr(solvers_module, "_ROW_BLOCK_ELEMENTS", block)
     torch.manual_seed(10)
     tau = 2e-3
-    layer = ProxPropLinear(6, 5, tau_prox=tau, optimization_mode="prox_cg10").double()
+    layer = ProxPropLinear(6, 5, tau_prox=tau, optimization_mode="prox_cg10",
+                           solver_form=form, cg_strategy=cg).double()
     x = torch.randn(4, 6, dtype=torch.float64)
     _, g = run_layer(layer, x)
     STOPS.clear()
@@ -355,11 +345,10 @@ def test_linear_early_stop_and_row_blocks(form, cg, block, force, monkeypatch):
 
 
 @pytest.mark.parametrize("strategy", ["gram", "matrix_free"])
-def test_conv2d_early_stop(strategy, force):
-    force(conv=strategy)
+def test_conv2d_early_stop(strategy):
     torch.manual_seed(12)
     tau = 1e-3
-    layer = ProxPropConv2d(2, 3, 2, tau_prox=tau, optimization_mode="prox_cg10").double()
+    layer = ProxPropConv2d(2, 3, 2, tau_prox=tau, optimization_mode="prox_cg10", conv_strategy=strategy).double()
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
     _, g = run_layer(layer, x)
     STOPS.clear()
@@ -369,12 +358,12 @@ def test_conv2d_early_stop(strategy, force):
     assert_close(grads_matrix(layer), expected)
 
 
-@pytest.mark.parametrize("mode", ["prox_cg1", "prox_cg2", "prox_cg5"])
-def test_linear_dual_row_blocks_match_reference(mode, force, monkeypatch):
-    force(form="dual", cg="direct")
+@pytest.mark.parametrize("mode", ["prox_cg1", "prox_cg2", "prox_cg5", "prox_cg1_ref", "prox_cg4_ref"])
+def test_linear_dual_row_blocks_match_reference(mode, monkeypatch):
     monkeypatch.setattr(solvers_module, "_ROW_BLOCK_ELEMENTS", 10)  # 2 rows per block, 7 rows
     torch.manual_seed(13)
-    layer = ProxPropLinear(12, 7, tau_prox=0.9, optimization_mode=mode).double()
+    layer = ProxPropLinear(12, 7, tau_prox=0.9, optimization_mode=mode, solver_form="dual",
+                           cg_strategy="direct").double()
     x = torch.randn(5, 12, dtype=torch.float64)
     _, g = run_layer(layer, x)
     expected = ref_direction(linear_matrix(x.numpy(), True), g.numpy(), params_matrix(layer), 0.9, mode)
