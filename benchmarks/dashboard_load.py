@@ -41,6 +41,7 @@ from proxstudy.dashboards import data as D  # noqa: E402
 from proxstudy.dashboards.figures import study_figures  # noqa: E402
 from proxstudy.study import records as R  # noqa: E402
 from proxstudy.study import records_sql  # noqa: E402
+from proxstudy.study.reader import load_records  # noqa: E402
 from tests.support import study_fixtures as F  # noqa: E402
 
 STUDY = "dashboard-bench"
@@ -83,7 +84,7 @@ def baseline_build(url: str) -> None:
     """The Optuna API path, cold, through the same aggregation, figures and page."""
     storage = optuna.storages.get_storage(url)
     study_id = storage.get_study_id_from_name(STUDY)
-    records = R.load_records(storage, STUDY, fast=False)
+    records = load_records(storage, STUDY, fast=False)
     space = storage.get_study_user_attrs(study_id).get(R.STUDY_ATTR_SPACE)
     data = D.build_study_data(STUDY, records, space=space if isinstance(space, dict) else None)
     study_figures(data)

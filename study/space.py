@@ -2,9 +2,11 @@
 
 A search-space YAML (DESIGN.md, "Search-space YAML") is checked completely before any trial
 starts, so a typo costs one clear message (``"<file>: <field.path>: <what is wrong>"``, a
-:class:`workers.config.ConfigError`) instead of a crashed sweep. The data-set, model, optimizer
-and training rules are those of :mod:`workers.config`, the same code that checks a single
-trial, so the two can never disagree.
+:class:`~proxstudy.errors.ConfigError`) instead of a crashed sweep. The data-set, model,
+optimizer and training rules are those of :mod:`workers.config`, the same code that checks a
+single trial, so the two can never disagree. This is where a sweep's input is validated, once:
+:func:`trial_config` builds the typed trial config of any point of a validated space without
+checking anything again.
 
 Document (top-level keys; anything else is an error naming the allowed keys)::
 
@@ -69,6 +71,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,6 +86,7 @@ from optuna.distributions import (
     check_distribution_compatibility,
 )
 
+from proxstudy.errors import ConfigError
 from proxstudy.study.records import (
     OPTIMIZER_PARAM_PREFIX,
     PARAM_CG,
@@ -95,30 +99,31 @@ from proxstudy.study.records import (
 from proxstudy.workers.config import (
     CG_MODES,
     MODES,
-    OBJECTIVES,
-    ConfigError,
-    require_bool,
+    TrialConfig,
     check_keys,
+    check_model_fits_data,
+    check_objective_fits_model,
+    join_field,
+    require_bool,
     require_float,
     require_int,
-    join_field,
     require_mapping,
-    show_value,
     require_str,
-    validate_training_spec,
+    show_value,
     validate_dataset_spec,
     validate_model_spec,
     validate_optimizer_spec,
-    validate_trial_config,
+    validate_training_spec,
 )
+from proxstudy.workers.vocabulary import DIRECTION_OF_OBJECTIVE, OBJECTIVES, TRAIN_LOSS
 
 __all__ = [
-    "DIRECTIONS",
     "SAMPLERS",
     "MethodSpace",
     "Param",
     "Point",
     "SearchSpace",
+    "as_search_space",
     "grid_points",
     "load_space",
     "parse_space",
@@ -127,7 +132,6 @@ __all__ = [
 ]
 
 SAMPLERS = ("grid", "random", "tpe")
-DIRECTIONS = {"train_loss": "minimize", "val_accuracy": "maximize"}
 TOP_LEVEL_KEYS = ("study", "dataset", "model", "training", "sampler", "objective", "methods")
 METHOD_KEYS = ("mode", "lr", "tau_prox", "cg_iterations", "optimizer")
 RANGE_KEYS = ("low", "high", "log", "points")
@@ -230,7 +234,16 @@ class Point:
 # loading
 
 
-def load_space(path: str | Path) -> SearchSpace:
+def as_search_space(space: SearchSpace | str | os.PathLike[str] | Mapping) -> SearchSpace:
+    """A SearchSpace from a YAML path, a document (mapping) or a SearchSpace."""
+    if isinstance(space, (str, os.PathLike)):
+        return load_space(space)
+    if isinstance(space, Mapping):
+        return parse_space(space)
+    return space
+
+
+def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     """Read and validate a search-space YAML file (ConfigError on any problem)."""
     source = str(path)
     try:
@@ -244,7 +257,7 @@ def load_space(path: str | Path) -> SearchSpace:
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
     try:
-        doc = yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=_UniqueKeySafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"not valid YAML: {_yaml_problem(exc)}") from None
     return parse_space(doc, source)
@@ -299,7 +312,7 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
     model = validate_model_spec(doc["model"], source, "model")
     training, seeds = _parse_training(doc["training"], source)
     sampler = _parse_sampler(doc.get("sampler", "grid"), source)
-    objective = doc.get("objective", "train_loss")
+    objective = doc.get("objective", TRAIN_LOSS)
     if objective not in OBJECTIVES:
         raise ConfigError(source, "objective",
                           f"must be one of {', '.join(OBJECTIVES)}, got {show_value(objective)}")
@@ -326,10 +339,12 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
         seeds=seeds,
         sampler=sampler,
         objective=objective,
-        direction=DIRECTIONS[objective],
+        direction=DIRECTION_OF_OBJECTIVE[objective],
         methods=methods,
     )
-    _check_trial_configs(space)
+    # The rules between the parts of a trial, the same for every point of the space.
+    check_objective_fits_model(objective, model, source)
+    check_model_fits_data(model, dataset, source)
     return space
 
 
@@ -404,7 +419,8 @@ def _parse_method(name: str, spec: Any, source: str, field: str, sampler: str) -
         raise ConfigError(source, join_field(field, "mode"), f"is required (one of {', '.join(MODES)})")
     mode = doc["mode"]
     if mode not in MODES:
-        raise ConfigError(source, join_field(field, "mode"), f"must be one of {', '.join(MODES)}, got {show_value(mode)}")
+        raise ConfigError(source, join_field(field, "mode"),
+                          f"must be one of {', '.join(MODES)}, got {show_value(mode)}")
     prox = mode != "gradient"
 
     def positive(v: Any, path: str) -> float:
@@ -572,7 +588,7 @@ def _range_grid(low: float, high: float, points: int, log: bool, integer: bool) 
             v = math.exp(math.log(low) + (math.log(high) - math.log(low)) * i / (points - 1))
         else:
             v = low + (high - low) * i / (points - 1)
-        values.append(int(round(v)) if integer else float(f"{v:.{GRID_DIGITS}g}"))
+        values.append(round(v) if integer else float(f"{v:.{GRID_DIGITS}g}"))
     return tuple(values)
 
 
@@ -653,23 +669,6 @@ def _method_document(method: MethodSpace) -> dict:
     return out
 
 
-def _check_trial_configs(space: SearchSpace) -> None:
-    """Cross-field rules of a whole trial (model fits data, objective fits model, ...), checked
-    once per method on its first point; fields are re-anchored in the search-space file."""
-    for method in space.methods.values():
-        params = {name: (p.values[0] if p.values else p.low) for name, p in method.params.items()}
-        try:
-            trial_config(space, method.name, params, space.seeds[0])
-        except ConfigError as exc:
-            top = exc.field.split(".")[0].split("[")[0]
-            if top in ("lr", "tau_prox", "cg_iterations", "mode", "method", "optimizer"):
-                raise ConfigError(space.source, join_field(join_field("methods", method.name), exc.field),
-                                  exc.message) from None
-            if top == "seed":
-                raise ConfigError(space.source, "training.seeds", exc.message) from None
-            raise ConfigError(space.source, exc.field, exc.message) from None
-
-
 # --------------------------------------------------------------------------------------------
 # grids, distributions, trial configs
 
@@ -682,7 +681,7 @@ def grid_points(space: SearchSpace) -> list[Point]:
             names = list(method.params)
             grids = [method.params[n].grid_values() for n in names]
             for combo in itertools.product(*grids):
-                points.append(Point(method=method.name, params=dict(zip(names, combo)), seed=seed))
+                points.append(Point(method=method.name, params=dict(zip(names, combo, strict=True)), seed=seed))
     return points
 
 
@@ -734,9 +733,11 @@ def trial_config(
     params: Mapping[str, Any],
     seed: int,
     device: str = "auto",
-) -> dict:
-    """The trial config (INTERFACES.md) of one point: the method's fixed optimizer fields
-    overlaid with the swept ones, params missing from ``params`` taken at their fixed value."""
+) -> TrialConfig:
+    """The trial config of one point of a validated space: the method's fixed optimizer fields
+    overlaid with the swept ones, params missing from ``params`` taken at their fixed value.
+    Every value comes from the validated space (its grid, or a distribution checked at its
+    bounds), so nothing is checked again; ``device`` must be a validated device string."""
     if method not in space.methods:
         raise KeyError(f"no method {method!r} in the search space (has: {', '.join(space.methods)})")
     m = space.methods[method]
@@ -755,18 +756,19 @@ def trial_config(
     for name, value in values.items():
         if name.startswith(OPTIMIZER_PARAM_PREFIX):
             optimizer[name[len(OPTIMIZER_PARAM_PREFIX):]] = value
-    config = {
-        "dataset": copy.deepcopy(space.dataset),
-        "model": copy.deepcopy(space.model),
-        "training": copy.deepcopy(space.training),
-        "objective": space.objective,
-        "method": method,
-        "mode": m.mode,
-        "lr": values[PARAM_LR],
-        "tau_prox": values.get(PARAM_TAU),
-        "cg_iterations": values.get(PARAM_CG),
-        "optimizer": optimizer,
-        "seed": int(seed),
-        "device": device,
-    }
-    return validate_trial_config(config, space.source)
+    cg_iterations = values.get(PARAM_CG)
+    tau_prox = values.get(PARAM_TAU)
+    return TrialConfig(
+        dataset=copy.deepcopy(space.dataset),
+        model=copy.deepcopy(space.model),
+        training=copy.deepcopy(space.training),
+        objective=space.objective,
+        method=method,
+        mode=m.mode,
+        lr=float(values[PARAM_LR]),
+        tau_prox=None if tau_prox is None else float(tau_prox),
+        cg_iterations=None if cg_iterations is None else int(cg_iterations),
+        optimizer=optimizer,
+        seed=int(seed),
+        device=device,
+    )

@@ -7,6 +7,7 @@ and a live study's page updates in place when a trial finishes (no reload).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,9 +20,9 @@ import optuna
 import pytest
 import requests
 
-from tests.support import study_fixtures as F
 from proxstudy.dashboards import app as A
 from proxstudy.dashboards import data as D
+from tests.support import study_fixtures as F
 
 websocket = pytest.importorskip("websocket")
 XSS = "<script>alert(1)</script>"
@@ -99,10 +100,8 @@ class Browser:
         return [e for e in self.events if e.get("method") == "Page.javascriptDialogOpening"]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.ws.close()
-        except Exception:
-            pass
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
@@ -161,7 +160,8 @@ def test_script_named_study_stays_text_and_page_updates_live(site):
     browser.navigate(server.base + "/")
     browser.wait_for("document.querySelectorAll('#study-index a.study-link').length === 2")
     browser.eval("[...document.querySelectorAll('a.study-link')].find(a => a.textContent.includes('script')).click()")
-    title = browser.wait_for("document.querySelector('#study-title') && document.querySelector('#study-title').textContent")
+    title = browser.wait_for(
+        "document.querySelector('#study-title') && document.querySelector('#study-title').textContent")
     assert title == XSS
     time.sleep(0.5)
     assert browser.dialogs() == []

@@ -74,11 +74,11 @@ def test_robustness_curve_log_axis_best_row_and_band(records):
     # pp's best: cg1, tau 0.05, lr 0.01 (0.05 + 0.0005 + 0.005 = 0.0555).
     assert metrics["pp"].best_params == {"lr": 0.01, "tau_prox": 0.05, "cg_iterations": 1}
     assert lines["pp"].y[0] == pytest.approx(0.0555)
-    band_upper = [t for t in fig.data if t.name == "bp seed max"][0]
-    band_lower = [t for t in fig.data if t.name == "bp seed min"][0]
+    band_upper = next(t for t in fig.data if t.name == "bp seed max")
+    band_lower = next(t for t in fig.data if t.name == "bp seed min")
     assert band_upper.y[0] == pytest.approx(0.5) and band_lower.y[0] == pytest.approx(0.4)
     assert fig.layout.yaxis.type == "log"  # positive losses span decades
-    div = [t for t in fig.data if t.name == "bp diverged"][0]
+    div = next(t for t in fig.data if t.name == "bp diverged")
     assert list(div.x) == [1.0] and div.marker.symbol == "x"
 
 
@@ -88,7 +88,7 @@ def test_table1_figure_shows_dash_for_diverged(records):
     t = fig.data[0]
     assert isinstance(t, go.Table)
     assert list(t.header.values) == ["method", "1", "0.1", "0.01"]
-    assert list(t.cells.values[0])[0] == "bp" and list(t.cells.values[1])[0] == "-"
+    assert next(iter(t.cells.values[0])) == "bp" and next(iter(t.cells.values[1])) == "-"
 
 
 def test_training_curves_vs_epoch_and_seconds(records):

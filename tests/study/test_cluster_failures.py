@@ -3,8 +3,9 @@
 What is real here: a Ray cluster on this machine (a head that runs no trial and one-CPU worker
 nodes, each a `ray start --block` process in its own process group and temp dir, so one node can
 be killed like a crashed machine without touching any other Ray on the host), `proxstudy run
---ray-address` as users run it, and the shared PostgreSQL server. The outage is a TCP proxy in front of PostgreSQL that drops
-every connection and refuses new ones for a few seconds: the shared server is never stopped.
+--ray-address` as users run it, and the shared PostgreSQL server. The outage is a TCP proxy in
+front of PostgreSQL that drops every connection and refuses new ones for a few seconds: the
+shared server is never stopped.
 
 Contract checked (DESIGN.md "The proxstudy command", docs/CLUSTER.md):
 * node failure: the trials of the dead node are retried on the remaining node; at the end every
@@ -18,12 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,17 +30,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cli
 from tests.support.cli import write_space
 from tests.support.data_files import md5, serve, usps_arrays, usps_bytes
 from tests.support.postgres import PG_URL, needs_pg
-from tests.support.processes import descendants, free_port
+from tests.support.processes import free_port
+from tests.support.ray_nodes import RayNode, ray_env, wait_for_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
-BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
 # PROXSTUDY_TEST_CLI: test another `proxstudy` executable than the one beside this Python.
-PROXSTUDY = os.environ.get("PROXSTUDY_TEST_CLI", str(BIN / "proxstudy"))
+PROXSTUDY = os.environ.get("PROXSTUDY_TEST_CLI", cli.PROXSTUDY)
 
 # 3 seeds x 2 lr = 6 trials; on SYNTHETIC ~1-2 s each on one core: long enough to interrupt
 # mid-sweep, short for CI.
@@ -64,76 +62,6 @@ FAST_NODE_DEATH = {
 }
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PROXSTUDY_"))}
-    # RAY_AUTH_MODE explicit: otherwise a token left in ~/.ray by any local Ray switches the
-    # head to token auth while clients started without it cannot connect.
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", **extra)
-    return env
-
-
-def _kill_tree(leader: int) -> None:
-    """SIGKILL a node: its process group and every descendant (Ray workers setsid)."""
-    pids = descendants(leader)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-class RayNode:
-    """One `ray start --block` node in its own session and temp dir; killable like a machine."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: socket path limit
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-             *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            _kill_tree(self.proc.pid)
-            self.proc.wait(timeout=30)
-        else:
-            _kill_tree(self.proc.pid)  # stray children of a node that already exited
-        self._log.close()
-
-    def stop(self) -> None:
-        """Tear down: SIGKILL (a SIGTERM makes `ray start --block` drain for up to 30 s)."""
-        self.kill()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _active_nodes(address: str) -> int:
-    result = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True,
-                            text=True, env=_env(), timeout=60)
-    if result.returncode != 0:
-        return 0
-    text = result.stdout.split("Pending:")[0]
-    return sum(1 for line in text.splitlines() if line.strip().startswith("1 node_"))
-
-
-def _wait_nodes(address: str, n: int, node: RayNode | None = None, timeout: float = 90) -> None:
-    """Wait until the cluster has exactly ``n`` live nodes (a killed node drops out once the
-    head's health checks notice, a started one counts once it has registered)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if node is not None:
-            assert node.alive(), f"ray node exited: {Path(node._log.name).read_text()[-2000:]}"
-        if _active_nodes(address) == n:
-            return
-        time.sleep(1)
-    raise AssertionError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
     """A head node on free ports that runs no trial (no CPUs, as in the compose deployment), so
@@ -143,35 +71,26 @@ def ray_head(tmp_path_factory):
     address = f"127.0.0.1:{port}"
     node = RayNode(
         ["--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false"],
-        _env(**FAST_NODE_DEATH), tmp_path_factory.mktemp("ray") / "head.log",
+        tmp_path_factory.mktemp("ray") / "head.log", ray_env(**FAST_NODE_DEATH),
     )
     try:
-        _wait_nodes(address, 1, node)
+        wait_for_nodes(address, 1, [node])
         yield address
     finally:
         node.stop()
 
 
 @pytest.fixture
-def start_worker_node(ray_head, tmp_path):
+def start_worker_node(ray_head, start_ray_node):
     """Starts a worker node of one CPU joining the head and waits until the cluster has
-    `nodes` live nodes (the head included); every node started is torn down at the end."""
-    started: list[RayNode] = []
+    `nodes` live nodes (the head included)."""
 
     def start(nodes: int) -> RayNode:
-        node = RayNode(
-            [f"--address={ray_head}", "--num-cpus=1", "--num-gpus=0"],
-            _env(), tmp_path / f"worker-{len(started)}.log",
-        )
-        started.append(node)
-        _wait_nodes(ray_head, nodes, node)
+        node = start_ray_node(f"--address={ray_head}", "--num-cpus=1", "--num-gpus=0")
+        wait_for_nodes(ray_head, nodes, [node])
         return node
 
-    try:
-        yield start
-    finally:
-        for node in started:
-            node.stop()
+    return start
 
 
 # ------------------------------------------------------------------------------------------
@@ -323,7 +242,7 @@ def _run_cli(space: Path, storage: str, ray_address: str, log: Path) -> subproce
     return subprocess.Popen(
         [PROXSTUDY, "run", str(space), "--storage", storage, "--ray-address", ray_address,
          "--max-concurrent", "2", "--cpus-per-trial", "1"],
-        stdout=subprocess.PIPE, stderr=open(log, "w"), env=_env(), cwd=log.parent,
+        stdout=subprocess.PIPE, stderr=open(log, "w"), env=ray_env(), cwd=log.parent,
         start_new_session=True,
     )
 
@@ -335,7 +254,7 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise AssertionError(f"proxstudy run did not finish in {timeout} s:\n{log.read_text()[-3000:]}")
+        raise AssertionError(f"proxstudy run did not finish in {timeout} s:\n{log.read_text()[-3000:]}") from None
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode, log.read_text()
@@ -397,7 +316,7 @@ def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, sta
         victims = {t.number for t in _trials(study) if t.state.name == "RUNNING"}
         doomed.kill()
         held.clear()
-        start_worker_node(nodes=2)  # the node that remains (the dead one may still be counted)
+        start_worker_node(nodes=2)  # the node that remains
 
         code, stderr = _finish(proc, log, timeout=150)
     assert code == 0, stderr[-3000:]

@@ -8,23 +8,18 @@ the only writer of the SQLite storage; trials must run on both nodes.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from proxstudy.study import records as R
-from tests.support.processes import free_port, kill_everything_of
-from tests.support.cli import BIN, PROXSTUDY, cli_env
+from tests.support.cli import PROXSTUDY, cli_env
+from tests.support.processes import free_port
+from tests.support.ray_nodes import ray_env, wait_for_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-RAY = str(BIN / "ray")
 
 SPACE = """\
 study: cluster
@@ -41,62 +36,16 @@ methods:
 """
 
 
-class Node:
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-                 "--num-cpus=1", "--num-gpus=0", *args],
-                stdout=out, stderr=subprocess.STDOUT, env=cli_env(RAY_AUTH_MODE="disabled"),
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        kill_everything_of(self.proc.pid, self.temp_dir)
-        try:
-            self.proc.wait(timeout=30)
-        finally:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def _alive_nodes(address: str) -> int:
-    result = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True,
-                            env=cli_env(RAY_AUTH_MODE="disabled"), timeout=60)
-    active = result.stdout.split("Pending:")[0]
-    return sum(1 for line in active.splitlines() if line.strip().startswith("1 node_"))
-
-
-def _wait_for(address: str, n: int, nodes: list[Node], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for node in nodes:
-            assert node.proc.poll() is None, node.log.read_text()[-2000:]
-        if _alive_nodes(address) >= n:
-            return
-        time.sleep(1)
-    pytest.fail(f"the cluster did not reach {n} nodes")
-
-
 @pytest.fixture
-def two_node_cluster(tmp_path):
+def two_node_cluster(start_ray_node):
     port = free_port()
     address = f"127.0.0.1:{port}"
-    nodes: list[Node] = []
-    try:
-        nodes.append(Node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                           "--include-dashboard=false", f"--dashboard-agent-listen-port={free_port()}",
-                           f"--metrics-export-port={free_port()}"], tmp_path / "head.log"))
-        _wait_for(address, 1, nodes)
-        nodes.append(Node([f"--address={address}", "--node-ip-address=127.0.0.2",
-                           f"--dashboard-agent-listen-port={free_port()}",
-                           f"--metrics-export-port={free_port()}"], tmp_path / "worker.log"))
-        _wait_for(address, 2, nodes)
-        yield address
-    finally:
-        for node in reversed(nodes):
-            node.stop()
+    head = start_ray_node("--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                          "--num-cpus=1", "--num-gpus=0")
+    wait_for_nodes(address, 1, [head])
+    worker = start_ray_node(f"--address={address}", "--node-ip-address=127.0.0.2", "--num-cpus=1", "--num-gpus=0")
+    wait_for_nodes(address, 2, [head, worker])
+    return address
 
 
 def test_sweep_through_ray_address_runs_on_both_nodes(two_node_cluster, tmp_path):
@@ -105,7 +54,7 @@ def test_sweep_through_ray_address_runs_on_both_nodes(two_node_cluster, tmp_path
     url = f"sqlite:///{tmp_path / 'cluster.db'}"
     result = subprocess.run(
         [PROXSTUDY, "run", str(space_file), "--storage", url, "--ray-address", two_node_cluster],
-        cwd=tmp_path, env=cli_env(RAY_AUTH_MODE="disabled"), capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, env=ray_env(), capture_output=True, text=True, timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     trials = optuna.load_study(study_name="cluster", storage=url).get_trials(deepcopy=False)

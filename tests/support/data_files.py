@@ -79,7 +79,7 @@ def usps_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def usps_bytes(values: np.ndarray, labels: np.ndarray) -> bytes:
     lines = []
-    for row, label in zip(values, labels):
+    for row, label in zip(values, labels, strict=True):
         items = " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(row) if v != 0.0)
         lines.append(f"{int(label)} {items}\n")
     return bz2.compress("".join(lines).encode("ascii"))
@@ -104,7 +104,7 @@ def serve(
     that hangs) until it is cleared."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             name = self.path.lstrip("/")
             if hits is not None:
                 hits[name] = hits.get(name, 0) + 1
