@@ -14,7 +14,6 @@ import socket
 from typing import Any
 
 from optuna.storages import BaseStorage
-from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from proxstudy.errors import SweepError
@@ -23,7 +22,6 @@ from proxstudy.study.records import (
     ATTR_DRIVER,
     ATTR_ERROR,
     ATTR_STATUS,
-    MAXIMIZE,
     STATUS_INTERRUPTED,
     STUDY_ATTR_SOURCE,
     STUDY_ATTR_SPACE,
@@ -56,7 +54,6 @@ def open_study(storage: BaseStorage, space: SearchSpace, study_name: str, force_
                shown_url: str) -> tuple[str, int, bool]:
     """Create the study or check that the stored search space is the one given; returns
     (study name, study id, created). ``shown_url``: the storage as messages show it."""
-    direction = StudyDirection.MAXIMIZE if space.direction == MAXIMIZE else StudyDirection.MINIMIZE
     document = _normalised(space.document)
     if study_name in study_names(storage):
         study_id = storage.get_study_id_from_name(study_name)
@@ -72,7 +69,7 @@ def open_study(storage: BaseStorage, space: SearchSpace, study_name: str, force_
                 "or choose another name with --study-name"
             )
         study_name = _free_name(storage, study_name)
-    study_id = storage.create_new_study([direction], study_name)
+    study_id = storage.create_new_study([space.study_direction], study_name)
     storage.set_study_user_attr(study_id, STUDY_ATTR_SPACE, document)
     storage.set_study_user_attr(study_id, STUDY_ATTR_SOURCE, str(space.source))
     return study_name, study_id, True

@@ -141,7 +141,7 @@ class TpePoints:
         seed = _sampler_seed(space)
         for index, (method, method_space) in enumerate(space.methods.items()):
             self._studies[method] = optuna.create_study(
-                direction=space.direction, sampler=optuna.samplers.TPESampler(seed=seed + index)
+                direction=space.study_direction, sampler=optuna.samplers.TPESampler(seed=seed + index)
             )
             self._dists[method] = _method_distributions(method_space)
             self._asked[method] = 0

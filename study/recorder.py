@@ -164,7 +164,7 @@ class OptunaRecorder(Callback):
             self._w.submit(self._attr_job(entry, ATTR_ERROR, str(error)[-4000:]))
         self._w.submit(self._attr_job(entry, ATTR_STATUS, status))
         state = STATE_FOR_STATUS[status]
-        values = [value] if state == TrialState.COMPLETE else None
+        values = [value] if state == TrialState.COMPLETE and value is not None else None
         storage = d.storage
         self._w.submit(lambda: storage.set_trial_state_values(_created(entry), state, values))
         # The trial's own run time on its worker (Tune's time_total_s), else its epochs.

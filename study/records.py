@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
@@ -214,7 +214,26 @@ class TrialRecord:
         return self.status in FINAL_STATUSES
 
 
-def _status_of(trial: FrozenTrial) -> str:
+class FrozenTrialLike(Protocol):
+    """What :func:`record_from_frozen_trial` reads of an Optuna FrozenTrial (study.records_sql
+    builds such rows straight from the tables)."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    intermediate_values: dict[int, float]
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+
+    @property
+    def values(self) -> list[float] | None: ...
+
+    @property
+    def value(self) -> float | None: ...
+
+
+def _status_of(trial: FrozenTrialLike) -> str:
     recorded = trial.user_attrs.get(ATTR_STATUS)
     if trial.state in (TrialState.RUNNING, TrialState.WAITING):
         return STATUS_OF_STATE[trial.state]
@@ -224,7 +243,7 @@ def _status_of(trial: FrozenTrial) -> str:
     return STATUS_OF_STATE.get(trial.state, STATUS_FAILED)
 
 
-def record_from_frozen_trial(trial: FrozenTrial) -> TrialRecord:
+def record_from_frozen_trial(trial: FrozenTrial | FrozenTrialLike) -> TrialRecord:
     """Convert one Optuna trial into a :class:`TrialRecord`."""
     params = dict(trial.params)
     method = str(params.pop(PARAM_METHOD, "unknown"))

@@ -44,9 +44,11 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.study import StudyDirection
@@ -306,11 +308,6 @@ def _state_counts(conn: sa.engine.Connection, study_name: str | None) -> dict[st
     return out
 
 
-try:  # optional: decodes the per-epoch lists several times faster than json
-    from orjson import loads as _orjson_loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson_loads = None
-
 #: orjson decodes integers beyond 64 bits as floats where json gives ints; such floats (and any
 #: float this large) are at least 2**63 in magnitude, so results holding one are re-decoded.
 _HUGE = 9.2e18
@@ -344,13 +341,12 @@ def json_loads(text: str) -> Any:
     out-of-range floats, lone surrogates and deep nesting (json accepts them), and turns huge
     integers into floats; those texts are decoded by json instead.
     """
-    if _orjson_loads is not None:
-        try:
-            value = _orjson_loads(text)
-        except ValueError:  # orjson.JSONDecodeError
-            return json.loads(text)
-        if not _has_huge_float(value):
-            return value
+    try:
+        value = orjson.loads(text)  # decodes the per-epoch lists several times faster than json
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    if not _has_huge_float(value):
+        return value
     return json.loads(text)
 
 
@@ -457,7 +453,9 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
         if len(trials) < len(rows) and len(trials) <= _MAX_BY_ID:
             ids = sorted(trials)
             chunks = [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
-            selects = [lambda *columns, c=chunk: sa.select(*columns).where(columns[0].in_(c)) for chunk in chunks]
+            selects: list[Callable[..., sa.Select]] = [
+                lambda *columns, c=chunk: sa.select(*columns).where(columns[0].in_(c)) for chunk in chunks
+            ]
         else:
             def of_study(*columns: sa.Column) -> sa.Select:
                 table = columns[0].table
@@ -472,7 +470,7 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
         convert = R.record_from_frozen_trial
         fresh: dict[int, tuple[_RowKey, R.TrialRecord]] = {}
         for trial_id, trial in trials.items():
-            record = out[trial_id] = convert(trial)  # type: ignore[arg-type]
+            record = out[trial_id] = convert(trial)
             if keys[trial_id][2] in _FINISHED_STATES:
                 fresh[trial_id] = (keys[trial_id], _copy(record))
         with _lock:
@@ -480,7 +478,7 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
                 **{tid: known[tid] for tid in out if tid not in trials},
                 **fresh,
             }
-    return list(out.values())  # type: ignore[arg-type]
+    return [record for record in out.values() if record is not None]  # every row was filled above
 
 
 def _fill_trials(conn: sa.engine.Connection, trials: dict[int, _RowTrial], selects: list) -> None:

@@ -24,12 +24,13 @@ class PointSearcher(Searcher):
         self._driver = driver
         self._point_of: dict[str, Point] = {}
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
         d = self._driver
         with d.lock:
             point = d.source.next_point()
             if point is None:
-                return Searcher.FINISHED
+                # Tune's documented "no more trials" answer; its annotation leaves this string out
+                return Searcher.FINISHED  # type: ignore[return-value]
             d.points_by_key[point.key] = point
             self._point_of[trial_id] = point
         return {

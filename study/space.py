@@ -85,6 +85,7 @@ from optuna.distributions import (
     IntDistribution,
     check_distribution_compatibility,
 )
+from optuna.study import StudyDirection
 
 from proxstudy.errors import ConfigError
 from proxstudy.study.records import (
@@ -115,7 +116,7 @@ from proxstudy.workers.config import (
     validate_optimizer_spec,
     validate_training_spec,
 )
-from proxstudy.workers.vocabulary import DIRECTION_OF_OBJECTIVE, OBJECTIVES, TRAIN_LOSS
+from proxstudy.workers.vocabulary import DIRECTION_OF_OBJECTIVE, MAXIMIZE, OBJECTIVES, TRAIN_LOSS
 
 __all__ = [
     "SAMPLERS",
@@ -160,6 +161,13 @@ class Param:
     points: int | None = None
     integer: bool = False
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a range."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name}: a {self.kind} param has no bounds")
+        return self.low, self.high
+
     def grid_values(self) -> list:
         """The values the grid sampler runs (ranges need ``points``)."""
         if self.kind == "range" and self.points is None:
@@ -170,9 +178,10 @@ class Param:
         """What a random/tpe sampler draws this param from (compatible across methods, see
         the module docstring)."""
         if self.kind == "range":
+            low, high = self.bounds
             if self.integer:
-                return IntDistribution(int(self.low), int(self.high), log=self.log)
-            return FloatDistribution(float(self.low), float(self.high), log=self.log)
+                return IntDistribution(int(low), int(high), log=self.log)
+            return FloatDistribution(float(low), float(high), log=self.log)
         if self.kind == "fixed":
             value = self.values[0]
             if _is_number(value):
@@ -215,6 +224,11 @@ class SearchSpace:
     objective: str
     direction: str  # "minimize" | "maximize"
     methods: dict[str, MethodSpace]
+
+    @property
+    def study_direction(self) -> StudyDirection:
+        """The direction as Optuna takes it."""
+        return StudyDirection.MAXIMIZE if self.direction == MAXIMIZE else StudyDirection.MINIMIZE
 
 
 @dataclass(frozen=True)
@@ -269,7 +283,7 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
     Plain safe_load keeps the last of two equal keys, so a copied method block whose name was
     not changed would silently replace the first one; here it is an error naming its line."""
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+    def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -593,7 +607,7 @@ def _range_grid(low: float, high: float, points: int, log: bool, integer: bool) 
 
 
 def _check_distinct(values: Sequence, source: str, field: str) -> None:
-    seen = []
+    seen: list[Any] = []
     for v in values:
         if any(v == s and type(v) is type(s) for s in seen):
             raise ConfigError(source, field, f"values repeat: {list(values)}")
@@ -645,11 +659,12 @@ def _harmonise_sampled(methods: dict[str, MethodSpace], source: str) -> dict[str
 
 
 def _describe(dist: BaseDistribution) -> str:
-    if isinstance(dist, CategoricalDistribution):
-        return f"a list {list(dist.choices)}"
-    kind = "an integer" if isinstance(dist, IntDistribution) else "a"
-    scale = "log" if dist.log else "linear"
-    return f"{kind} {scale} range [{dist.low}, {dist.high}]"
+    if isinstance(dist, (IntDistribution, FloatDistribution)):
+        kind = "an integer" if isinstance(dist, IntDistribution) else "a"
+        scale = "log" if dist.log else "linear"
+        return f"{kind} {scale} range [{dist.low}, {dist.high}]"
+    assert isinstance(dist, CategoricalDistribution), dist  # Param.optuna_distribution makes no other
+    return f"a list {list(dist.choices)}"
 
 
 def _param_field(method: str, name: str) -> str:
@@ -708,8 +723,9 @@ def recorded_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
                     choices.append(v)
             out[name] = CategoricalDistribution(choices)
             continue
-        if sampled:
-            log = params[0].optuna_distribution().log
+        first = params[0].optuna_distribution()
+        if sampled and isinstance(first, (IntDistribution, FloatDistribution)):
+            log = first.log
         elif name in _DEFAULT_LOG:
             log = _DEFAULT_LOG[name]
         else:

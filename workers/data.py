@@ -282,7 +282,7 @@ def _read_cifar10(spec: Mapping) -> dict[str, np.ndarray]:
         "y_test": y_test,
     }
     with contextlib.suppress(OSError), atomic_output(cache, "wb") as handle:  # read-only folder: no cache
-        np.savez(handle, **arrays)
+        np.savez(handle, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
     return arrays
 
 
@@ -392,9 +392,11 @@ def load_dataset(spec: Mapping, device: str | torch.device = "cpu") -> Dataset:
             return _cache[key]
     arrays, num_classes = _load_host(spec)
 
-    def put(name: str) -> torch.Tensor | None:
-        value = arrays.get(name)
-        return None if value is None else torch.from_numpy(np.ascontiguousarray(value)).to(device)
+    def put(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(arrays[name])).to(device)
+
+    def put_if_there(name: str) -> torch.Tensor | None:
+        return put(name) if arrays.get(name) is not None else None
 
     dataset = Dataset(
         name=spec["name"],
@@ -402,8 +404,8 @@ def load_dataset(spec: Mapping, device: str | torch.device = "cpu") -> Dataset:
         y_train=put("y_train"),
         x_val=put("x_val"),
         y_val=put("y_val"),
-        x_test=put("x_test"),
-        y_test=put("y_test"),
+        x_test=put_if_there("x_test"),
+        y_test=put_if_there("y_test"),
         num_classes=num_classes,
         input_shape=tuple(arrays["x_train"].shape[1:]),
     )

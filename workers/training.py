@@ -234,6 +234,7 @@ def _train(
         val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, classify, chunk)
         if epoch == 0:
             initial_loss = train_loss
+        assert initial_loss is not None  # epoch 0 is recorded first
         bound = training["divergence_factor"] * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else -1.0
         diverged = batch_diverged or not math.isfinite(train_loss) or train_loss > bound
         entry: dict[str, float | int | None] = {
@@ -288,7 +289,7 @@ def _train(
         seconds = time.perf_counter() - started
         if record(epoch, seconds, batch_diverged) != STATUS_RUNNING:
             break
-    if outcome.status == STATUS_COMPLETED and data.x_test is not None:
+    if outcome.status == STATUS_COMPLETED and data.x_test is not None and data.y_test is not None:
         test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, classify, chunk)
         outcome.test_loss, outcome.test_accuracy = _finite(test_loss), _finite(test_acc)
 
