@@ -20,6 +20,7 @@ from proxstudy.errors import StudyNotFound
 from proxstudy.study import reader
 from proxstudy.study import records as R
 from proxstudy.study.storage import redact
+from proxstudy.workers.vocabulary import TRAIN_LOSS
 
 __all__ = [
     "STATUS_ORDER",
@@ -91,7 +92,7 @@ def build_study_data(
     good: GoodRegion | None = None,
 ) -> StudyData:
     """Aggregate records into points and metrics (pure; used by the cache and by tests)."""
-    objective = str((space or {}).get("objective") or "train_loss")
+    objective = str((space or {}).get("objective") or TRAIN_LOSS)
     direction = direction_for(objective, direction)
     points = R.aggregate_points(records)
     if counts is None:

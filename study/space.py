@@ -99,6 +99,7 @@ from proxstudy.study.records import (
 )
 from proxstudy.workers.config import (
     CG_MODES,
+    MODE_GRADIENT,
     MODES,
     TrialConfig,
     check_keys,
@@ -435,7 +436,7 @@ def _parse_method(name: str, spec: Any, source: str, field: str, sampler: str) -
     if mode not in MODES:
         raise ConfigError(source, join_field(field, "mode"),
                           f"must be one of {', '.join(MODES)}, got {show_value(mode)}")
-    prox = mode != "gradient"
+    prox = mode != MODE_GRADIENT
 
     def positive(v: Any, path: str) -> float:
         return require_float(v, source, path, positive=True)

@@ -106,7 +106,7 @@ def all_study_statuses(storage: StorageLike) -> list[StudyStatus]:
     return [study_status(storage, name) for name in study_names(storage)]
 
 
-_COLUMNS = ("done", "completed", "diverged", "failed", "running", "left", "total")
+_COLUMNS = ("done", R.STATUS_COMPLETED, R.STATUS_DIVERGED, R.STATUS_FAILED, R.STATUS_RUNNING, "left", "total")
 
 
 def _row(label: str, counts: Counts) -> list[str]:

@@ -32,6 +32,10 @@ __all__ = [
     "DATASET_NAMES",
     "MODEL_NAMES",
     "MODES",
+    "MODE_CG",
+    "MODE_CG_REF",
+    "MODE_EXACT",
+    "MODE_GRADIENT",
     "OBJECTIVES",
     "OPTIMIZER_NAMES",
     "ConfigError",
@@ -49,11 +53,12 @@ __all__ = [
 ]
 
 MODEL_NAMES = ("mlp", "convnet", "autoencoder")
-#: A trial's mode: the kinds of the layers' optimization_mode (proxprop.modes).
+#: A trial's mode: the kinds of the layers' optimization_mode (proxprop.modes), named here.
 MODES = MODE_KINDS
+MODE_GRADIENT, MODE_EXACT, MODE_CG, MODE_CG_REF = MODES
 #: Modes that run CG and so take cg_iterations. prox_cg_ref is the reference release's aliased
 #: CG (see ALGORITHM.md), offered only to reproduce the paper's numbers.
-CG_MODES = tuple(mode for mode in MODES if mode.startswith("prox_cg"))
+CG_MODES = (MODE_CG, MODE_CG_REF)
 OPTIMIZER_NAMES = ("sgd", "adam")
 
 DEFAULT_DIVERGENCE_FACTOR = 1.0e3
@@ -343,9 +348,9 @@ class TrialConfig:
     @property
     def layer_mode(self) -> str:
         """The ProxProp layers' optimization_mode string (proxprop.parse_mode's inverse)."""
-        if self.mode == "prox_cg":
+        if self.mode == MODE_CG:
             return f"prox_cg{self.cg_iterations}"
-        if self.mode == "prox_cg_ref":
+        if self.mode == MODE_CG_REF:
             return f"prox_cg{self.cg_iterations}_ref"
         return self.mode
 
@@ -421,7 +426,7 @@ def validate_trial_config(doc: Any, source: str) -> TrialConfig:
     mode = _choice(_require(doc, "mode", source, ""), MODES, source, "mode")
     lr = require_float(_require(doc, "lr", source, ""), source, "lr", positive=True)
     tau = doc.get("tau_prox")
-    if mode != "gradient" and tau is None:
+    if mode != MODE_GRADIENT and tau is None:
         raise ConfigError(source, "tau_prox", f"is required for mode {mode}")
     tau_prox = None if tau is None else require_float(tau, source, "tau_prox", positive=True)
     cg = doc.get("cg_iterations")

@@ -15,7 +15,7 @@ from typing import TextIO
 import torch
 
 from proxstudy.errors import ConfigError
-from proxstudy.workers.config import TrialConfig, load_train_file, validate_device
+from proxstudy.workers.config import MODE_GRADIENT, TrialConfig, load_train_file, validate_device
 from proxstudy.workers.data import load_dataset
 from proxstudy.workers.training import TrialOutcome, resolve_device, run_trial
 from proxstudy.workers.vocabulary import (
@@ -56,7 +56,7 @@ def format_epoch_row(entry: dict) -> str:
 
 def _describe(config: TrialConfig) -> str:
     parts = [f"mode {config.layer_mode}", f"lr {config.lr:g}"]
-    if config.mode != "gradient":
+    if config.mode != MODE_GRADIENT:
         parts.append(f"tau_prox {config.tau_prox:g}")
     parts.append(config.optimizer["name"])
     return (
