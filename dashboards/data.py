@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from proxstudy.dashboards.metrics import GoodRegion, MethodMetrics, compute_metrics, direction_for
+from proxstudy.dashboards.metrics import DEFAULT_DELTA, Robustness, compute_robustness, direction_for
 from proxstudy.errors import StudyNotFound
 from proxstudy.study import reader
 from proxstudy.study import records as R
@@ -68,7 +68,7 @@ class StudyData:
     space: dict | None
     records: list[R.TrialRecord]
     points: list[R.PointSummary]
-    metrics: dict[str, MethodMetrics]
+    metrics: Robustness
     counts: dict[str, int]
     loaded_at: float = field(default_factory=time.monotonic)
     version: int = field(default_factory=lambda: next(_versions))  # unique per snapshot
@@ -89,7 +89,7 @@ def build_study_data(
     counts: dict[str, int] | None = None,
     space: dict | None = None,
     direction: str | None = None,
-    good: GoodRegion | None = None,
+    delta: float = DEFAULT_DELTA,
 ) -> StudyData:
     """Aggregate records into points and metrics (pure; used by the cache and by tests)."""
     objective = str((space or {}).get("objective") or TRAIN_LOSS)
@@ -97,7 +97,7 @@ def build_study_data(
     points = R.aggregate_points(records)
     if counts is None:
         counts = R.count_statuses(records)
-    metrics = compute_metrics(points, direction, good, k_max=K_MAX)
+    metrics = compute_robustness(records, direction, delta=delta, k_max=K_MAX)
     return StudyData(name, objective, direction, space, records, points, metrics, counts)
 
 

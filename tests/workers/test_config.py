@@ -24,7 +24,7 @@ from tests.support.trial_configs import trial_config
 def test_valid_config_is_normalised_into_a_typed_config():
     out = validate_trial_config(trial_config(_point_key="abc"), "<config>")  # "_" keys: a sweep's
     assert isinstance(out, TrialConfig) and out.device == "auto"
-    assert out.training["divergence_factor"] == 1e3 and out.dataset["val_fraction"] == 0.2
+    assert out.training["divergence_factor"] == 10.0 and out.dataset["val_fraction"] == 0.2
     assert out.layer_mode == "prox_cg3"
     assert validate_trial_config(trial_config(mode="prox_exact"), "x").layer_mode == "prox_exact"
     gradient = validate_trial_config(trial_config(mode="gradient", tau_prox=None, cg_iterations=None), "x")
