@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: from --out's suffix, else yaml")
     export.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
 
+    summary = sub.add_parser("summary", help="robustness numbers per method, with intervals")
+    summary.add_argument("study", metavar="STUDY")
+    _storage_arg(summary)
+    summary.add_argument("--format", choices=("table", "json"), default="table")
+    summary.add_argument("--delta", type=float, default=None, metavar="D",
+                         help="a point is trained when its progress is >= 1 - D (default 0.1)")
+
     train = sub.add_parser("train", help="one run of a trial config or an export file")
     train.add_argument("config", metavar="CONFIG.yaml")
     train.add_argument("--method", default=None, help="the method of an export file to run")
@@ -186,6 +193,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_summary(args: argparse.Namespace) -> int:
+    import json
+
+    from proxstudy.dashboards.metrics import DEFAULT_DELTA, compute_robustness, direction_for, summary_document
+    from proxstudy.dashboards.tables import summary_text
+    from proxstudy.study.reader import load_records, study_settings
+    from proxstudy.workers.vocabulary import OBJECTIVE, TRAIN_LOSS
+
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    if not 0.0 < delta < 1.0:
+        raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
+    url = _readable_storage(args.storage)
+    settings = study_settings(url, args.study)
+    objective = str((settings.space_document or {}).get(OBJECTIVE) or TRAIN_LOSS)
+    robustness = compute_robustness(load_records(url, args.study), direction_for(objective, settings.direction),
+                                    delta=delta)
+    if args.format == "json":
+        print(json.dumps(summary_document(robustness, args.study, objective), indent=2))
+    else:
+        print(summary_text(robustness, args.study, objective))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from proxstudy.workers.train_command import train_main
 
@@ -220,6 +250,7 @@ _COMMANDS = {
     "status": _cmd_status,
     "list": _cmd_list,
     "export": _cmd_export,
+    "summary": _cmd_summary,
     "train": _cmd_train,
     "report": _cmd_report,
     "dashboard": _cmd_dashboard,
