@@ -29,10 +29,9 @@ demo: setup
 	@echo "Live dashboard:  $(BIN)/proxstudy dashboard --storage $(STORAGE)   -> http://127.0.0.1:8050"
 
 # ruff (lint and import order) on the whole tree, mypy on the installed packages (see
-# scripts/typecheck.sh); settings in pyproject.toml.
+# scripts/typecheck.sh); settings in pyproject.toml. Both run; either failing fails.
 lint: setup
-	$(BIN)/ruff check .
-	bash scripts/typecheck.sh
+	@status=0; $(BIN)/ruff check . || status=1; bash scripts/typecheck.sh || status=1; exit $$status
 
 test: setup system-test-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
