@@ -4,36 +4,53 @@ Two `ray start --block` nodes (one CPU each), each in its own session and temp d
 teardown kills exactly them; the second node takes another loopback address (127.0.0.2) so
 that the node a trial ran on is visible in its `worker` user attr. The driver (the CLI) is
 the only writer of the SQLite storage; trials must run on both nodes.
+
+Both nodes get a trial whatever the machine's load: the data comes from a loopback server that
+holds its answer until two trials run at once, which with one CPU per node means one on each
+(with short trials and no hold, one node could finish the sweep before the other's worker
+process was up).
 """
 
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from proxstudy.study import records as R
-from tests.support.cli import PROXSTUDY, cli_env
+from tests.support.cli import PROXSTUDY, cli_env, write_space
+from tests.support.data_files import md5, serve, usps_arrays, usps_bytes
 from tests.support.processes import free_port
 from tests.support.ray_nodes import ray_env, wait_for_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SPACE = """\
-study: cluster
-dataset: {name: synthetic, n_train: 1024, n_val: 128, input_shape: [1, 8, 8], num_classes: 3, seed: 0}
-model: {name: mlp, hidden: [32]}
-training: {epochs: 3, batch_size: 32, seeds: [0, 1]}
-sampler: {name: grid}
-objective: train_loss
-methods:
-  backprop:
-    mode: gradient
-    lr: [0.01, 0.1, 0.5]
-    optimizer: {name: sgd, momentum: 0.9}
-"""
+SPACE = {
+    "study": "cluster",
+    "model": {"name": "mlp", "hidden": [32]},
+    "training": {"epochs": 3, "batch_size": 32, "seeds": [0, 1]},
+    "sampler": {"name": "grid"},
+    "objective": "train_loss",
+    "methods": {"backprop": {"mode": "gradient", "lr": [0.01, 0.1, 0.5],
+                             "optimizer": {"name": "sgd", "momentum": 0.9}}},
+}
+SYNTHETIC = {"name": "synthetic", "n_train": 1024, "n_val": 128, "input_shape": [1, 8, 8], "num_classes": 3, "seed": 0}
+
+
+def _write_space(tmp_path, dataset: dict) -> str:
+    return str(write_space(tmp_path / "space.yaml", {**SPACE, "dataset": dataset}))
+
+
+def _running_trials(url: str) -> int:
+    try:
+        trials = optuna.load_study(study_name="cluster", storage=url).get_trials(deepcopy=False)
+    except Exception:  # not created yet, or the database is locked for a moment
+        return 0
+    return sum(t.state == TrialState.RUNNING for t in trials)
 
 
 @pytest.fixture
@@ -49,14 +66,29 @@ def two_node_cluster(start_ray_node):
 
 
 def test_sweep_through_ray_address_runs_on_both_nodes(two_node_cluster, tmp_path):
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(SPACE)
     url = f"sqlite:///{tmp_path / 'cluster.db'}"
-    result = subprocess.run(
-        [PROXSTUDY, "run", str(space_file), "--storage", url, "--ray-address", two_node_cluster],
-        cwd=tmp_path, env=ray_env(), capture_output=True, text=True, timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    files = {"usps.bz2": usps_bytes(*usps_arrays(128, seed=1)), "usps.t.bz2": usps_bytes(*usps_arrays(16, seed=2))}
+    held, requested = threading.Event(), threading.Event()
+    held.set()
+    with serve(files, held=held, requested=requested) as base:
+        dataset = {"name": "usps", "root": str(tmp_path / "data"), "download": True, "url": base,
+                   "md5": {name: md5(payload) for name, payload in files.items()}, "val_size": 16}
+        driver = subprocess.Popen(
+            [PROXSTUDY, "run", _write_space(tmp_path, dataset), "--storage", url, "--ray-address", two_node_cluster],
+            cwd=tmp_path, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (requested.is_set() and _running_trials(url) == 2):
+                assert driver.poll() is None and time.monotonic() < deadline, "two trials never ran at once"
+                time.sleep(0.2)
+            held.clear()  # one trial on each node: let them have their data
+            _, stderr = driver.communicate(timeout=240)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    assert driver.returncode == 0, stderr[-3000:]
     trials = optuna.load_study(study_name="cluster", storage=url).get_trials(deepcopy=False)
     assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs[R.ATTR_POINT_KEY] for t in trials}) == 6
@@ -65,8 +97,7 @@ def test_sweep_through_ray_address_runs_on_both_nodes(two_node_cluster, tmp_path
 
 
 def test_unreachable_ray_address_is_one_line_and_writes_nothing(tmp_path):
-    space_file = tmp_path / "space.yaml"
-    space_file.write_text(SPACE)
+    space_file = _write_space(tmp_path, SYNTHETIC)
     db = tmp_path / "x.db"
     result = subprocess.run(
         [PROXSTUDY, "run", str(space_file), "--storage", f"sqlite:///{db}", "--ray-address",
