@@ -31,7 +31,8 @@ __all__ = [
     "clear_cache",
     "list_studies",
     "load_study_data",
-    "redact",  # pages and logs show only the redacted URL
+    "redact",
+    "study_summary_data",  # pages and logs show only the redacted URL
     "warm_cache",
 ]
 
@@ -135,6 +136,14 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
         data = build_study_data(name, records, counts, settings.space_document, settings.direction)
         _cache[key] = data
         return data
+
+
+def study_summary_data(url: str, name: str, *, delta: float = DEFAULT_DELTA) -> StudyData:
+    """The study's data with the robustness analysis at ``delta``, read afresh (not cached):
+    what `proxstudy summary` prints. Raises StudyNotFound."""
+    settings = reader.study_settings(url, name)
+    records = reader.load_records(url, name)
+    return build_study_data(name, records, None, settings.space_document, settings.direction, delta)
 
 
 def clear_cache() -> None:

@@ -196,23 +196,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     import json
 
-    from proxstudy.dashboards.metrics import DEFAULT_DELTA, compute_robustness, direction_for, summary_document
+    from proxstudy.dashboards.data import study_summary_data
+    from proxstudy.dashboards.metrics import DEFAULT_DELTA, summary_document
     from proxstudy.dashboards.tables import summary_text
-    from proxstudy.study.reader import load_records, study_settings
-    from proxstudy.workers.vocabulary import OBJECTIVE, TRAIN_LOSS
 
     delta = DEFAULT_DELTA if args.delta is None else args.delta
     if not 0.0 < delta < 1.0:
         raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
-    url = _readable_storage(args.storage)
-    settings = study_settings(url, args.study)
-    objective = str((settings.space_document or {}).get(OBJECTIVE) or TRAIN_LOSS)
-    robustness = compute_robustness(load_records(url, args.study), direction_for(objective, settings.direction),
-                                    delta=delta)
+    data = study_summary_data(_readable_storage(args.storage), args.study, delta=delta)
     if args.format == "json":
-        print(json.dumps(summary_document(robustness, args.study, objective), indent=2))
+        print(json.dumps(summary_document(data.metrics, args.study, data.objective), indent=2))
     else:
-        print(summary_text(robustness, args.study, objective))
+        print(summary_text(data.metrics, args.study, data.objective))
     return 0
 
 
