@@ -7,7 +7,7 @@ DEMO_SPACE ?= search_spaces/digits-table1-quick.yaml
 DEMO_STUDY ?= digits-table1-quick
 STORAGE ?= sqlite:///proxstudy.db
 
-.PHONY: setup system-test-deps demo test test-fast bench clean
+.PHONY: setup system-test-deps demo lint test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,7 +28,12 @@ demo: setup
 	@echo "Report (self-contained, open in a browser): $$(pwd)/report.html"
 	@echo "Live dashboard:  $(BIN)/proxstudy dashboard --storage $(STORAGE)   -> http://127.0.0.1:8050"
 
-test: setup system-test-deps
+# ruff (lint and import order) on the whole tree, mypy on the installed packages (see
+# scripts/typecheck.sh); settings in pyproject.toml. Both run; either failing fails.
+lint: setup
+	@status=0; $(BIN)/ruff check . || status=1; bash scripts/typecheck.sh || status=1; exit $$status
+
+test: setup system-test-deps lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=600
 
 bench: setup
@@ -37,4 +42,4 @@ bench: setup
 	$(BIN)/python benchmarks/dashboard_load.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache report.html
+	rm -rf $(VENV) *.egg-info .pytest_cache report.html build

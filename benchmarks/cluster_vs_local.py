@@ -4,17 +4,18 @@ Why: joining a cluster (`proxstudy run --ray-address`) adds scheduling across ra
 transfer between nodes and a driver that is not co-located with the trials. This measures that
 cost against the single-machine baseline, in the same run, on the same cores:
 
-* local:      one node (`ray start --head --num-cpus=2`), `run_sweep(..., ray_address=it)`;
+* local:      one node (`ray start --head --num-cpus=2`), `run_sweep(space, SweepOptions(ray_address=it))`;
 * cluster:    a head (`--num-cpus=1`) and a worker (`--num-cpus=1`) on this machine, each its own
-              process group; `run_sweep(..., ray_address=head)`;
+              process group; `run_sweep(space, SweepOptions(ray_address=head))`;
 * local-auto: `run_sweep(...)` with no address: the runner starts (and stops) its own local Ray.
 All with --max-concurrent 2 and 1 CPU per trial.
 
 Printed: the sweep wall time (Ray up -> last trial recorded, the runner's `wall_seconds`) and
 the end-to-end time of the call for each, and the ratios. The headline is cluster / local: both
 started beforehand (as a cluster is for its users), so it isolates the cost of spreading the
-trials over two raylets; local-auto also pays for starting Ray and its worker processes. Each configuration writes a fresh study to
-its own SQLite file (or to --storage with a unique study name).
+trials over two raylets; local-auto also pays for starting Ray and its worker processes. Each
+configuration writes a fresh study to its own SQLite file (or to --storage with a unique study
+name).
 
     .venv/bin/python benchmarks/cluster_vs_local.py [--space search_spaces/digits-mlp-quick.yaml]
         [--repeat 1] [--storage URL]
@@ -34,7 +35,6 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-
 
 # Before Ray is imported: no usage reporting, and no token auth picked up from ~/.ray (the
 # nodes below are started with the same setting).
@@ -118,9 +118,8 @@ def _wait_cpus(address: str, cpus: int, timeout: float = 120) -> None:
     while time.monotonic() < deadline:
         out = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True)
         for line in out.stdout.splitlines():
-            if line.strip().endswith(" CPU") and "/" in line:
-                if float(line.split("/")[1].split()[0]) >= cpus:
-                    return
+            if line.strip().endswith(" CPU") and "/" in line and float(line.split("/")[1].split()[0]) >= cpus:
+                return
         time.sleep(1)
     raise SystemExit(f"cluster at {address} did not reach {cpus} CPUs in {timeout} s")
 
@@ -143,13 +142,13 @@ def ray_cluster(cpus_per_node: list[int]):
 
 
 def _sweep(space, storage: str | None, workdir: Path, ray_address: str | None) -> tuple[float, float, int, float]:
-    from proxstudy.study.runner import run_sweep
+    from proxstudy.study.runner import SweepOptions, run_sweep
 
     url = storage or f"sqlite:///{workdir / (uuid.uuid4().hex + '.db')}"
     name = f"bench-{'cluster' if ray_address else 'local'}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
-    summary = run_sweep(space, storage=url, study_name=name, ray_address=ray_address,
-                        max_concurrent=2, cpus_per_trial=1, progress=False)
+    summary = run_sweep(space, SweepOptions(storage=url, study_name=name, ray_address=ray_address,
+                                            max_concurrent=2, cpus_per_trial=1, progress=False))
     total = time.perf_counter() - t0
     if summary.left or summary.failed:
         raise SystemExit(f"sweep {name} did not finish cleanly: {summary}")
@@ -165,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args(argv)
 
-    from proxstudy.study.runner import load_space_any
+    from proxstudy.study.space import as_search_space
 
-    space = load_space_any(args.space or DEFAULT_SPACE)
+    space = as_search_space(args.space or DEFAULT_SPACE)
     configs = {
         # name: (description, CPUs per node or None for the runner's own local Ray)
         "local": ("1 node x 2 CPUs, started beforehand", [2]),

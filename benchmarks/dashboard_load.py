@@ -41,6 +41,7 @@ from proxstudy.dashboards import data as D  # noqa: E402
 from proxstudy.dashboards.figures import study_figures  # noqa: E402
 from proxstudy.study import records as R  # noqa: E402
 from proxstudy.study import records_sql  # noqa: E402
+from proxstudy.study.reader import load_records  # noqa: E402
 from tests.support import study_fixtures as F  # noqa: E402
 
 STUDY = "dashboard-bench"
@@ -83,7 +84,7 @@ def baseline_build(url: str) -> None:
     """The Optuna API path, cold, through the same aggregation, figures and page."""
     storage = optuna.storages.get_storage(url)
     study_id = storage.get_study_id_from_name(STUDY)
-    records = R.load_records(storage, STUDY, fast=False)
+    records = load_records(storage, STUDY, fast=False)
     space = storage.get_study_user_attrs(study_id).get(R.STUDY_ATTR_SPACE)
     data = D.build_study_data(STUDY, records, space=space if isinstance(space, dict) else None)
     study_figures(data)
@@ -112,7 +113,8 @@ def main() -> None:
     cold()
     first = timed(page_build, url)
     data = D.load_study_data(url, STUDY)
-    print(f"study: {len(data.records)} trials, {len(data.points)} parameter points, {len(data.metrics.methods)} methods")
+    print(f"study: {len(data.records)} trials, {len(data.points)} parameter points, "
+          f"{len(data.metrics.methods)} methods")
     baseline = timed(baseline_build, url)
 
     D._cache.clear()  # as if a trial had finished: new and unfinished trials are read again

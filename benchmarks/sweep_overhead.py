@@ -53,17 +53,17 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=2)
     args = parser.parse_args()
 
-    from proxstudy.study import records as R
-    from proxstudy.study.runner import run_sweep
+    from proxstudy.study.reader import load_records
+    from proxstudy.study.runner import SweepOptions, run_sweep
 
     lrs = [round(0.01 * 1.5**i, 6) for i in range(args.trials_per_seed)]
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
         url = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
         t0 = time.monotonic()
-        summary = run_sweep(space_document(lrs, args.seeds, args.epochs), storage=url,
-                            max_concurrent=args.concurrent, cpus_per_trial=1, progress=False)
+        options = SweepOptions(storage=url, max_concurrent=args.concurrent, cpus_per_trial=1, progress=False)
+        summary = run_sweep(space_document(lrs, args.seeds, args.epochs), options)
         call_wall = time.monotonic() - t0
-        records = R.load_records(url, summary.study_name)
+        records = load_records(url, summary.study_name)
     starts = [r.datetime_start for r in records if r.datetime_start]
     ends = [r.datetime_complete for r in records if r.datetime_complete]
     steady_wall = (max(ends) - min(starts)).total_seconds()

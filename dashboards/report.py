@@ -8,8 +8,6 @@ directory and renamed, so a reader never sees half a report and a failure leaves
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Sequence
 
 from plotly.offline import get_plotlyjs
@@ -18,6 +16,7 @@ from proxstudy.dashboards import data as D
 from proxstudy.dashboards.figures import study_figures
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
 from proxstudy.dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows, verdict
+from proxstudy.files import write_atomically
 
 _STYLE = """
 body { font-family: sans-serif; margin: 16px; }
@@ -99,17 +98,4 @@ def write_report(storage: str, study_name: str, out_path: str) -> None:
     """
     data = D.load_study_data(storage, study_name)
     text = render_report(data, D.redact(storage))
-    target = os.path.abspath(out_path)
-    directory = os.path.dirname(target)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html.tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomically(text, out_path)

@@ -1,10 +1,12 @@
-"""The `proxstudy` command: a thin layer over study.runner / status / export, workers and
-dashboards.
+"""The `proxstudy` command: a thin layer over the Python API (study.runner, status, export,
+reader; workers.train_command; dashboards).
 
 Every expected failure (bad YAML, unknown key, bad value, unreachable storage, missing data,
-unknown study, changed search space) ends as ONE line ``proxstudy: error: ...`` on stderr and
-exit status 2 -- never a traceback. Heavy imports (Ray, torch, Dash) happen inside the
-subcommands, so `proxstudy status` stays quick.
+unknown study, changed search space) is a :class:`~proxstudy.errors.ProxstudyError` and ends as
+ONE line ``proxstudy: error: ...`` on stderr and exit status 2 -- never a traceback. Each
+subcommand imports its own part of the product when it runs: `run` needs Ray and torch, `train`
+torch, `report` and `dashboard` Plotly and Dash, while `status`, `list` and `export` need none
+of them and stay quick.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+from proxstudy.errors import ProxstudyError, UsageError
+
 EXIT_USAGE = 2
-
-
-class _Fail(Exception):
-    """An error already phrased for the user."""
 
 
 def _error(message: str) -> int:
@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: from --out's suffix, else yaml")
     export.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
 
+    summary = sub.add_parser("summary", help="robustness numbers per method, with intervals")
+    summary.add_argument("study", metavar="STUDY")
+    _storage_arg(summary)
+    summary.add_argument("--format", choices=("table", "json"), default="table")
+    summary.add_argument("--delta", type=float, default=None, metavar="D",
+                         help="a point is trained when its progress is >= 1 - D (default 0.1)")
+
     train = sub.add_parser("train", help="one run of a trial config or an export file")
     train.add_argument("config", metavar="CONFIG.yaml")
     train.add_argument("--method", default=None, help="the method of an export file to run")
@@ -97,25 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _readable_storage(url: str | None) -> str:
+    """The storage URL of a command that only reads: it must exist; Optuna's log quietened."""
+    import optuna
+
     from proxstudy.study.storage import check_storage, resolve_storage_url
 
     resolved = resolve_storage_url(url)
     check_storage(resolved, must_exist=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return resolved
 
 
-def _quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def _out_directory_exists(out: str) -> None:
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise UsageError(f"--out {out}: directory {directory} does not exist")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from proxstudy.study.runner import run_sweep
-    from proxstudy.study.storage import redact, resolve_storage_url
+    from proxstudy.study.runner import SweepOptions, run_sweep
 
-    summary = run_sweep(
-        args.space,
+    options = SweepOptions(
         storage=args.storage,
         study_name=args.study_name,
         ray_address=args.ray_address,
@@ -128,7 +137,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         device=args.device,
     )
-    shown = summary.storage or redact(resolve_storage_url(args.storage))
+    summary = run_sweep(args.space, options)
+    shown = summary.storage
     done = summary.completed + summary.diverged + summary.failed
     print(f"study {summary.study_name}: {done}/{summary.total} done ({summary.completed} completed, "
           f"{summary.diverged} diverged, {summary.failed} failed), {summary.left} left; "
@@ -149,24 +159,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from proxstudy.study.status import all_study_names, format_status, study_status
+    from proxstudy.study.status import all_study_statuses, format_status, study_status
 
     url = _readable_storage(args.storage)
-    _quiet_optuna()
-    names = [args.study] if args.study else all_study_names(url)
-    if not names:
+    statuses = [study_status(url, args.study)] if args.study else all_study_statuses(url)
+    if not statuses:
         print("no studies")
         return 0
-    print("\n\n".join(format_status(study_status(url, n)) for n in names))
+    print("\n\n".join(format_status(status) for status in statuses))
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from proxstudy.study.status import all_study_names, format_list, study_status
+    from proxstudy.study.status import all_study_statuses, format_list
 
-    url = _readable_storage(args.storage)
-    _quiet_optuna()
-    print(format_list([study_status(url, n) for n in all_study_names(url)]))
+    print(format_list(all_study_statuses(_readable_storage(args.storage))))
     return 0
 
 
@@ -176,14 +183,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format
     if fmt is None:
         fmt = "json" if args.out and args.out.lower().endswith(".json") else "yaml"
-    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise _Fail(f"--out {args.out}: directory {os.path.dirname(os.path.abspath(args.out))} does not exist")
+    if args.out:
+        _out_directory_exists(args.out)
     url = _readable_storage(args.storage)
-    _quiet_optuna()
     document = export_study(url, args.study, fmt, args.out)
     if args.out:
         print(f"exported {len(document['methods'])} method(s) of {args.study} to {args.out}; "
               f"run one with: proxstudy train {args.out} --method NAME", file=sys.stderr)
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    import json
+
+    from proxstudy.dashboards.data import study_summary_data
+    from proxstudy.dashboards.metrics import DEFAULT_DELTA, summary_document
+    from proxstudy.dashboards.tables import summary_text
+
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    if not 0.0 < delta < 1.0:
+        raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
+    data = study_summary_data(_readable_storage(args.storage), args.study, delta=delta)
+    if args.format == "json":
+        print(json.dumps(summary_document(data.metrics, args.study, data.objective), indent=2))
+    else:
+        print(summary_text(data.metrics, args.study, data.objective))
     return 0
 
 
@@ -194,35 +218,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from proxstudy.dashboards.report import write_report
+    from proxstudy.study.reader import require_study
+
     url = _readable_storage(args.storage)
-    try:
-        from proxstudy.dashboards.report import write_report
-    except ImportError:
-        raise _Fail("the HTML report is not available in this installation (dashboards.report.write_report missing)") from None
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise _Fail(f"--out {args.out}: directory {os.path.dirname(os.path.abspath(args.out))} does not exist")
-    _quiet_optuna()
-    from proxstudy.study.status import all_study_names
-
-    if args.study not in all_study_names(url):
-        from proxstudy.study.status import UnknownStudyError
-
-        raise UnknownStudyError(f"no study {args.study!r} in the storage (studies there: "
-                                f"{', '.join(all_study_names(url)) or 'none'})")
+    _out_directory_exists(args.out)
+    require_study(url, args.study)
     write_report(url, args.study, args.out)
     print(f"report written to {args.out}", file=sys.stderr)
     return 0
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from proxstudy.dashboards.app import run_dashboard
+
     url = _readable_storage(args.storage)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
-        raise _Fail(f"--host {args.host}: the dashboard has no login; add --allow-remote to serve beyond localhost")
-    try:
-        from proxstudy.dashboards.app import run_dashboard
-    except ImportError:
-        raise _Fail("the dashboard is not available in this installation (dashboards.app.run_dashboard missing)") from None
-    _quiet_optuna()
+        raise UsageError(f"--host {args.host}: the dashboard has no login; "
+                         "add --allow-remote to serve beyond localhost")
     run_dashboard(url, args.host, args.port, args.allow_remote)
     return 0
 
@@ -232,25 +245,11 @@ _COMMANDS = {
     "status": _cmd_status,
     "list": _cmd_list,
     "export": _cmd_export,
+    "summary": _cmd_summary,
     "train": _cmd_train,
     "report": _cmd_report,
     "dashboard": _cmd_dashboard,
 }
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that are the user's input, not our bugs (imported lazily)."""
-    from proxstudy.study.storage import StorageError
-    from proxstudy.workers.config import ConfigError
-    from proxstudy.workers.data import DataError
-
-    kinds: list[type[BaseException]] = [_Fail, ConfigError, DataError, StorageError]
-    from proxstudy.study.export import NothingToExportError
-    from proxstudy.study.runner import SweepError
-    from proxstudy.study.status import UnknownStudyError
-
-    kinds += [SweepError, UnknownStudyError, NothingToExportError]
-    return tuple(kinds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -259,10 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits 2 with a usage line on bad arguments
     try:
-        expected = _expected_errors()
         try:
             code = _COMMANDS[args.command](args)
-        except expected as exc:
+        except ProxstudyError as exc:
             code = _error(str(exc))
         except OSError as exc:  # e.g. --out not writable
             code = _error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))

@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import optuna
+import yaml
 
+from proxstudy.errors import NothingToExport
+from proxstudy.files import write_atomically
 from proxstudy.study import records as R
-from proxstudy.study.status import UnknownStudyError
+from proxstudy.study.reader import StorageLike, load_records, stored_space, study_settings
+from proxstudy.study.space import trial_config
 
-
-class NothingToExportError(LookupError):
-    """The study has no finished point that could be exported."""
+__all__ = ["best_points", "export_document", "export_study", "render"]
 
 
 def best_points(records: list[R.TrialRecord], maximize: bool) -> dict[str, R.PointSummary]:
@@ -36,23 +35,15 @@ def best_points(records: list[R.TrialRecord], maximize: bool) -> dict[str, R.Poi
     return {method: point for method, point in best.items() if point is not None}
 
 
-def export_document(storage: str | optuna.storages.BaseStorage, study_name: str) -> dict[str, Any]:
-    """The export file's content (a JSON-able dict) for a study."""
-    from proxstudy.study.space import parse_space, trial_config
-
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in summaries:
-        names = ", ".join(sorted(summaries)) or "none"
-        raise UnknownStudyError(f"no study {study_name!r} in the storage (studies there: {names})")
-    attrs = summaries[study_name].user_attrs
-    document = attrs.get(R.STUDY_ATTR_SPACE)
-    if not isinstance(document, dict):
-        raise NothingToExportError(f"study {study_name!r} has no stored search space (not made by proxstudy run)")
-    space = parse_space(document, str(attrs.get(R.STUDY_ATTR_SOURCE, "<stored document>")))
-    maximize = space.direction == "maximize"
-    best = best_points(R.load_records(storage, study_name), maximize)
+def export_document(storage: StorageLike, study_name: str) -> dict[str, Any]:
+    """The export file's content (a JSON-able dict) for a study (raises StudyNotFound,
+    NothingToExport)."""
+    space = stored_space(study_settings(storage, study_name))
+    if space is None:
+        raise NothingToExport(f"study {study_name!r} has no stored search space (not made by proxstudy run)")
+    best = best_points(load_records(storage, study_name), space.direction == R.MAXIMIZE)
     if not best:
-        raise NothingToExportError(f"study {study_name!r} has no completed trial to export yet")
+        raise NothingToExport(f"study {study_name!r} has no completed trial to export yet")
     methods: dict[str, Any] = {}
     for method in space.methods:  # document order
         point = best.get(method)
@@ -63,7 +54,7 @@ def export_document(storage: str | optuna.storages.BaseStorage, study_name: str)
             "params": dict(point.params),
             "objective": {"mean": point.mean, "std": point.std, "n": point.n},
             "seeds": seeds,
-            "trial_config": trial_config(space, method, point.params, seeds[0]),
+            "trial_config": trial_config(space, method, point.params, seeds[0]).to_dict(),
         }
     return {
         "study": study_name,
@@ -76,28 +67,11 @@ def export_document(storage: str | optuna.storages.BaseStorage, study_name: str)
 def render(document: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(document, indent=2) + "\n"
-    import yaml
-
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 
-def write_atomically(text: str, out: str | os.PathLike) -> None:
-    """Write ``text`` to ``out`` via a temporary file in the same directory and a rename, so a
-    reader never sees half a file and a failure leaves the old file in place."""
-    out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def export_study(storage, study_name: str, fmt: str = "yaml", out: str | os.PathLike | None = None) -> dict:
+def export_study(storage: StorageLike, study_name: str, fmt: str = "yaml",
+                 out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Export to ``out`` (atomically) or stdout; returns the document."""
     document = export_document(storage, study_name)
     text = render(document, fmt)

@@ -1,7 +1,9 @@
-"""The one schema of what a trial records in the Optuna storage, and how to read it back.
+"""The one schema of what a trial records in the Optuna storage: names, records, aggregation.
 
-Everything that writes trials (the sweep runner) or reads them (status, export, dashboards,
-reports) goes through the names and converters here, so the storage layout is defined once.
+Everything that writes trials (the sweep's recorder) or reads them (study.reader, and through
+it status, export, dashboards, reports) uses the names and converters here, so the storage
+layout is defined once. This module only describes data: reading a storage is study.reader's
+job (and study.records_sql's, its fast path), which import this module, never the reverse.
 
 Storage layout (see DESIGN.md, "What every trial records"):
 
@@ -24,10 +26,74 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from proxstudy.workers.vocabulary import (
+    EPOCH_SECONDS,
+    EPOCH_SERIES,
+    FINAL_STATUSES,
+    MAXIMIZE,
+    MINIMIZE,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_LOSS,
+)
+
+__all__ = [
+    "ATTR_ATTEMPTS",
+    "ATTR_DEVICE",
+    "ATTR_DIVERGED_EPOCH",
+    "ATTR_DRIVER",
+    "ATTR_EPOCH_SECONDS",
+    "ATTR_ERROR",
+    "ATTR_POINT_KEY",
+    "ATTR_STATUS",
+    "ATTR_TRAIN_ACCURACY",
+    "ATTR_TRAIN_LOSS",
+    "ATTR_VAL_ACCURACY",
+    "ATTR_VAL_LOSS",
+    "ATTR_WORKER",
+    "EPOCH_SERIES",
+    "FINAL_STATUSES",
+    "MAXIMIZE",
+    "MINIMIZE",
+    "OPTIMIZER_PARAM_PREFIX",
+    "PARAM_CG",
+    "PARAM_LR",
+    "PARAM_METHOD",
+    "PARAM_SEED",
+    "PARAM_TAU",
+    "STATE_FOR_STATUS",
+    "STATUSES",
+    "STATUS_COMPLETED",
+    "STATUS_DIVERGED",
+    "STATUS_FAILED",
+    "STATUS_INTERRUPTED",
+    "STATUS_OF_STATE",
+    "STATUS_RUNNING",
+    "STATUS_WAITING",
+    "STUDY_ATTR_SOURCE",
+    "STUDY_ATTR_SPACE",
+    "PointSummary",
+    "StudySettings",
+    "TrialRecord",
+    "aggregate_points",
+    "best_point",
+    "count_statuses",
+    "finite_or_none",
+    "history_to_user_attrs",
+    "point_key",
+    "point_value",
+    "record_from_frozen_trial",
+]
 
 # Optuna param names.
 PARAM_METHOD = "method"
@@ -40,46 +106,48 @@ OPTIMIZER_PARAM_PREFIX = "optimizer."
 # Trial user attributes.
 ATTR_STATUS = "status"  # "completed" | "diverged" | "failed"
 ATTR_POINT_KEY = "point_key"  # identifies (method, params, seed) for resume
-ATTR_TRAIN_LOSS = "train_loss"
-ATTR_TRAIN_ACCURACY = "train_accuracy"
-ATTR_VAL_LOSS = "val_loss"
-ATTR_VAL_ACCURACY = "val_accuracy"
-ATTR_EPOCH_SECONDS = "epoch_seconds"
+# The per-epoch lists: named as the epoch keys of workers.training (workers.vocabulary).
+ATTR_TRAIN_LOSS = TRAIN_LOSS
+ATTR_TRAIN_ACCURACY = TRAIN_ACCURACY
+ATTR_VAL_LOSS = VAL_LOSS
+ATTR_VAL_ACCURACY = VAL_ACCURACY
+ATTR_EPOCH_SECONDS = EPOCH_SECONDS
 ATTR_DEVICE = "device"
 ATTR_DIVERGED_EPOCH = "diverged_epoch"
 ATTR_ERROR = "error"
-# Written by the sweep runner (study.runner), informational: who ran the trial and how often.
+# Written by the sweep's recorder, informational: who ran the trial and how often.
 ATTR_DRIVER = "driver"  # "host:pid" of the `proxstudy run` process that created the trial
 ATTR_WORKER = "worker"  # "hostname ip pid" of the Ray worker that ran (the last attempt of) it
 ATTR_ATTEMPTS = "attempts"  # 1 + Ray Tune retries after a worker/node failure
-#: The epoch-dict keys (workers.training) stored as per-epoch lists.
-EPOCH_SERIES = (
-    ATTR_TRAIN_LOSS,
-    ATTR_TRAIN_ACCURACY,
-    ATTR_VAL_LOSS,
-    ATTR_VAL_ACCURACY,
-    ATTR_EPOCH_SECONDS,
-)
 
 # Study user attributes.
 STUDY_ATTR_SPACE = "search_space"  # the validated search-space document (a dict)
 STUDY_ATTR_SOURCE = "search_space_source"  # the file it was loaded from
 
-STATUS_COMPLETED = "completed"
-STATUS_DIVERGED = "diverged"
-STATUS_FAILED = "failed"
-STATUS_RUNNING = "running"
+# Statuses: the final ones (completed, diverged, failed) are a trial's outcome
+# (workers.vocabulary); these are what a study shows while trials run or after a driver died.
 STATUS_WAITING = "waiting"
 #: A trial left RUNNING by a driver that died, closed by the next `proxstudy run` as Optuna
 #: state FAIL with this status. It is NOT final: its point counts as left and is re-run, and it
 #: is excluded from aggregation (the re-run is the point's record).
 STATUS_INTERRUPTED = "interrupted"
-FINAL_STATUSES = (STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED)
+#: Every status a recorded trial can have, in the order counts are shown.
+STATUSES = (STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED, STATUS_RUNNING, STATUS_WAITING,
+            STATUS_INTERRUPTED)
 
 STATE_FOR_STATUS = {
     STATUS_COMPLETED: TrialState.COMPLETE,
     STATUS_DIVERGED: TrialState.PRUNED,
     STATUS_FAILED: TrialState.FAIL,
+}
+#: The status an Optuna state stands for where the trial records none of its own (trials made
+#: by other tools) and in counts per state; interrupted trials are FAIL with their own status.
+STATUS_OF_STATE = {
+    TrialState.COMPLETE: STATUS_COMPLETED,
+    TrialState.PRUNED: STATUS_DIVERGED,
+    TrialState.FAIL: STATUS_FAILED,
+    TrialState.RUNNING: STATUS_RUNNING,
+    TrialState.WAITING: STATUS_WAITING,
 }
 
 
@@ -100,14 +168,7 @@ def point_key(method: str, params: Mapping[str, Any], seed: int) -> str:
     parts = [method]
     for name in sorted(params):
         value = params[name]
-        if isinstance(value, bool) or value is None:
-            text = str(value)
-        elif isinstance(value, int):
-            text = str(value)
-        elif isinstance(value, float):
-            text = repr(float(value))
-        else:
-            text = str(value)
+        text = repr(float(value)) if isinstance(value, float) else str(value)  # bool, None, int, str
         parts.append(f"{name}={text}")
     parts.append(f"seed={int(seed)}")
     return "|".join(parts)
@@ -128,7 +189,7 @@ class TrialRecord:
     method: str
     params: dict[str, Any]  # the swept values without method and seed
     seed: int
-    status: str  # completed | diverged | failed | running | waiting | interrupted
+    status: str  # one of STATUSES
     value: float | None = None
     intermediate: dict[int, float] = field(default_factory=dict)
     train_loss: list[float | None] = field(default_factory=list)
@@ -153,24 +214,36 @@ class TrialRecord:
         return self.status in FINAL_STATUSES
 
 
-def _status_of(trial: FrozenTrial) -> str:
+class FrozenTrialLike(Protocol):
+    """What :func:`record_from_frozen_trial` reads of an Optuna FrozenTrial (study.records_sql
+    builds such rows straight from the tables)."""
+
+    number: int
+    state: TrialState
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    intermediate_values: dict[int, float]
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+
+    @property
+    def values(self) -> list[float] | None: ...
+
+    @property
+    def value(self) -> float | None: ...
+
+
+def _status_of(trial: FrozenTrialLike) -> str:
     recorded = trial.user_attrs.get(ATTR_STATUS)
-    if trial.state == TrialState.RUNNING:
-        return STATUS_RUNNING
-    if trial.state == TrialState.WAITING:
-        return STATUS_WAITING
-    if recorded in FINAL_STATUSES:
-        return recorded
-    if recorded == STATUS_INTERRUPTED:
-        return STATUS_INTERRUPTED
+    if trial.state in (TrialState.RUNNING, TrialState.WAITING):
+        return STATUS_OF_STATE[trial.state]
+    if recorded in FINAL_STATUSES or recorded == STATUS_INTERRUPTED:
+        return str(recorded)
     # A trial finished by something other than our runner (e.g. Optuna's own tools).
-    return {
-        TrialState.COMPLETE: STATUS_COMPLETED,
-        TrialState.PRUNED: STATUS_DIVERGED,
-    }.get(trial.state, STATUS_FAILED)
+    return STATUS_OF_STATE.get(trial.state, STATUS_FAILED)
 
 
-def record_from_frozen_trial(trial: FrozenTrial) -> TrialRecord:
+def record_from_frozen_trial(trial: FrozenTrial | FrozenTrialLike) -> TrialRecord:
     """Convert one Optuna trial into a :class:`TrialRecord`."""
     params = dict(trial.params)
     method = str(params.pop(PARAM_METHOD, "unknown"))
@@ -200,24 +273,35 @@ def record_from_frozen_trial(trial: FrozenTrial) -> TrialRecord:
     )
 
 
-def load_records(
-    storage: str | optuna.storages.BaseStorage, study_name: str, *, fast: bool = True
-) -> list[TrialRecord]:
-    """All trials of a study as records, in trial-number order.
+def count_statuses(records: Iterable[TrialRecord]) -> dict[str, int]:
+    """Trials per status, every status in :data:`STATUSES` present."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for record in records:
+        counts[record.status] = counts.get(record.status, 0) + 1
+    return counts
 
-    A storage URL is read with a few SQL queries (``study.records_sql``: seconds instead of tens
-    of seconds for thousands of trials) wherever its schema is the one verified there; otherwise,
-    for storage objects, and with ``fast=False``, through the Optuna API. Both give equal records.
-    """
-    if fast and isinstance(storage, str):
-        from proxstudy.study import records_sql  # imports this module
 
-        records = records_sql.read_records(storage, study_name)
-        if records is not None:
-            return records
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    trials = study.get_trials(deepcopy=False)
-    return [record_from_frozen_trial(t) for t in sorted(trials, key=lambda t: t.number)]
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study stores besides its trials, as Optuna's storage API returns it."""
+
+    user_attrs: dict[str, Any]  # storage.get_study_user_attrs(study_id)
+    directions: list[StudyDirection]  # storage.get_study_directions(study_id)
+
+    @property
+    def direction(self) -> str:
+        """MINIMIZE or MAXIMIZE (of the first objective; our studies have one)."""
+        return MAXIMIZE if self.directions and self.directions[0] == StudyDirection.MAXIMIZE else MINIMIZE
+
+    @property
+    def space_document(self) -> dict[str, Any] | None:
+        """The search-space document the study stores (None: not made by ``proxstudy run``)."""
+        document = self.user_attrs.get(STUDY_ATTR_SPACE)
+        return document if isinstance(document, dict) else None
+
+    @property
+    def space_source(self) -> str:
+        return str(self.user_attrs.get(STUDY_ATTR_SOURCE, "<stored document>"))
 
 
 @dataclass
@@ -293,10 +377,6 @@ def aggregate_points(records: Iterable[TrialRecord]) -> list[PointSummary]:
         else:  # completed but non-finite objective: treat as diverged
             summary.n_diverged += 1
     return [summaries[point] for point in order]
-
-
-MINIMIZE = "minimize"
-MAXIMIZE = "maximize"
 
 
 def point_value(point: PointSummary, direction: str = MINIMIZE) -> float:

@@ -5,6 +5,8 @@ for every row of six tables; for 5,000 trials of 20 epochs that takes 8-15 s on 
 machine, far over the dashboard's 2 s budget for a study page. The same rows read with one Core
 query per table (filtered by study, no per-trial round trips) and converted straight into
 :class:`study.records.TrialRecord` take about 1 s of CPU (benchmarks/dashboard_load.py).
+This is study.reader's fast path; it imports the record schema (study.records), never the
+reverse.
 
 Like Optuna's own cached storage, finished trials already read are kept per (URL, study) and
 reused while their row in ``trials`` is unchanged (Optuna never changes a finished trial; the
@@ -12,7 +14,7 @@ row's id, number, state and times also tell a study deleted and recreated under 
 refreshing a live study re-reads only its new and unfinished trials. Callers get copies.
 
 Contract: :func:`read_records` returns exactly what the Optuna API path of
-``records.load_records`` returns, or ``None`` when this path does not apply - not an SQL URL,
+``reader.load_records`` returns, or ``None`` when this path does not apply - not an SQL URL,
 a SQLite file that does not exist (reading must never create one), a schema that is not the one
 verified here (tables, columns, Optuna's alembic revision), a study that does not exist, a
 multi-objective study, or any database error. The caller then takes the Optuna API path, which
@@ -42,10 +44,11 @@ import logging
 import math
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.study import StudyDirection
@@ -150,9 +153,10 @@ def _engine_for(url: str) -> sa.engine.Engine:
             parsed = sa.engine.make_url(url)
         except Exception:
             raise _NotApplicable("not an SQLAlchemy URL") from None
-        if parsed.get_backend_name() == "sqlite":
-            if parsed.database in (None, "", ":memory:") or not os.path.isfile(parsed.database):
-                raise _NotApplicable("no SQLite database file to read")
+        if parsed.get_backend_name() == "sqlite" and (
+            parsed.database in (None, "", ":memory:") or not os.path.isfile(str(parsed.database))
+        ):
+            raise _NotApplicable("no SQLite database file to read")
         try:
             engine = sa.create_engine(parsed, pool_pre_ping=True)  # survives a database restart
         except Exception as exc:  # unknown dialect or driver not installed
@@ -233,15 +237,7 @@ def trial_state_counts(url: str, study_name: str) -> dict[TrialState | str, int]
     return counts[study_name]
 
 
-@dataclass(frozen=True)
-class StudySettings:
-    """What a study page needs besides its trials, as Optuna's storage API returns it."""
-
-    user_attrs: dict[str, Any]  # storage.get_study_user_attrs(study_id)
-    directions: list[StudyDirection]  # storage.get_study_directions(study_id)
-
-
-def read_study_settings(url: str, study_name: str) -> StudySettings | None:
+def read_study_settings(url: str, study_name: str) -> R.StudySettings | None:
     """The study's user attributes and directions in two small queries, or None when the
     fast path does not apply (or the study does not exist)."""
     try:
@@ -259,7 +255,7 @@ def read_study_settings(url: str, study_name: str) -> StudySettings | None:
     except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
         _fallback("reading study settings", exc)
         return None
-    return StudySettings(
+    return R.StudySettings(
         {key: json.loads(value_json) for key, value_json in attrs},
         [StudyDirection[name] for name in directions],
     )
@@ -312,11 +308,6 @@ def _state_counts(conn: sa.engine.Connection, study_name: str | None) -> dict[st
     return out
 
 
-try:  # optional: decodes the per-epoch lists several times faster than json
-    from orjson import loads as _orjson_loads
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson_loads = None
-
 #: orjson decodes integers beyond 64 bits as floats where json gives ints; such floats (and any
 #: float this large) are at least 2**63 in magnitude, so results holding one are re-decoded.
 _HUGE = 9.2e18
@@ -350,13 +341,12 @@ def json_loads(text: str) -> Any:
     out-of-range floats, lone surrogates and deep nesting (json accepts them), and turns huge
     integers into floats; those texts are decoded by json instead.
     """
-    if _orjson_loads is not None:
-        try:
-            value = _orjson_loads(text)
-        except ValueError:  # orjson.JSONDecodeError
-            return json.loads(text)
-        if not _has_huge_float(value):
-            return value
+    try:
+        value = orjson.loads(text)  # decodes the per-epoch lists several times faster than json
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    if not _has_huge_float(value):
+        return value
     return json.loads(text)
 
 
@@ -377,8 +367,14 @@ class _RowTrial:
     """The FrozenTrial attributes ``records.record_from_frozen_trial`` reads, and nothing more."""
 
     __slots__ = (
-        "number", "state", "params", "values", "user_attrs", "intermediate_values",
-        "datetime_start", "datetime_complete",
+        "datetime_complete",
+        "datetime_start",
+        "intermediate_values",
+        "number",
+        "params",
+        "state",
+        "user_attrs",
+        "values",
     )
 
     def __init__(self, number: int, state: TrialState, start: datetime | None, complete: datetime | None):
@@ -457,7 +453,9 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
         if len(trials) < len(rows) and len(trials) <= _MAX_BY_ID:
             ids = sorted(trials)
             chunks = [ids[i:i + _CHUNK] for i in range(0, len(ids), _CHUNK)]
-            selects = [lambda *columns, c=chunk: sa.select(*columns).where(columns[0].in_(c)) for chunk in chunks]
+            selects: list[Callable[..., sa.Select]] = [
+                lambda *columns, c=chunk: sa.select(*columns).where(columns[0].in_(c)) for chunk in chunks
+            ]
         else:
             def of_study(*columns: sa.Column) -> sa.Select:
                 table = columns[0].table
@@ -472,7 +470,7 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
         convert = R.record_from_frozen_trial
         fresh: dict[int, tuple[_RowKey, R.TrialRecord]] = {}
         for trial_id, trial in trials.items():
-            record = out[trial_id] = convert(trial)  # type: ignore[arg-type]
+            record = out[trial_id] = convert(trial)
             if keys[trial_id][2] in _FINISHED_STATES:
                 fresh[trial_id] = (keys[trial_id], _copy(record))
         with _lock:
@@ -480,7 +478,7 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
                 **{tid: known[tid] for tid in out if tid not in trials},
                 **fresh,
             }
-    return list(out.values())  # type: ignore[arg-type]
+    return [record for record in out.values() if record is not None]  # every row was filled above
 
 
 def _fill_trials(conn: sa.engine.Connection, trials: dict[int, _RowTrial], selects: list) -> None:
@@ -532,7 +530,12 @@ def dispose() -> None:
 
 
 __all__ = [
-    "read_records", "trial_state_counts", "all_trial_state_counts", "read_study_settings",
-    "StudySettings", "json_loads", "schema_problem",
-    "SUPPORTED_ALEMBIC_REVISIONS", "dispose",
+    "SUPPORTED_ALEMBIC_REVISIONS",
+    "all_trial_state_counts",
+    "dispose",
+    "json_loads",
+    "read_records",
+    "read_study_settings",
+    "schema_problem",
+    "trial_state_counts",
 ]

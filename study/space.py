@@ -2,9 +2,11 @@
 
 A search-space YAML (DESIGN.md, "Search-space YAML") is checked completely before any trial
 starts, so a typo costs one clear message (``"<file>: <field.path>: <what is wrong>"``, a
-:class:`workers.config.ConfigError`) instead of a crashed sweep. The data-set, model, optimizer
-and training rules are those of :mod:`workers.config`, the same code that checks a single
-trial, so the two can never disagree.
+:class:`~proxstudy.errors.ConfigError`) instead of a crashed sweep. The data-set, model,
+optimizer and training rules are those of :mod:`workers.config`, the same code that checks a
+single trial, so the two can never disagree. This is where a sweep's input is validated, once:
+:func:`trial_config` builds the typed trial config of any point of a validated space without
+checking anything again.
 
 Document (top-level keys; anything else is an error naming the allowed keys)::
 
@@ -69,6 +71,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -82,7 +85,9 @@ from optuna.distributions import (
     IntDistribution,
     check_distribution_compatibility,
 )
+from optuna.study import StudyDirection
 
+from proxstudy.errors import ConfigError
 from proxstudy.study.records import (
     OPTIMIZER_PARAM_PREFIX,
     PARAM_CG,
@@ -94,31 +99,33 @@ from proxstudy.study.records import (
 )
 from proxstudy.workers.config import (
     CG_MODES,
+    MODE_GRADIENT,
     MODES,
-    OBJECTIVES,
-    ConfigError,
-    require_bool,
+    TrialConfig,
     check_keys,
+    check_model_fits_data,
+    check_objective_fits_model,
+    join_field,
+    require_bool,
     require_float,
     require_int,
-    join_field,
     require_mapping,
-    show_value,
     require_str,
-    validate_training_spec,
+    show_value,
     validate_dataset_spec,
     validate_model_spec,
     validate_optimizer_spec,
-    validate_trial_config,
+    validate_training_spec,
 )
+from proxstudy.workers.vocabulary import DIRECTION_OF_OBJECTIVE, MAXIMIZE, OBJECTIVES, TRAIN_LOSS
 
 __all__ = [
-    "DIRECTIONS",
     "SAMPLERS",
     "MethodSpace",
     "Param",
     "Point",
     "SearchSpace",
+    "as_search_space",
     "grid_points",
     "load_space",
     "parse_space",
@@ -127,7 +134,6 @@ __all__ = [
 ]
 
 SAMPLERS = ("grid", "random", "tpe")
-DIRECTIONS = {"train_loss": "minimize", "val_accuracy": "maximize"}
 TOP_LEVEL_KEYS = ("study", "dataset", "model", "training", "sampler", "objective", "methods")
 METHOD_KEYS = ("mode", "lr", "tau_prox", "cg_iterations", "optimizer")
 RANGE_KEYS = ("low", "high", "log", "points")
@@ -156,6 +162,13 @@ class Param:
     points: int | None = None
     integer: bool = False
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a range."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name}: a {self.kind} param has no bounds")
+        return self.low, self.high
+
     def grid_values(self) -> list:
         """The values the grid sampler runs (ranges need ``points``)."""
         if self.kind == "range" and self.points is None:
@@ -166,9 +179,10 @@ class Param:
         """What a random/tpe sampler draws this param from (compatible across methods, see
         the module docstring)."""
         if self.kind == "range":
+            low, high = self.bounds
             if self.integer:
-                return IntDistribution(int(self.low), int(self.high), log=self.log)
-            return FloatDistribution(float(self.low), float(self.high), log=self.log)
+                return IntDistribution(int(low), int(high), log=self.log)
+            return FloatDistribution(float(low), float(high), log=self.log)
         if self.kind == "fixed":
             value = self.values[0]
             if _is_number(value):
@@ -212,6 +226,11 @@ class SearchSpace:
     direction: str  # "minimize" | "maximize"
     methods: dict[str, MethodSpace]
 
+    @property
+    def study_direction(self) -> StudyDirection:
+        """The direction as Optuna takes it."""
+        return StudyDirection.MAXIMIZE if self.direction == MAXIMIZE else StudyDirection.MINIMIZE
+
 
 @dataclass(frozen=True)
 class Point:
@@ -230,7 +249,16 @@ class Point:
 # loading
 
 
-def load_space(path: str | Path) -> SearchSpace:
+def as_search_space(space: SearchSpace | str | os.PathLike[str] | Mapping) -> SearchSpace:
+    """A SearchSpace from a YAML path, a document (mapping) or a SearchSpace."""
+    if isinstance(space, (str, os.PathLike)):
+        return load_space(space)
+    if isinstance(space, Mapping):
+        return parse_space(space)
+    return space
+
+
+def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     """Read and validate a search-space YAML file (ConfigError on any problem)."""
     source = str(path)
     try:
@@ -244,7 +272,7 @@ def load_space(path: str | Path) -> SearchSpace:
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
     try:
-        doc = yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 - a SafeLoader subclass
+        doc = yaml.load(text, Loader=_UniqueKeySafeLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(source, "", f"not valid YAML: {_yaml_problem(exc)}") from None
     return parse_space(doc, source)
@@ -256,7 +284,7 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
     Plain safe_load keeps the last of two equal keys, so a copied method block whose name was
     not changed would silently replace the first one; here it is an error naming its line."""
 
-    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+    def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -299,7 +327,7 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
     model = validate_model_spec(doc["model"], source, "model")
     training, seeds = _parse_training(doc["training"], source)
     sampler = _parse_sampler(doc.get("sampler", "grid"), source)
-    objective = doc.get("objective", "train_loss")
+    objective = doc.get("objective", TRAIN_LOSS)
     if objective not in OBJECTIVES:
         raise ConfigError(source, "objective",
                           f"must be one of {', '.join(OBJECTIVES)}, got {show_value(objective)}")
@@ -326,10 +354,12 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
         seeds=seeds,
         sampler=sampler,
         objective=objective,
-        direction=DIRECTIONS[objective],
+        direction=DIRECTION_OF_OBJECTIVE[objective],
         methods=methods,
     )
-    _check_trial_configs(space)
+    # The rules between the parts of a trial, the same for every point of the space.
+    check_objective_fits_model(objective, model, source)
+    check_model_fits_data(model, dataset, source)
     return space
 
 
@@ -404,8 +434,9 @@ def _parse_method(name: str, spec: Any, source: str, field: str, sampler: str) -
         raise ConfigError(source, join_field(field, "mode"), f"is required (one of {', '.join(MODES)})")
     mode = doc["mode"]
     if mode not in MODES:
-        raise ConfigError(source, join_field(field, "mode"), f"must be one of {', '.join(MODES)}, got {show_value(mode)}")
-    prox = mode != "gradient"
+        raise ConfigError(source, join_field(field, "mode"),
+                          f"must be one of {', '.join(MODES)}, got {show_value(mode)}")
+    prox = mode != MODE_GRADIENT
 
     def positive(v: Any, path: str) -> float:
         return require_float(v, source, path, positive=True)
@@ -572,12 +603,12 @@ def _range_grid(low: float, high: float, points: int, log: bool, integer: bool) 
             v = math.exp(math.log(low) + (math.log(high) - math.log(low)) * i / (points - 1))
         else:
             v = low + (high - low) * i / (points - 1)
-        values.append(int(round(v)) if integer else float(f"{v:.{GRID_DIGITS}g}"))
+        values.append(round(v) if integer else float(f"{v:.{GRID_DIGITS}g}"))
     return tuple(values)
 
 
 def _check_distinct(values: Sequence, source: str, field: str) -> None:
-    seen = []
+    seen: list[Any] = []
     for v in values:
         if any(v == s and type(v) is type(s) for s in seen):
             raise ConfigError(source, field, f"values repeat: {list(values)}")
@@ -629,11 +660,12 @@ def _harmonise_sampled(methods: dict[str, MethodSpace], source: str) -> dict[str
 
 
 def _describe(dist: BaseDistribution) -> str:
-    if isinstance(dist, CategoricalDistribution):
-        return f"a list {list(dist.choices)}"
-    kind = "an integer" if isinstance(dist, IntDistribution) else "a"
-    scale = "log" if dist.log else "linear"
-    return f"{kind} {scale} range [{dist.low}, {dist.high}]"
+    if isinstance(dist, (IntDistribution, FloatDistribution)):
+        kind = "an integer" if isinstance(dist, IntDistribution) else "a"
+        scale = "log" if dist.log else "linear"
+        return f"{kind} {scale} range [{dist.low}, {dist.high}]"
+    assert isinstance(dist, CategoricalDistribution), dist  # Param.optuna_distribution makes no other
+    return f"a list {list(dist.choices)}"
 
 
 def _param_field(method: str, name: str) -> str:
@@ -653,23 +685,6 @@ def _method_document(method: MethodSpace) -> dict:
     return out
 
 
-def _check_trial_configs(space: SearchSpace) -> None:
-    """Cross-field rules of a whole trial (model fits data, objective fits model, ...), checked
-    once per method on its first point; fields are re-anchored in the search-space file."""
-    for method in space.methods.values():
-        params = {name: (p.values[0] if p.values else p.low) for name, p in method.params.items()}
-        try:
-            trial_config(space, method.name, params, space.seeds[0])
-        except ConfigError as exc:
-            top = exc.field.split(".")[0].split("[")[0]
-            if top in ("lr", "tau_prox", "cg_iterations", "mode", "method", "optimizer"):
-                raise ConfigError(space.source, join_field(join_field("methods", method.name), exc.field),
-                                  exc.message) from None
-            if top == "seed":
-                raise ConfigError(space.source, "training.seeds", exc.message) from None
-            raise ConfigError(space.source, exc.field, exc.message) from None
-
-
 # --------------------------------------------------------------------------------------------
 # grids, distributions, trial configs
 
@@ -682,7 +697,7 @@ def grid_points(space: SearchSpace) -> list[Point]:
             names = list(method.params)
             grids = [method.params[n].grid_values() for n in names]
             for combo in itertools.product(*grids):
-                points.append(Point(method=method.name, params=dict(zip(names, combo)), seed=seed))
+                points.append(Point(method=method.name, params=dict(zip(names, combo, strict=True)), seed=seed))
     return points
 
 
@@ -709,8 +724,9 @@ def recorded_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
                     choices.append(v)
             out[name] = CategoricalDistribution(choices)
             continue
-        if sampled:
-            log = params[0].optuna_distribution().log
+        first = params[0].optuna_distribution()
+        if sampled and isinstance(first, (IntDistribution, FloatDistribution)):
+            log = first.log
         elif name in _DEFAULT_LOG:
             log = _DEFAULT_LOG[name]
         else:
@@ -734,9 +750,11 @@ def trial_config(
     params: Mapping[str, Any],
     seed: int,
     device: str = "auto",
-) -> dict:
-    """The trial config (INTERFACES.md) of one point: the method's fixed optimizer fields
-    overlaid with the swept ones, params missing from ``params`` taken at their fixed value."""
+) -> TrialConfig:
+    """The trial config of one point of a validated space: the method's fixed optimizer fields
+    overlaid with the swept ones, params missing from ``params`` taken at their fixed value.
+    Every value comes from the validated space (its grid, or a distribution checked at its
+    bounds), so nothing is checked again; ``device`` must be a validated device string."""
     if method not in space.methods:
         raise KeyError(f"no method {method!r} in the search space (has: {', '.join(space.methods)})")
     m = space.methods[method]
@@ -755,18 +773,19 @@ def trial_config(
     for name, value in values.items():
         if name.startswith(OPTIMIZER_PARAM_PREFIX):
             optimizer[name[len(OPTIMIZER_PARAM_PREFIX):]] = value
-    config = {
-        "dataset": copy.deepcopy(space.dataset),
-        "model": copy.deepcopy(space.model),
-        "training": copy.deepcopy(space.training),
-        "objective": space.objective,
-        "method": method,
-        "mode": m.mode,
-        "lr": values[PARAM_LR],
-        "tau_prox": values.get(PARAM_TAU),
-        "cg_iterations": values.get(PARAM_CG),
-        "optimizer": optimizer,
-        "seed": int(seed),
-        "device": device,
-    }
-    return validate_trial_config(config, space.source)
+    cg_iterations = values.get(PARAM_CG)
+    tau_prox = values.get(PARAM_TAU)
+    return TrialConfig(
+        dataset=copy.deepcopy(space.dataset),
+        model=copy.deepcopy(space.model),
+        training=copy.deepcopy(space.training),
+        objective=space.objective,
+        method=method,
+        mode=m.mode,
+        lr=float(values[PARAM_LR]),
+        tau_prox=None if tau_prox is None else float(tau_prox),
+        cg_iterations=None if cg_iterations is None else int(cg_iterations),
+        optimizer=optimizer,
+        seed=int(seed),
+        device=device,
+    )

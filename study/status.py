@@ -1,8 +1,10 @@
-"""How far a study is: trials done / running / diverged / failed / left, per method and total.
+"""How far a study is: points done / running / diverged / failed / left, per method and total.
 
 Everything is computed from the storage alone (the study stores its search-space document, so
-"left" is known without the YAML file). A point counts once, by its ``point_key``: a point run
-again after an interruption is not counted twice, and interrupted trials are not finished.
+"left" is known without the YAML file), read through study.reader. What is counted here are the
+points of the search space (``point_key`` = method, parameters, seed), the progress of the
+sweep: a point run again after an interruption counts once, and interrupted trials are not
+finished. (``reader.trial_counts`` counts trials per status, as the dashboards show them.)
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import optuna
-
 from proxstudy.study import records as R
+from proxstudy.study.points import expected_per_method
+from proxstudy.study.reader import StorageLike, load_records, stored_space_or_none, study_names, study_settings
 
-
-class UnknownStudyError(LookupError):
-    """No study of that name in the storage (message names the studies there)."""
+__all__ = [
+    "Counts",
+    "StudyStatus",
+    "all_study_statuses",
+    "counts_from_records",
+    "format_list",
+    "format_status",
+    "study_status",
+]
 
 
 @dataclass
@@ -64,18 +72,6 @@ class StudyStatus:
         return out
 
 
-def _space_from_attrs(user_attrs: dict):
-    document = user_attrs.get(R.STUDY_ATTR_SPACE)
-    if not isinstance(document, dict):
-        return None
-    from proxstudy.study.space import parse_space
-
-    try:
-        return parse_space(document, str(user_attrs.get(R.STUDY_ATTR_SOURCE, "<stored document>")))
-    except Exception:  # a document from another proxstudy version: counts without "left"
-        return None
-
-
 def counts_from_records(records: Iterable[R.TrialRecord], expected: dict[str, int] | None) -> dict[str, Counts]:
     """Per-method counts; a point_key finished several times counts once (its last record)."""
     by_method: dict[str, Counts] = {}
@@ -96,29 +92,21 @@ def counts_from_records(records: Iterable[R.TrialRecord], expected: dict[str, in
     return by_method
 
 
-def study_status(storage: str | optuna.storages.BaseStorage, study_name: str) -> StudyStatus:
-    """The counts of one study (raises :class:`UnknownStudyError`)."""
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in summaries:
-        names = ", ".join(sorted(summaries)) or "none"
-        raise UnknownStudyError(f"no study {study_name!r} in the storage (studies there: {names})")
-    summary = summaries[study_name]
-    space = _space_from_attrs(summary.user_attrs)
-    expected = None
-    if space is not None:
-        from proxstudy.study.runner import expected_per_method
-
-        expected = expected_per_method(space)
-    records = R.load_records(storage, study_name)
-    direction = summary.directions[0].name.lower() if summary.directions else "minimize"
-    return StudyStatus(study_name, direction, counts_from_records(records, expected))
+def study_status(storage: StorageLike, study_name: str) -> StudyStatus:
+    """The counts of one study (raises StudyNotFound)."""
+    settings = study_settings(storage, study_name)
+    space = stored_space_or_none(settings)  # another proxstudy version's document: no "left"
+    expected = expected_per_method(space) if space is not None else None
+    records = load_records(storage, study_name)
+    return StudyStatus(study_name, settings.direction, counts_from_records(records, expected))
 
 
-def all_study_names(storage: str | optuna.storages.BaseStorage) -> list[str]:
-    return sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+def all_study_statuses(storage: StorageLike) -> list[StudyStatus]:
+    """The counts of every study in the storage, by name."""
+    return [study_status(storage, name) for name in study_names(storage)]
 
 
-_COLUMNS = ("done", "completed", "diverged", "failed", "running", "left", "total")
+_COLUMNS = ("done", R.STATUS_COMPLETED, R.STATUS_DIVERGED, R.STATUS_FAILED, R.STATUS_RUNNING, "left", "total")
 
 
 def _row(label: str, counts: Counts) -> list[str]:
@@ -132,7 +120,8 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = []
     for r in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     return "\n".join(lines)
 
 

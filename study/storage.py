@@ -14,17 +14,24 @@ import re
 from pathlib import Path
 
 import optuna
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from proxstudy.errors import StorageError
+
+__all__ = [
+    "StorageError",
+    "check_storage",
+    "open_storage",
+    "redact",
+    "resolve_storage_url",
+    "scrub_secrets",
+    "sqlite_path",
+]
 
 ENV_STORAGE = "PROXSTUDY_STORAGE"
 DEFAULT_SQLITE_FILE = "proxstudy.db"
 CONNECT_TIMEOUT_S = 5
-
-
-class StorageError(RuntimeError):
-    """The storage cannot be used: bad URL, unreachable server, missing SQLite file.
-
-    The message is safe to print: it never contains a password.
-    """
 
 
 def resolve_storage_url(url: str | None = None, cwd: str | os.PathLike | None = None) -> str:
@@ -47,8 +54,6 @@ _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 def redact(url: str) -> str:
     """The URL with its password replaced by ``***`` (safe for logs and messages)."""
     try:
-        from sqlalchemy.engine import make_url
-
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # not parseable: still never show what looks like a password
         return _PASSWORD_IN_URL.sub(r"\1***@", url)
@@ -57,8 +62,6 @@ def redact(url: str) -> str:
 def scrub_secrets(text: str, url: str) -> str:
     """Remove the URL's password from a driver's error message, should it appear there."""
     try:
-        from sqlalchemy.engine import make_url
-
         password = make_url(url).password
     except Exception:
         password = None
@@ -69,8 +72,6 @@ def scrub_secrets(text: str, url: str) -> str:
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL (None for in-memory or non-SQLite URLs)."""
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return None
@@ -81,8 +82,6 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def _connect_args(url: str) -> dict:
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(url)
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend == "postgresql":
@@ -104,9 +103,6 @@ def check_storage(url: str, *, must_exist: bool) -> None:
     """
     shown = redact(url)
     try:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.engine import make_url
-
         make_url(url)
     except Exception as exc:
         raise StorageError(f"storage URL {shown!r} is not a valid SQLAlchemy URL: {exc}") from None
@@ -135,8 +131,8 @@ def check_storage(url: str, *, must_exist: bool) -> None:
 
 
 def _first_line(exc: BaseException) -> str:
-    text_ = str(exc).strip() or type(exc).__name__
-    return text_.splitlines()[0]
+    message = str(exc).strip() or type(exc).__name__
+    return message.splitlines()[0]
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

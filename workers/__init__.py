@@ -1,6 +1,6 @@
 """What one trial runs: data sets, models, the training loop and the Ray Tune trainable.
 
-Submodules are imported on use (workers.config, workers.data, workers.models,
-workers.training, workers.trainable, workers.train_command); ray is needed only by
-workers.trainable.
+vocabulary (the words trials are recorded in) and datasets (the data-set catalog) import
+nothing; config validates input once into a TrialConfig; data, models and training take it;
+trainable (the only module that needs Ray) and train_command run it.
 """

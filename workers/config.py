@@ -1,59 +1,68 @@
-"""Validation of what one trial runs.
+"""What one trial runs: the typed trial config, and the validation that makes it.
 
-Shared by `proxstudy train` and the search-space loader, so a typo is reported once, with the
-file and the dotted field path, before any work starts (never as a traceback from a Ray worker).
-Every validator returns a normalised *copy* (defaults filled in, paths made absolute) and
-raises :class:`ConfigError` on the first problem.
+User input is validated once, where it enters -- a search space (study.space), a file for
+`proxstudy train` (:func:`load_train_file`), a Tune ``param_space`` handed to the trainable --
+into a frozen :class:`TrialConfig`; the training loop, the models and the data loaders take that
+and check nothing again. A typo is reported once, with the file and the dotted field path,
+before any work starts (never as a traceback from a Ray worker). Every validator returns a
+normalised *copy* (defaults filled in, paths made absolute) and raises :class:`ConfigError`
+on the first problem.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from proxprop.modes import MODE_KINDS
+from proxstudy.errors import ConfigError
+from proxstudy.workers.datasets import CATALOG, DATASET_NAMES
+from proxstudy.workers.vocabulary import OBJECTIVES, TRAIN_LOSS, VAL_ACCURACY
+
 __all__ = [
-    "ConfigError",
+    "CG_MODES",
     "DATASET_NAMES",
     "MODEL_NAMES",
     "MODES",
+    "MODE_CG",
+    "MODE_CG_REF",
+    "MODE_EXACT",
+    "MODE_GRADIENT",
     "OBJECTIVES",
     "OPTIMIZER_NAMES",
+    "ConfigError",
+    "TrialConfig",
+    "check_model_fits_data",
+    "check_objective_fits_model",
     "dataset_input_shape",
-    "layer_mode",
     "load_train_file",
     "validate_dataset_spec",
     "validate_device",
     "validate_model_spec",
     "validate_optimizer_spec",
+    "validate_training_spec",
     "validate_trial_config",
 ]
 
-DATASET_NAMES = ("digits", "cifar10", "usps", "synthetic")
 MODEL_NAMES = ("mlp", "convnet", "autoencoder")
-MODES = ("gradient", "prox_exact", "prox_cg", "prox_cg_ref")
+#: A trial's mode: the kinds of the layers' optimization_mode (proxprop.modes), named here.
+MODES = MODE_KINDS
+MODE_GRADIENT, MODE_EXACT, MODE_CG, MODE_CG_REF = MODES
 #: Modes that run CG and so take cg_iterations. prox_cg_ref is the reference release's aliased
 #: CG (see ALGORITHM.md), offered only to reproduce the paper's numbers.
-CG_MODES = ("prox_cg", "prox_cg_ref")
-OBJECTIVES = ("train_loss", "val_accuracy")
+CG_MODES = (MODE_CG, MODE_CG_REF)
 OPTIMIZER_NAMES = ("sgd", "adam")
 
 DEFAULT_DIVERGENCE_FACTOR = 10.0  # x the initial full-batch loss; see README, "Trials"
 DEFAULT_EVAL_BATCH_SIZE = 2000
-
-
-class ConfigError(ValueError):
-    """Bad user input: ``str(e) == "<source>: <field.path>: <what is wrong>"``."""
-
-    def __init__(self, source: str, field: str, message: str) -> None:
-        self.source = source
-        self.field = field
-        self.message = message
-        where = f"{source}: {field}: " if field else f"{source}: "
-        super().__init__(where + message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,26 +191,19 @@ def _root(value: Any, source: str, field: str) -> str:
 # --------------------------------------------------------------------------------------------
 # data sets
 
-_FILE_BACKED_KEYS = ("name", "root", "download", "url", "md5", "train_samples", "val_size")
-
-
 def validate_dataset_spec(spec: Any, source: str, field: str = "dataset") -> dict:
-    """Normalised dataset spec; see workers/data.py for what each option does."""
+    """Normalised dataset spec; the options of each set are in workers.datasets' catalog,
+    what they do in workers/data.py."""
     doc = require_mapping(spec, source, field)
     name = _choice(_require(doc, "name", source, field), DATASET_NAMES, source, join_field(field, "name"))
+    info = CATALOG[name]
+    check_keys(doc, ("name", *info.options), source, field)
     out: dict[str, Any] = {"name": name}
     if name == "digits":
-        check_keys(doc, ("name", "train_samples", "val_fraction"), source, field)
         out["val_fraction"] = require_float(
             doc.get("val_fraction", 0.2), source, join_field(field, "val_fraction"), positive=True, below=1.0
         )
     elif name == "synthetic":
-        check_keys(
-            doc,
-            ("name", "n_train", "n_val", "input_shape", "num_classes", "seed", "train_samples"),
-            source,
-            field,
-        )
         out["n_train"] = require_int(doc.get("n_train", 512), source, join_field(field, "n_train"), 1)
         out["n_val"] = require_int(doc.get("n_val", 128), source, join_field(field, "n_val"), 1)
         out["input_shape"] = _int_list(
@@ -209,16 +211,16 @@ def validate_dataset_spec(spec: Any, source: str, field: str = "dataset") -> dic
         )
         out["num_classes"] = require_int(doc.get("num_classes", 10), source, join_field(field, "num_classes"), 2)
         out["seed"] = require_int(doc.get("seed", 0), source, join_field(field, "seed"))
-    else:  # cifar10, usps: files under root
-        check_keys(doc, _FILE_BACKED_KEYS, source, field)
+    else:  # file-backed: files under root
         out["root"] = _root(doc.get("root"), source, join_field(field, "root"))
         out["download"] = require_bool(doc.get("download", False), source, join_field(field, "download"))
         if doc.get("url") is not None:
             out["url"] = require_str(doc["url"], source, join_field(field, "url"))
         if doc.get("md5") is not None:
             out["md5"] = _validate_md5_option(name, doc["md5"], source, join_field(field, "md5"))
-        default_val = 5000 if name == "cifar10" else 729
-        out["val_size"] = require_int(doc.get("val_size", default_val), source, join_field(field, "val_size"), 1)
+        out["val_size"] = require_int(
+            doc.get("val_size", info.default_val_size), source, join_field(field, "val_size"), 1
+        )
     if doc.get("train_samples") is not None:
         out["train_samples"] = require_int(doc["train_samples"], source, join_field(field, "train_samples"), 1)
     return out
@@ -226,9 +228,7 @@ def validate_dataset_spec(spec: Any, source: str, field: str = "dataset") -> dic
 
 def _validate_md5_option(name: str, value: Any, source: str, field: str) -> dict[str, str]:
     """md5 override: a digest (cifar10: the archive) or {file name: digest} (usps: two files)."""
-    from proxstudy.workers.data import DOWNLOAD_FILES  # local: data.py imports this module
-
-    files = DOWNLOAD_FILES[name]
+    files = CATALOG[name].download_files
     if isinstance(value, str):
         if len(files) != 1:
             raise ConfigError(
@@ -240,14 +240,10 @@ def _validate_md5_option(name: str, value: Any, source: str, field: str) -> dict
     return {k: _md5(v, source, join_field(field, k)) for k, v in doc.items()}
 
 
-_DATASET_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "usps": (1, 16, 16)}
-
-
 def dataset_input_shape(spec: Mapping) -> tuple[int, ...]:
     """Per-sample input shape of a *validated* dataset spec, known without loading any file."""
-    if spec["name"] == "synthetic":
-        return tuple(spec["input_shape"])
-    return _DATASET_SHAPES[spec["name"]]
+    shape = CATALOG[spec["name"]].input_shape
+    return tuple(spec["input_shape"]) if shape is None else shape
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,22 +268,9 @@ def validate_model_spec(spec: Any, source: str, field: str = "model") -> dict:
     else:
         check_keys(doc, ("name", "hidden", "output"), source, field)
         out["hidden"] = _int_list(doc.get("hidden", [64, 16]), source, join_field(field, "hidden"))
-        out["output"] = _choice(doc.get("output", "sigmoid"), ("sigmoid", "linear"), source, join_field(field, "output"))
+        out["output"] = _choice(doc.get("output", "sigmoid"), ("sigmoid", "linear"), source,
+                                join_field(field, "output"))
     return out
-
-
-def _check_model_fits_data(model: Mapping, shape: tuple[int, ...], source: str) -> None:
-    if model["name"] != "convnet":
-        return
-    if len(shape) != 3:
-        raise ConfigError(
-            source, "model.name", f"convnet needs (channels, height, width) inputs, the data set gives {list(shape)}"
-        )
-    height, width = shape[1], shape[2]
-    for _ in range(min(2, len(model["channels"]))):  # max-pooling after the first two convs
-        height, width = height // 2, width // 2
-    if height < 1 or width < 1:
-        raise ConfigError(source, "model.name", f"convnet pools {list(shape)} inputs down to nothing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +287,8 @@ def validate_optimizer_spec(spec: Any, source: str, field: str = "optimizer") ->
     doc = require_mapping(spec, source, field)
     name = _choice(_require(doc, "name", source, field), OPTIMIZER_NAMES, source, join_field(field, "name"))
     if "lr" in doc:
-        raise ConfigError(source, join_field(field, "lr"), "set the learning rate as the method's lr, not inside optimizer")
+        raise ConfigError(source, join_field(field, "lr"),
+                          "set the learning rate as the method's lr, not inside optimizer")
     check_keys(doc, ("name",) + _OPTIMIZER_FIELDS[name], source, field)
     out: dict[str, Any] = {"name": name}
     for key, value in doc.items():
@@ -316,8 +300,8 @@ def validate_optimizer_spec(spec: Any, source: str, field: str = "optimizer") ->
         elif key == "betas":
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
                 raise ConfigError(source, sub, f"must be a pair [beta1, beta2], got {show_value(value)}")
-            betas = [require_float(b, source, join_field(sub, i), nonnegative=True, below=1.0) for i, b in enumerate(value)]
-            out[key] = betas
+            out[key] = [require_float(b, source, join_field(sub, i), nonnegative=True, below=1.0)
+                        for i, b in enumerate(value)]
         elif key == "eps":
             out[key] = require_float(value, source, sub, positive=True)
         else:  # momentum, dampening, weight_decay
@@ -330,42 +314,6 @@ def validate_optimizer_spec(spec: Any, source: str, field: str = "optimizer") ->
 # --------------------------------------------------------------------------------------------
 # whole trial config
 
-_TRIAL_KEYS = (
-    "dataset",
-    "model",
-    "training",
-    "objective",
-    "method",
-    "mode",
-    "lr",
-    "tau_prox",
-    "cg_iterations",
-    "optimizer",
-    "seed",
-    "device",
-)
-_TRAINING_KEYS = ("epochs", "batch_size", "divergence_factor", "eval_batch_size", "drop_last", "seeds")
-
-
-def validate_training_spec(spec: Any, source: str, field: str = "training") -> dict:
-    doc = require_mapping(spec, source, field)
-    check_keys(doc, _TRAINING_KEYS, source, field)
-    out = {
-        "epochs": require_int(_require(doc, "epochs", source, field), source, join_field(field, "epochs"), 1),
-        "batch_size": require_int(_require(doc, "batch_size", source, field), source, join_field(field, "batch_size"), 1),
-        "divergence_factor": require_float(
-            doc.get("divergence_factor", DEFAULT_DIVERGENCE_FACTOR), source, join_field(field, "divergence_factor"), positive=True
-        ),
-        "eval_batch_size": require_int(
-            doc.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE), source, join_field(field, "eval_batch_size"), 1
-        ),
-        "drop_last": require_bool(doc.get("drop_last", False), source, join_field(field, "drop_last")),
-    }
-    if out["divergence_factor"] <= 1.0:
-        raise ConfigError(source, join_field(field, "divergence_factor"), "must be > 1 (a multiple of the initial loss)")
-    # `seeds` belongs to the search space (one trial per seed); a trial runs its own `seed`.
-    return out
-
 
 def validate_device(value: Any, source: str, field: str) -> str:
     text = require_str(value, source, field)
@@ -376,45 +324,122 @@ def validate_device(value: Any, source: str, field: str) -> str:
     raise ConfigError(source, field, f"must be auto, cpu, cuda or cuda:N, got {show_value(value)}")
 
 
-def layer_mode(config: Mapping) -> str:
-    """The ProxProp layers' optimization_mode string for a validated trial config."""
-    mode = config["mode"]
-    if mode == "prox_cg":
-        return f"prox_cg{config['cg_iterations']}"
-    if mode == "prox_cg_ref":
-        return f"prox_cg{config['cg_iterations']}_ref"
-    return mode
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial, validated (docs/INTERFACES.md "Trial config"); made by
+    :func:`validate_trial_config` or, from a validated search space, ``study.space.trial_config``.
+
+    The nested specs are the normalised dicts of the ``validate_*_spec`` functions.
+    """
+
+    dataset: dict[str, Any]
+    model: dict[str, Any]
+    training: dict[str, Any]  # epochs, batch_size, divergence_factor, eval_batch_size, drop_last
+    objective: str  # one of OBJECTIVES
+    method: str  # the arm's name in the search space, a label
+    mode: str  # one of MODES
+    lr: float
+    tau_prox: float | None  # the prox modes; None for gradient
+    cg_iterations: int | None  # the CG modes; None otherwise
+    optimizer: dict[str, Any]  # {name: sgd|adam, ...torch.optim fields}
+    seed: int
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    @property
+    def layer_mode(self) -> str:
+        """The ProxProp layers' optimization_mode string (proxprop.parse_mode's inverse)."""
+        if self.mode == MODE_CG:
+            return f"prox_cg{self.cg_iterations}"
+        if self.mode == MODE_CG_REF:
+            return f"prox_cg{self.cg_iterations}_ref"
+        return self.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain, JSON-able trial config (what export files hold)."""
+        return dataclasses.asdict(self)
+
+    def with_device(self, device: str) -> TrialConfig:
+        """The same trial on another (validated) device."""
+        return dataclasses.replace(self, device=device)
 
 
-def validate_trial_config(doc: Any, source: str) -> dict:
-    """A whole trial config (INTERFACES.md); keys starting with "_" are passed through untouched
-    (e.g. the sweep's "_point_key")."""
-    doc = require_mapping(doc, source, "")
-    public = {k: v for k, v in doc.items() if not k.startswith("_")}
-    check_keys(public, _TRIAL_KEYS, source, "")
-    out: dict[str, Any] = {k: v for k, v in doc.items() if k.startswith("_")}
-    out["dataset"] = validate_dataset_spec(_require(doc, "dataset", source, ""), source, "dataset")
-    out["model"] = validate_model_spec(_require(doc, "model", source, ""), source, "model")
-    out["training"] = validate_training_spec(_require(doc, "training", source, ""), source, "training")
-    out["objective"] = _choice(_require(doc, "objective", source, ""), OBJECTIVES, source, "objective")
-    if out["objective"] == "val_accuracy" and out["model"]["name"] == "autoencoder":
-        raise ConfigError(source, "objective", "an autoencoder has no accuracy; use train_loss")
-    out["method"] = require_str(_require(doc, "method", source, ""), source, "method")
-    out["mode"] = _choice(_require(doc, "mode", source, ""), MODES, source, "mode")
-    out["lr"] = require_float(_require(doc, "lr", source, ""), source, "lr", positive=True)
-    tau = doc.get("tau_prox")
-    if out["mode"] != "gradient" and tau is None:
-        raise ConfigError(source, "tau_prox", f"is required for mode {out['mode']}")
-    out["tau_prox"] = None if tau is None else require_float(tau, source, "tau_prox", positive=True)
-    cg = doc.get("cg_iterations")
-    if out["mode"] in CG_MODES and cg is None:
-        raise ConfigError(source, "cg_iterations", f"is required for mode {out['mode']}")
-    out["cg_iterations"] = None if cg is None else require_int(cg, source, "cg_iterations", 1)
-    out["optimizer"] = validate_optimizer_spec(_require(doc, "optimizer", source, ""), source, "optimizer")
-    out["seed"] = require_int(_require(doc, "seed", source, ""), source, "seed")
-    out["device"] = validate_device(doc.get("device", "auto"), source, "device")
-    _check_model_fits_data(out["model"], dataset_input_shape(out["dataset"]), source)
+_TRIAL_KEYS = tuple(f.name for f in dataclasses.fields(TrialConfig))
+_TRAINING_KEYS = ("epochs", "batch_size", "divergence_factor", "eval_batch_size", "drop_last", "seeds")
+
+
+def validate_training_spec(spec: Any, source: str, field: str = "training") -> dict:
+    doc = require_mapping(spec, source, field)
+    check_keys(doc, _TRAINING_KEYS, source, field)
+    def at(key: str) -> str:
+        return join_field(field, key)
+
+    out = {
+        "epochs": require_int(_require(doc, "epochs", source, field), source, at("epochs"), 1),
+        "batch_size": require_int(_require(doc, "batch_size", source, field), source, at("batch_size"), 1),
+        "divergence_factor": require_float(
+            doc.get("divergence_factor", DEFAULT_DIVERGENCE_FACTOR), source, at("divergence_factor"), positive=True
+        ),
+        "eval_batch_size": require_int(
+            doc.get("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE), source, at("eval_batch_size"), 1
+        ),
+        "drop_last": require_bool(doc.get("drop_last", False), source, at("drop_last")),
+    }
+    if out["divergence_factor"] <= 1.0:
+        raise ConfigError(source, at("divergence_factor"), "must be > 1 (a multiple of the initial loss)")
+    # `seeds` belongs to the search space (one trial per seed); a trial runs its own `seed`.
     return out
+
+
+def check_objective_fits_model(objective: str, model: Mapping, source: str) -> None:
+    if objective == VAL_ACCURACY and model["name"] == "autoencoder":
+        raise ConfigError(source, "objective", f"an autoencoder has no accuracy; use {TRAIN_LOSS}")
+
+
+def check_model_fits_data(model: Mapping, dataset: Mapping, source: str) -> None:
+    """A convnet needs image-shaped inputs that its two max-poolings do not shrink to nothing."""
+    if model["name"] != "convnet":
+        return
+    shape = dataset_input_shape(dataset)
+    if len(shape) != 3:
+        raise ConfigError(
+            source, "model.name", f"convnet needs (channels, height, width) inputs, the data set gives {list(shape)}"
+        )
+    height, width = shape[1], shape[2]
+    for _ in range(min(2, len(model["channels"]))):  # max-pooling after the first two convs
+        height, width = height // 2, width // 2
+    if height < 1 or width < 1:
+        raise ConfigError(source, "model.name", f"convnet pools {list(shape)} inputs down to nothing")
+
+
+def validate_trial_config(doc: Any, source: str) -> TrialConfig:
+    """A whole trial config (INTERFACES.md) from a mapping. Keys starting with "_" are the
+    sweep's bookkeeping beside a trial config in a Tune config: allowed, and not part of the
+    trial."""
+    doc = require_mapping(doc, source, "")
+    check_keys({k: v for k, v in doc.items() if not k.startswith("_")}, _TRIAL_KEYS, source, "")
+    dataset = validate_dataset_spec(_require(doc, "dataset", source, ""), source, "dataset")
+    model = validate_model_spec(_require(doc, "model", source, ""), source, "model")
+    training = validate_training_spec(_require(doc, "training", source, ""), source, "training")
+    objective = _choice(_require(doc, "objective", source, ""), OBJECTIVES, source, "objective")
+    check_objective_fits_model(objective, model, source)
+    method = require_str(_require(doc, "method", source, ""), source, "method")
+    mode = _choice(_require(doc, "mode", source, ""), MODES, source, "mode")
+    lr = require_float(_require(doc, "lr", source, ""), source, "lr", positive=True)
+    tau = doc.get("tau_prox")
+    if mode != MODE_GRADIENT and tau is None:
+        raise ConfigError(source, "tau_prox", f"is required for mode {mode}")
+    tau_prox = None if tau is None else require_float(tau, source, "tau_prox", positive=True)
+    cg = doc.get("cg_iterations")
+    if mode in CG_MODES and cg is None:
+        raise ConfigError(source, "cg_iterations", f"is required for mode {mode}")
+    cg_iterations = None if cg is None else require_int(cg, source, "cg_iterations", 1)
+    optimizer = validate_optimizer_spec(_require(doc, "optimizer", source, ""), source, "optimizer")
+    seed = require_int(_require(doc, "seed", source, ""), source, "seed")
+    device = validate_device(doc.get("device", "auto"), source, "device")
+    check_model_fits_data(model, dataset, source)
+    return TrialConfig(dataset=dataset, model=model, training=training, objective=objective, method=method,
+                       mode=mode, lr=lr, tau_prox=tau_prox, cg_iterations=cg_iterations, optimizer=optimizer,
+                       seed=seed, device=device)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +447,6 @@ def validate_trial_config(doc: Any, source: str) -> dict:
 
 
 def _read_document(path: Path) -> Any:
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -435,10 +458,11 @@ def _read_document(path: Path) -> Any:
             return json.loads(text)
         return yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(str(path), "", f"not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {exc}") from None
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise ConfigError(str(path), "", f"not valid {kind}: {exc}") from None
 
 
-def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[dict]:
+def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[TrialConfig]:
     """Trial configs to run from a bare trial config or an export file (every method in the
     file's order when `method` is None)."""
     path = Path(path)
@@ -447,8 +471,8 @@ def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[
     doc = require_mapping(doc, source, "")
     if "methods" not in doc:
         config = validate_trial_config(doc, source)
-        if method is not None and method != config["method"]:
-            raise ConfigError(source, "method", f"the file runs method {config['method']!r}, not {method!r}")
+        if method is not None and method != config.method:
+            raise ConfigError(source, "method", f"the file runs method {config.method!r}, not {method!r}")
         return [config]
     methods = require_mapping(doc["methods"], source, "methods")
     if not methods:

@@ -5,7 +5,8 @@ slicing of a permutation cost nothing next to a ProxProp step, whereas a per-sam
 would dominate small models. Loaded sets are cached per process, keyed by (spec, device), so
 many trials in one worker do not reload.
 
-Sets (options are validated in workers/config.py):
+Sets (their options are listed in the catalog, workers/datasets.py, and validated by
+workers/config.py; the functions here take validated specs):
   digits     sklearn's bundled 8x8 digits; the last `val_fraction` (0.2) is validation.
   cifar10    the python pickle batches (cifar-10-batches-py/) under `root`; the paper's split:
              the last `val_size` (5,000) of the 50,000 training images validate; test_batch
@@ -16,10 +17,10 @@ Sets (options are validated in workers/config.py):
 Pixels are divided by the training maximum (the paper's CIFAR scaling), so inputs lie in
 [0, 1]; `train_samples: N` keeps the first N training examples.
 
-`download: true` fetches missing files from `url` (default the official address, or the
-PROXSTUDY_CIFAR10_URL / PROXSTUDY_USPS_URL environment variables), checks the md5 (the known
-digests in KNOWN_MD5, or the spec's `md5` option), and only then moves them into place, so a
-truncated or corrupt download is never used and leaves nothing behind.
+`download: true` fetches missing files from `url` (default the catalog's official address, or
+the PROXSTUDY_CIFAR10_URL / PROXSTUDY_USPS_URL environment variables), checks the md5 (the known
+digests in the catalog's KNOWN_MD5, or the spec's `md5` option), and only then moves them into
+place, so a truncated or corrupt download is never used and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -45,23 +46,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 
-from proxstudy.workers.config import validate_dataset_spec
+from proxstudy.errors import DataError
+from proxstudy.files import atomic_output
+from proxstudy.workers.datasets import CATALOG, KNOWN_MD5
 
 __all__ = [
-    "DOWNLOAD_FILES",
-    "DEFAULT_URLS",
-    "KNOWN_MD5",
     "DataError",
     "Dataset",
     "check_available",
     "clear_cache",
     "load_dataset",
 ]
-
-
-class DataError(ValueError):
-    """Data files missing or unusable; the message names the path and how to get the data."""
 
 
 @dataclass(frozen=True)
@@ -82,29 +79,15 @@ class Dataset:
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_FILES = CIFAR_TRAIN_BATCHES + ("test_batch",)
+CIFAR_FILES = (*CIFAR_TRAIN_BATCHES, "test_batch")
 
-DOWNLOAD_FILES: dict[str, tuple[str, ...]] = {
-    "cifar10": ("cifar-10-python.tar.gz",),
-    "usps": ("usps.bz2", "usps.t.bz2"),
-}
-DEFAULT_URLS = {
-    # cifar10: the archive itself; usps: the folder holding both files
-    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "usps": "https://www.csie.ntu.edu.tw/~cjlin/libsvmtools/datasets/multiclass/",
-}
-URL_ENV = {"cifar10": "PROXSTUDY_CIFAR10_URL", "usps": "PROXSTUDY_USPS_URL"}
-KNOWN_MD5 = {
-    "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
-    "usps.bz2": "ec16c51db3855ca6c91edd34d0e9b197",
-    "usps.t.bz2": "8ea070ee2aca1ac39742fdd1ef5ed118",
-}
 _CHUNK = 1 << 20
 
 
 def _source_url(spec: Mapping, file_name: str) -> str:
     name = spec["name"]
-    url = spec.get("url") or os.environ.get(URL_ENV[name]) or DEFAULT_URLS[name]
+    info = CATALOG[name]
+    url = spec.get("url") or os.environ.get(info.url_env or "") or info.default_url or ""
     if name == "usps":
         return url.rstrip("/") + "/" + file_name
     return url
@@ -118,14 +101,15 @@ def _missing(spec: Mapping) -> list[Path]:
     root = Path(spec["root"])
     if spec["name"] == "cifar10":
         return [root / CIFAR_DIR / f for f in CIFAR_FILES if not (root / CIFAR_DIR / f).is_file()]
-    return [root / f for f in DOWNLOAD_FILES["usps"] if not (root / f).is_file()]
+    return [root / f for f in CATALOG["usps"].download_files if not (root / f).is_file()]
 
 
 def _how_to_get(spec: Mapping) -> str:
     root = spec["root"]
     if spec["name"] == "cifar10":
+        archive = CATALOG["cifar10"].download_files[0]
         return (
-            f"set download: true in the dataset spec to fetch {_source_url(spec, DOWNLOAD_FILES['cifar10'][0])}, "
+            f"set download: true in the dataset spec to fetch {_source_url(spec, archive)}, "
             f"or extract cifar-10-python.tar.gz so that {root}/{CIFAR_DIR}/ holds {', '.join(CIFAR_FILES)}"
         )
     return (
@@ -135,10 +119,9 @@ def _how_to_get(spec: Mapping) -> str:
 
 
 def check_available(spec: Mapping) -> None:
-    """Raise DataError now (in the driver) if a file-backed set's files are missing and
+    """Raise DataError now (in the driver) if a validated spec's files are missing and
     download is off, instead of failing every trial later."""
-    spec = validate_dataset_spec(spec, "<config>")
-    if spec["name"] not in DOWNLOAD_FILES or spec["download"]:
+    if not CATALOG[spec["name"]].file_backed or spec["download"]:
         return
     missing = _missing(spec)
     if missing:
@@ -205,7 +188,7 @@ def _safe_members(archive: tarfile.TarFile, target: Path) -> list[tarfile.TarInf
 
 def _download_cifar10(spec: Mapping) -> None:
     root = Path(spec["root"])
-    file_name = DOWNLOAD_FILES["cifar10"][0]
+    file_name = CATALOG["cifar10"].download_files[0]
     with _root_lock(root):
         if not _missing(spec):  # another trial finished the download meanwhile
             return
@@ -241,7 +224,7 @@ def _download_usps(spec: Mapping) -> None:
     with _root_lock(root):
         fetched: list[tuple[Path, Path]] = []
         try:
-            for file_name in DOWNLOAD_FILES["usps"]:
+            for file_name in CATALOG["usps"].download_files:
                 if not (root / file_name).is_file():
                     tmp = _fetch_verified(_source_url(spec, file_name), _expected_md5(spec, file_name), root, file_name)
                     fetched.append((tmp, root / file_name))
@@ -273,7 +256,8 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); re-extract cifar-10-python.tar.gz") from None
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); "
+                        "re-extract cifar-10-python.tar.gz") from None
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise DataError(f"{path}: expected data N x 3072 and N labels, got {data.shape} and {len(labels)}")
     return data.reshape(-1, 3, 32, 32), labels
@@ -297,14 +281,8 @@ def _read_cifar10(spec: Mapping) -> dict[str, np.ndarray]:
         "x_test": x_test,
         "y_test": y_test,
     }
-    with contextlib.suppress(OSError):  # a read-only data folder just means no cache
-        fd, tmp = tempfile.mkstemp(prefix=".proxstudy_cache.", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, cache)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    with contextlib.suppress(OSError), atomic_output(cache, "wb") as handle:  # read-only folder: no cache
+        np.savez(handle, x=arrays["x"], y=arrays["y"], x_test=arrays["x_test"], y_test=arrays["y_test"])
     return arrays
 
 
@@ -364,12 +342,10 @@ def _scaled(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _load_host(spec: Mapping) -> tuple[dict[str, np.ndarray], int]:
     name = spec["name"]
     if name == "digits":
-        from sklearn.datasets import load_digits
-
         bunch = load_digits()
         x = bunch.data.reshape(-1, 1, 8, 8).astype(np.float32)
         y = bunch.target.astype(np.int64)
-        arrays = _split(spec, x, y, int(round(len(x) * spec["val_fraction"])))
+        arrays = _split(spec, x, y, round(len(x) * spec["val_fraction"]))
         return _scaled(arrays), 10
     if name == "synthetic":
         return _synthetic(spec), spec["num_classes"]
@@ -388,7 +364,7 @@ def _synthetic(spec: Mapping) -> dict[str, np.ndarray]:
     x = rng.random((n, features), dtype=np.float32)
     teacher = rng.standard_normal((features, spec["num_classes"])).astype(np.float32)
     y = np.argmax((x - 0.5) @ teacher, axis=1).astype(np.int64)
-    arrays = _split(spec, x.reshape((n,) + shape), y, spec["n_val"])
+    arrays = _split(spec, x.reshape((n, *shape)), y, spec["n_val"])
     return arrays
 
 
@@ -406,8 +382,8 @@ def clear_cache() -> None:
 
 
 def load_dataset(spec: Mapping, device: str | torch.device = "cpu") -> Dataset:
-    """The data set `spec` describes, as tensors on `device` (float32 inputs, int64 labels)."""
-    spec = validate_dataset_spec(spec, "<config>")
+    """The data set a validated spec (``TrialConfig.dataset``, or ``validate_dataset_spec``'s
+    result) describes, as tensors on `device` (float32 inputs, int64 labels)."""
     device = torch.device(device)
     key = (json.dumps(spec, sort_keys=True), str(device))
     with _cache_lock:
@@ -416,9 +392,11 @@ def load_dataset(spec: Mapping, device: str | torch.device = "cpu") -> Dataset:
             return _cache[key]
     arrays, num_classes = _load_host(spec)
 
-    def put(name: str) -> torch.Tensor | None:
-        value = arrays.get(name)
-        return None if value is None else torch.from_numpy(np.ascontiguousarray(value)).to(device)
+    def put(name: str) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(arrays[name])).to(device)
+
+    def put_if_there(name: str) -> torch.Tensor | None:
+        return put(name) if arrays.get(name) is not None else None
 
     dataset = Dataset(
         name=spec["name"],
@@ -426,8 +404,8 @@ def load_dataset(spec: Mapping, device: str | torch.device = "cpu") -> Dataset:
         y_train=put("y_train"),
         x_val=put("x_val"),
         y_val=put("y_val"),
-        x_test=put("x_test"),
-        y_test=put("y_test"),
+        x_test=put_if_there("x_test"),
+        y_test=put_if_there("y_test"),
         num_classes=num_classes,
         input_shape=tuple(arrays["x_train"].shape[1:]),
     )

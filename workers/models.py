@@ -10,25 +10,18 @@ one data set serves every model.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
-from proxstudy.workers.config import validate_model_spec
+from proxprop import ProxPropConv2d, ProxPropLinear
 
-__all__ = ["build_model", "Autoencoder"]
-
-
-def _proxprop():
-    # Imported on use so that config validation and data loading work without the layers.
-    from proxprop import ProxPropConv2d, ProxPropLinear
-
-    return ProxPropLinear, ProxPropConv2d
+__all__ = ["Autoencoder", "build_model"]
 
 
 def _mlp(spec: Mapping, input_shape: tuple[int, ...], num_classes: int, mode: str, tau: float) -> nn.Module:
-    ProxPropLinear, _ = _proxprop()
     layers: list[nn.Module] = [nn.Flatten()]
     width = _numel(input_shape)
     for hidden in spec["hidden"]:
@@ -39,7 +32,6 @@ def _mlp(spec: Mapping, input_shape: tuple[int, ...], num_classes: int, mode: st
 
 
 def _convnet(spec: Mapping, input_shape: tuple[int, ...], num_classes: int, mode: str, tau: float) -> nn.Module:
-    _, ProxPropConv2d = _proxprop()
     if len(input_shape) != 3:
         raise ValueError(f"convnet needs (channels, height, width) inputs, got {input_shape}")
     channels, height, width = input_shape
@@ -66,12 +58,11 @@ class Autoencoder(nn.Module):
 
     def __init__(self, spec: Mapping, input_shape: tuple[int, ...], mode: str, tau: float) -> None:
         super().__init__()
-        ProxPropLinear, _ = _proxprop()
         self.input_shape = tuple(input_shape)
         features = _numel(input_shape)
-        sizes = [features] + list(spec["hidden"]) + list(reversed(spec["hidden"][:-1]))
+        sizes = [features, *list(spec["hidden"]), *list(reversed(spec["hidden"][:-1]))]
         layers: list[nn.Module] = [nn.Flatten()]
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [ProxPropLinear(fan_in, fan_out, tau_prox=tau, optimization_mode=mode), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], features))
         if spec["output"] == "sigmoid":  # inputs are scaled to [0, 1]
@@ -79,7 +70,7 @@ class Autoencoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).reshape((x.shape[0],) + self.input_shape)
+        return self.net(x).reshape((x.shape[0], *self.input_shape))
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -96,10 +87,11 @@ def build_model(
     layer_mode: str,
     tau_prox: float | None,
 ) -> nn.Module:
-    """The model `model_spec` names, for inputs of `input_shape`; hidden layers use ProxProp
-    with `layer_mode` ("gradient" | "prox_exact" | "prox_cgN") and `tau_prox` (unused, and
-    may be None, in gradient mode)."""
-    spec = validate_model_spec(model_spec, "<config>")
+    """The model a validated spec (``TrialConfig.model``, or ``validate_model_spec``'s result)
+    names, for inputs of `input_shape`; hidden layers use ProxProp with `layer_mode`
+    ("gradient" | "prox_exact" | "prox_cgN") and `tau_prox` (unused, and may be None, in
+    gradient mode)."""
+    spec = model_spec
     tau = 1.0 if tau_prox is None else float(tau_prox)
     input_shape = tuple(int(s) for s in input_shape)
     if spec["name"] == "autoencoder":

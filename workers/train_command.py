@@ -14,11 +14,22 @@ from typing import TextIO
 
 import torch
 
-from proxstudy.workers.config import ConfigError, layer_mode, load_train_file, validate_device
+from proxstudy.errors import ConfigError
+from proxstudy.workers.config import MODE_GRADIENT, TrialConfig, load_train_file, validate_device
 from proxstudy.workers.data import load_dataset
 from proxstudy.workers.training import TrialOutcome, resolve_device, run_trial
+from proxstudy.workers.vocabulary import (
+    EPOCH,
+    EPOCH_SECONDS,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_LOSS,
+)
 
-__all__ = ["train_main", "format_epoch_row", "TABLE_HEADER"]
+__all__ = ["TABLE_HEADER", "format_epoch_row", "train_main"]
 
 TABLE_HEADER = f"{'epoch':>5}  {'train loss':>11}  {'train acc':>9}  {'val loss':>11}  {'val acc':>8}  {'seconds':>8}"
 
@@ -33,25 +44,25 @@ def _number(value: float | None, width: int, digits: int = 4) -> str:
 def format_epoch_row(entry: dict) -> str:
     return "  ".join(
         [
-            f"{entry['epoch']:>5}",
-            _number(entry["train_loss"], 11, 5),
-            _number(entry["train_accuracy"], 9),
-            _number(entry["val_loss"], 11, 5),
-            _number(entry["val_accuracy"], 8),
-            _number(entry["epoch_seconds"], 8, 2),
+            f"{entry[EPOCH]:>5}",
+            _number(entry[TRAIN_LOSS], 11, 5),
+            _number(entry[TRAIN_ACCURACY], 9),
+            _number(entry[VAL_LOSS], 11, 5),
+            _number(entry[VAL_ACCURACY], 8),
+            _number(entry[EPOCH_SECONDS], 8, 2),
         ]
     )
 
 
-def _describe(config: dict) -> str:
-    parts = [f"mode {layer_mode(config)}", f"lr {config['lr']:g}"]
-    if config["mode"] != "gradient":
-        parts.append(f"tau_prox {config['tau_prox']:g}")
-    parts.append(config["optimizer"]["name"])
+def _describe(config: TrialConfig) -> str:
+    parts = [f"mode {config.layer_mode}", f"lr {config.lr:g}"]
+    if config.mode != MODE_GRADIENT:
+        parts.append(f"tau_prox {config.tau_prox:g}")
+    parts.append(config.optimizer["name"])
     return (
-        f"method {config['method']} ({', '.join(parts)}) | {config['dataset']['name']} / "
-        f"{config['model']['name']} | {config['training']['epochs']} epochs, batch "
-        f"{config['training']['batch_size']} | seed {config['seed']}"
+        f"method {config.method} ({', '.join(parts)}) | {config.dataset['name']} / "
+        f"{config.model['name']} | {config.training['epochs']} epochs, batch "
+        f"{config.training['batch_size']} | seed {config.seed}"
     )
 
 
@@ -81,17 +92,17 @@ class _Progress:
             self.width = 0
 
 
-def _run_one(config: dict, source: str, stream: TextIO, progress_stream: TextIO) -> TrialOutcome:
+def _run_one(config: TrialConfig, source: str, stream: TextIO, progress_stream: TextIO) -> TrialOutcome:
     try:
-        device = resolve_device(config["device"])
+        device = resolve_device(config.device)
         if device.type == "cuda" and device.index >= torch.cuda.device_count():
             raise RuntimeError(f"there is no {device} (this machine has {torch.cuda.device_count()} CUDA devices)")
     except RuntimeError as exc:
         raise ConfigError(source, "device", str(exc)) from None
-    load_dataset(config["dataset"], device)  # DataError here, before any training
+    load_dataset(config.dataset, device)  # DataError here, before any training
     print(f"== {_describe(config)}", file=stream)
     print(TABLE_HEADER, file=stream, flush=True)
-    progress = _Progress(progress_stream, config["training"]["epochs"])
+    progress = _Progress(progress_stream, config.training["epochs"])
 
     def on_epoch(entry: dict) -> None:
         progress.clear()
@@ -102,7 +113,7 @@ def _run_one(config: dict, source: str, stream: TextIO, progress_stream: TextIO)
     finally:
         progress.clear()
     summary = f"status: {outcome.status} on {outcome.device}"
-    if outcome.status == "diverged":
+    if outcome.status == STATUS_DIVERGED:
         summary += f" (diverged at epoch {outcome.diverged_epoch})"
     if outcome.test_accuracy is not None:
         summary += f"; test accuracy {outcome.test_accuracy:.4f}"
@@ -132,11 +143,11 @@ def train_main(
     configs = load_train_file(path, method)
     if device is not None:
         device = validate_device(device, "<command line>", "--device")
-        configs = [{**config, "device": device} for config in configs]
+        configs = [config.with_device(device) for config in configs]
     failed = 0
     for index, config in enumerate(configs):
         if index:
             print(file=stream)
         outcome = _run_one(config, str(path), stream, progress_stream)
-        failed += outcome.status == "failed"
+        failed += outcome.status == STATUS_FAILED
     return 1 if failed else 0

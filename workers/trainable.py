@@ -1,31 +1,49 @@
 """The Ray Tune function trainable: one trial config in, one report per epoch out.
 
-Ray is imported inside the function only, so the rest of workers/ (and `proxstudy train`)
-works without it. Each report is the epoch dict of workers.training plus trial_status,
-diverged_epoch, device and error; the last report carries the final status. A failed trial
-(status "failed") is reported, not raised: to the study it is a result like any other.
+Each report is the epoch dict of workers.training plus trial_status, diverged_epoch, device and
+error; the last report carries the final status. A failed trial (status "failed") is reported,
+not raised: to the study it is a result like any other.
+
+The Tune config: a sweep passes its validated :class:`TrialConfig` under ``TRIAL_CONFIG_KEY``,
+beside ``POINT_KEY`` (the point's key, for the driver) and ``CPUS_KEY`` (torch threads). A Tune
+``param_space`` of one's own is a plain trial config (INTERFACES.md), validated here, where it
+enters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import ray
 import torch
+from ray import tune
 
-from proxstudy.workers.config import ConfigError
-from proxstudy.workers.training import EPOCH_KEYS, run_trial
+from proxstudy.errors import ConfigError
+from proxstudy.workers.config import TrialConfig, validate_trial_config
+from proxstudy.workers.training import run_trial
+from proxstudy.workers.vocabulary import (
+    EPOCH_KEYS,
+    REPORT_DEVICE,
+    REPORT_DIVERGED_EPOCH,
+    REPORT_ERROR,
+    REPORT_STATUS,
+    STATUS_FAILED,
+)
 
-__all__ = ["proxprop_trainable", "threads_for_trial"]
+__all__ = ["CPUS_KEY", "POINT_KEY", "TRIAL_CONFIG_KEY", "proxprop_trainable", "threads_for_trial"]
+
+TRIAL_CONFIG_KEY = "trial_config"
+POINT_KEY = "_point_key"
+CPUS_KEY = "_cpus"
 
 
-def threads_for_trial(config: Mapping) -> int | None:
-    """Torch threads matching the CPUs this trial was given (config["_cpus"] if the sweep sets
+def threads_for_trial(config: Mapping[str, Any]) -> int | None:
+    """Torch threads matching the CPUs this trial was given (config[CPUS_KEY] if the sweep sets
     it, else Ray's assigned resources), so concurrent trials do not oversubscribe the node."""
-    cpus = config.get("_cpus")
+    cpus = config.get(CPUS_KEY)
     if cpus is None:
         try:
-            import ray
-
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         except Exception:  # outside Ray or an API change: leave torch's default
             cpus = None
@@ -34,31 +52,33 @@ def threads_for_trial(config: Mapping) -> int | None:
     return max(1, int(float(cpus)))
 
 
-def proxprop_trainable(config: dict) -> None:
-    """Ray Tune function trainable for one trial config (plus optional "_point_key")."""
-    from ray import tune
+def _trial_config(config: Mapping[str, Any]) -> TrialConfig:
+    given = config.get(TRIAL_CONFIG_KEY)
+    if isinstance(given, TrialConfig):
+        return given
+    return validate_trial_config(config, "<config>")
 
+
+def proxprop_trainable(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable for one trial (see the module docstring for ``config``)."""
     threads = threads_for_trial(config)
     if threads is not None:
         torch.set_num_threads(threads)
-    last: dict = {key: None for key in EPOCH_KEYS}
+    last: dict[str, Any] = dict.fromkeys(EPOCH_KEYS)
 
-    def report(metrics: dict) -> None:
+    def report(metrics: dict[str, Any]) -> None:
         last.update({key: metrics[key] for key in EPOCH_KEYS})
         tune.report(metrics)
 
+    def report_failure(device: str | None, error: str | None) -> None:
+        tune.report({**last, REPORT_STATUS: STATUS_FAILED, REPORT_DIVERGED_EPOCH: None, REPORT_DEVICE: device,
+                     REPORT_ERROR: error})
+
     try:
-        outcome = run_trial(config, on_report=report)
-    except ConfigError as exc:  # the sweep validated it, so this is a bug: record, don't crash
-        tune.report({**last, "trial_status": "failed", "diverged_epoch": None, "device": None, "error": str(exc)})
+        trial = _trial_config(config)
+    except ConfigError as exc:  # a Tune user's own param_space: record it as failed, don't crash
+        report_failure(None, str(exc))
         return
-    if outcome.status == "failed":
-        tune.report(
-            {
-                **last,
-                "trial_status": "failed",
-                "diverged_epoch": None,
-                "device": outcome.device,
-                "error": outcome.error,
-            }
-        )
+    outcome = run_trial(trial, on_report=report)
+    if outcome.status == STATUS_FAILED:
+        report_failure(outcome.device, outcome.error)

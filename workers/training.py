@@ -8,7 +8,8 @@ timed on what differs between them). Epoch 0 is the untrained model.
 A diverging run (non-finite loss, or a full-batch loss beyond `divergence_factor` times the
 initial one) is an outcome of the study, not an error: it stops at once with status
 "diverged". Any exception during the run gives status "failed" with the message; run_trial
-raises only for an invalid config (ConfigError), so one broken trial never takes a sweep down.
+never raises for a training failure, so one broken trial never takes a sweep down. It takes a
+validated :class:`~proxstudy.workers.config.TrialConfig` and checks nothing again.
 """
 
 from __future__ import annotations
@@ -23,9 +24,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from proxstudy.workers.config import layer_mode, validate_trial_config
+from proxstudy.workers.config import TrialConfig
 from proxstudy.workers.data import load_dataset
 from proxstudy.workers.models import build_model
+from proxstudy.workers.vocabulary import (
+    EPOCH,
+    EPOCH_KEYS,
+    EPOCH_SECONDS,
+    OBJECTIVE,
+    REPORT_DEVICE,
+    REPORT_DIVERGED_EPOCH,
+    REPORT_ERROR,
+    REPORT_STATUS,
+    STATUS_COMPLETED,
+    STATUS_DIVERGED,
+    STATUS_FAILED,
+    STATUS_RUNNING,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    VAL_ACCURACY,
+    VAL_LOSS,
+)
 
 __all__ = [
     "EPOCH_KEYS",
@@ -36,20 +55,10 @@ __all__ = [
     "run_trial",
 ]
 
-EPOCH_KEYS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "epoch_seconds",
-    "objective",
-)
-
 
 @dataclass
 class TrialOutcome:
-    status: str  # "completed" | "diverged" | "failed"
+    status: str  # STATUS_COMPLETED | STATUS_DIVERGED | STATUS_FAILED
     history: list[dict] = field(default_factory=list)
     diverged_epoch: int | None = None
     device: str = "unknown"
@@ -62,7 +71,7 @@ class TrialOutcome:
     @property
     def value(self) -> float | None:
         """The objective at the last recorded epoch."""
-        return self.history[-1]["objective"] if self.history else None
+        return self.history[-1][OBJECTIVE] if self.history else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,13 +175,13 @@ def _format_error(exc: BaseException, frames: int = 4) -> str:
 
 
 def run_trial(
-    config: Mapping,
+    config: TrialConfig,
     on_epoch: Callable[[dict], None] | None = None,
     *,
     on_report: Callable[[dict], None] | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
 ) -> TrialOutcome:
-    """Run one trial config (see INTERFACES.md) to its outcome.
+    """Run one validated trial config to its outcome.
 
     on_epoch(epoch_dict) is called after every recorded epoch (epoch 0 included).
     on_report(metrics) gets the same epoch dict plus trial_status ("running", or the final
@@ -180,45 +189,41 @@ def run_trial(
     trainable reports. on_progress(epoch, batch, n_batches) is called after every mini-batch
     (for progress displays). Exceptions raised by callbacks propagate unchanged.
     """
-    config = validate_trial_config(config, "<config>")
-    outcome = TrialOutcome(status="failed")
+    outcome = TrialOutcome(status=STATUS_FAILED)
     try:
         _train(config, outcome, on_epoch, on_report, on_progress)
     except _CallbackFailed as wrapped:
         raise wrapped.original from None
     except Exception as exc:  # a training failure is an outcome, not an exception
-        outcome.status = "failed"
+        outcome.status = STATUS_FAILED
         outcome.error = _format_error(exc)
     return outcome
 
 
 def _train(
-    config: dict,
+    config: TrialConfig,
     outcome: TrialOutcome,
     on_epoch: Callable | None,
     on_report: Callable | None,
     on_progress: Callable | None,
 ) -> None:
-    device = resolve_device(config["device"])
+    device = resolve_device(config.device)
     outcome.device = describe_device(device)
-    data = load_dataset(config["dataset"], device)
-    classify = config["model"]["name"] != "autoencoder"
-    training = config["training"]
+    data = load_dataset(config.dataset, device)
+    classify = config.model["name"] != "autoencoder"
+    training = config.training
 
     with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
-        torch.manual_seed(config["seed"])
-        model = build_model(config["model"], data.input_shape, data.num_classes, layer_mode(config), config["tau_prox"])
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, data.input_shape, data.num_classes, config.layer_mode, config.tau_prox)
     model.to(device)
     model.train()
-    optimizer = build_optimizer(model.parameters(), config["optimizer"], config["lr"])
-    generator = torch.Generator().manual_seed(config["seed"])
+    optimizer = build_optimizer(model.parameters(), config.optimizer, config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
 
     n_train = len(data.x_train)
     batch_size = min(training["batch_size"], n_train)
-    if training["drop_last"]:
-        n_batches = n_train // batch_size
-    else:
-        n_batches = -(-n_train // batch_size)
+    n_batches = n_train // batch_size if training["drop_last"] else -(-n_train // batch_size)
     chunk = training["eval_batch_size"]
     initial_loss: float | None = None
 
@@ -229,40 +234,40 @@ def _train(
         val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, classify, chunk)
         if epoch == 0:
             initial_loss = train_loss
+        assert initial_loss is not None  # epoch 0 is recorded first
         bound = training["divergence_factor"] * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else -1.0
         diverged = batch_diverged or not math.isfinite(train_loss) or train_loss > bound
-        entry = {
-            "epoch": epoch,
-            "train_loss": _finite(train_loss),
-            "train_accuracy": _finite(train_acc),
-            "val_loss": _finite(val_loss),
-            "val_accuracy": _finite(val_acc),
-            "epoch_seconds": seconds,
-            "objective": None,
+        entry: dict[str, float | int | None] = {
+            EPOCH: epoch,
+            TRAIN_LOSS: _finite(train_loss),
+            TRAIN_ACCURACY: _finite(train_acc),
+            VAL_LOSS: _finite(val_loss),
+            VAL_ACCURACY: _finite(val_acc),
+            EPOCH_SECONDS: seconds,
         }
-        entry["objective"] = entry["train_loss"] if config["objective"] == "train_loss" else entry["val_accuracy"]
+        entry[OBJECTIVE] = entry[config.objective]  # the objectives are epoch keys
         outcome.history.append(entry)
         if diverged:
-            status = outcome.status = "diverged"
+            status = outcome.status = STATUS_DIVERGED
             outcome.diverged_epoch = epoch
         elif epoch == training["epochs"]:
-            status = outcome.status = "completed"
+            status = outcome.status = STATUS_COMPLETED
         else:
-            status = "running"
+            status = STATUS_RUNNING
         _call(on_epoch, dict(entry))
         _call(
             on_report,
             {
                 **entry,
-                "trial_status": status,
-                "diverged_epoch": outcome.diverged_epoch,
-                "device": outcome.device,
-                "error": None,
+                REPORT_STATUS: status,
+                REPORT_DIVERGED_EPOCH: outcome.diverged_epoch,
+                REPORT_DEVICE: outcome.device,
+                REPORT_ERROR: None,
             },
         )
         return status
 
-    if record(0, 0.0, batch_diverged=False) != "running":
+    if record(0, 0.0, batch_diverged=False) != STATUS_RUNNING:
         return
     for epoch in range(1, training["epochs"] + 1):
         batch_diverged = False
@@ -282,9 +287,9 @@ def _train(
                 _call(on_progress, epoch, batch + 1, n_batches)
         _synchronize(device)
         seconds = time.perf_counter() - started
-        if record(epoch, seconds, batch_diverged) != "running":
+        if record(epoch, seconds, batch_diverged) != STATUS_RUNNING:
             break
-    if outcome.status == "completed" and data.x_test is not None:
+    if outcome.status == STATUS_COMPLETED and data.x_test is not None and data.y_test is not None:
         test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, classify, chunk)
         outcome.test_loss, outcome.test_accuracy = _finite(test_loss), _finite(test_acc)
 

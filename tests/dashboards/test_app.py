@@ -11,10 +11,10 @@ import pytest
 import requests
 import yaml
 
-from tests.support import study_fixtures as F
 from proxstudy.dashboards import app as A
 from proxstudy.dashboards import data as D
 from proxstudy.study.storage import scrub_secrets
+from tests.support import study_fixtures as F
 
 XSS = "<script>alert(1)</script>"
 
@@ -67,8 +67,9 @@ def _find(node, predicate):
 def test_index_lists_studies_with_counts_and_encoded_links(server):
     page = _render(server, "/")["page"]["children"]
     links = list(_find(page, lambda n: n.get("props", {}).get("className") == "study-link"))
-    assert {l["props"]["children"] for l in links} == {"digits", XSS}
-    assert {l["props"]["href"] for l in links} == {"/study/digits", "/study/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"}
+    assert {link["props"]["children"] for link in links} == {"digits", XSS}
+    assert {link["props"]["href"] for link in links} == {"/study/digits",
+                                                         "/study/%3Cscript%3Ealert%281%29%3C%2Fscript%3E"}
     texts = _texts(page)
     # digits: 2 seeds x (5 BackProp + 20 ProxProp) = 50 trials, first one failed.
     assert "50" in texts and XSS in texts
@@ -129,7 +130,7 @@ def test_export_download_is_the_best_point_per_method(server):
 
 def test_unknown_study_page_says_so(server):
     page = _render(server, "/study/nope")["page"]["children"]
-    assert any("no study named 'nope'" in t for t in _texts(page))
+    assert any("no study 'nope' in the storage" in t for t in _texts(page))
 
 
 def test_remote_binding_needs_allow_remote(storage):

@@ -7,6 +7,7 @@ and a live study's page updates in place when a trial finishes (no reload).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,9 +20,9 @@ import optuna
 import pytest
 import requests
 
-from tests.support import study_fixtures as F
 from proxstudy.dashboards import app as A
 from proxstudy.dashboards import data as D
+from tests.support import study_fixtures as F
 
 websocket = pytest.importorskip("websocket")
 XSS = "<script>alert(1)</script>"
@@ -99,10 +100,8 @@ class Browser:
         return [e for e in self.events if e.get("method") == "Page.javascriptDialogOpening"]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.ws.close()
-        except Exception:
-            pass
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
@@ -171,7 +170,8 @@ def _check_new_figures(browser) -> None:
     assert browser.eval("document.querySelectorAll('#fig-sensitivity .errorbar').length") == 2
     assert browser.eval("document.querySelector('#fig-robustness .js-plotly-plot')._fullLayout.yaxis.type") == "log"
     assert browser.eval("document.querySelectorAll('#fig-robustness .scatterlayer .trace').length") >= 6
-    ticks = browser.eval("[...document.querySelectorAll('#fig-heatmap-1 .colorbar .cbaxis text')].map(t => t.textContent)")
+    ticks = browser.eval(
+        "[...document.querySelectorAll('#fig-heatmap-1 .colorbar .cbaxis text')].map(t => t.textContent)")
     assert "2.000" in ticks and "0.100" in ticks  # log10 values, labelled in the loss's own units
     assert browser.eval("document.querySelector('#fig-tunability .js-plotly-plot')._fullLayout.xaxis.type") == "log"
 
@@ -181,7 +181,8 @@ def test_script_named_study_stays_text_and_page_updates_live(site):
     browser.navigate(server.base + "/")
     browser.wait_for("document.querySelectorAll('#study-index a.study-link').length === 2")
     browser.eval("[...document.querySelectorAll('a.study-link')].find(a => a.textContent.includes('script')).click()")
-    title = browser.wait_for("document.querySelector('#study-title') && document.querySelector('#study-title').textContent")
+    title = browser.wait_for(
+        "document.querySelector('#study-title') && document.querySelector('#study-title').textContent")
     assert title == XSS
     time.sleep(0.5)
     assert browser.dialogs() == []

@@ -6,9 +6,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.support import study_fixtures as F
 from proxstudy.dashboards import data as D
 from proxstudy.study import records as R
+from proxstudy.study.reader import read_storage
+from tests.support import study_fixtures as F
 
 SPACE = F.SyntheticSpace(lrs=(0.01, 0.1), taus=(1.0,), cgs=(3,), seeds=(0,))
 
@@ -41,12 +42,12 @@ def test_running_trial_progress_is_picked_up_after_the_live_ttl(storage, monkeyp
     first = D.load_study_data(storage, "live")
     assert D.load_study_data(storage, "live") is first  # stale but nothing new: same snapshot
     writer = optuna.storages.get_storage(storage)
-    running = [t for t in writer.get_all_trials(writer.get_study_id_from_name("live"))
-               if t.state == TrialState.RUNNING][0]
+    running = next(t for t in writer.get_all_trials(writer.get_study_id_from_name("live"))
+               if t.state == TrialState.RUNNING)
     writer.set_trial_intermediate_value(running._trial_id, 2, 0.5)
     second = D.load_study_data(storage, "live")
     assert second is not first
-    assert [r.intermediate for r in second.records if r.status == R.STATUS_RUNNING][0][2] == 0.5
+    assert next(r.intermediate for r in second.records if r.status == R.STATUS_RUNNING)[2] == 0.5
 
 
 def test_study_list_and_missing_things(storage, tmp_path):
@@ -54,7 +55,7 @@ def test_study_list_and_missing_things(storage, tmp_path):
     with pytest.raises(D.StudyNotFound):
         D.load_study_data(storage, "nope")
     with pytest.raises(FileNotFoundError):
-        D.get_storage(f"sqlite:///{tmp_path / 'absent.db'}")
+        read_storage(f"sqlite:///{tmp_path / 'absent.db'}")
     assert not (tmp_path / "absent.db").exists()
 
 

@@ -83,17 +83,17 @@ def test_lr_curves_at_the_most_robust_setting_with_seed_bands(records):
     # bp: lr 0.01 -> seeds 0.4, 0.5 (median 0.45), lr 0.1 -> 0.15, lr 1 diverged -> capped at l0 = 2.
     assert list(lines["bp"].x) == [0.01, 0.1, 1.0]
     assert list(lines["bp"].y) == pytest.approx([0.45, 0.15, 2.0])
-    band_upper = [t for t in fig.data if t.name == "bp seed max"][0]
-    band_lower = [t for t in fig.data if t.name == "bp seed min"][0]
+    band_upper = next(t for t in fig.data if t.name == "bp seed max")
+    band_lower = next(t for t in fig.data if t.name == "bp seed min")
     assert band_upper.y[0] == pytest.approx(0.5) and band_lower.y[0] == pytest.approx(0.4)
-    div = [t for t in fig.data if t.name == "bp diverged"][0]
+    div = next(t for t in fig.data if t.name == "bp diverged")
     assert list(div.x) == [1.0] and div.marker.symbol == "x"
     # pp is drawn at its most robust setting, named in the legend.
     pp = r.methods["pp"].sensitivity_params
     assert lines["pp"].name == f"pp ({FG.params_label(pp)})"
     # Reference lines: before training (2.0) and the trained threshold.
-    before = [t for t in fig.data if t.name == "before training (no progress)"][0]
-    trained = [t for t in fig.data if t.name.startswith("trained: 90%")][0]
+    before = next(t for t in fig.data if t.name == "before training (no progress)")
+    trained = next(t for t in fig.data if t.name.startswith("trained: 90%"))
     assert list(before.y) == [2.0, 2.0] and list(before.x) == [0.01, 1.0]
     assert list(trained.y) == pytest.approx([r.progress_threshold] * 2) and trained.line.dash == "dash"
 
@@ -117,7 +117,7 @@ def test_table1_figure_shows_dash_for_diverged(records):
     t = fig.data[0]
     assert isinstance(t, go.Table)
     assert list(t.header.values) == ["method", "1", "0.1", "0.01"]
-    assert list(t.cells.values[0])[0] == "bp" and list(t.cells.values[1])[0] == "-"
+    assert next(iter(t.cells.values[0])) == "bp" and next(iter(t.cells.values[1])) == "-"
 
 
 def test_training_curves_vs_epoch_and_seconds(records):

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from tests.support import study_fixtures as F
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.report import write_report
+from tests.support import study_fixtures as F
 
 XSS = "<script>alert(1)</script>"
 BP = "bp</script><script>alert(2)</script>"  # a method name that tries to end a script

@@ -2,7 +2,7 @@
 
 The expected numbers are computed here straight from the raw Optuna trials (states, params,
 values, intermediate values), with plain loops and none of the product's functions; the
-document comes from what the summary command runs: ``records.load_records`` ->
+document comes from what the summary command runs: ``reader.load_records`` ->
 ``metrics.compute_robustness`` -> ``metrics.summary_document``.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from proxstudy.dashboards.metrics import compute_robustness, summary_document
-from proxstudy.study.records import load_records
+from proxstudy.study.reader import load_records
 from tests.support import study_fixtures as F
 
 # Half-decade lr steps, so some methods train over several neighbouring lrs.

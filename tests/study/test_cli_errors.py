@@ -36,7 +36,7 @@ def test_every_bad_space_fails_with_one_line_naming_file_and_field(tmp_path, cap
     db = tmp_path / "x.db"
     problems = []
     for path in BAD:
-        code, out, err = run_main(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
+        code, _out, err = run_main(["run", str(path), "--storage", f"sqlite:///{db}"], capsys)
         lines = err.strip().splitlines()
         expected = _expectation(path)
         ok = (code == 2 and len(lines) == 1 and lines[0].startswith("proxstudy: error: ")
@@ -93,7 +93,7 @@ def test_read_commands_on_missing_database_or_unknown_study(tmp_path, capsys):
                  ["export", "absent", "--storage", f"sqlite:///{db}"]):
         code, _, err = run_main(argv, capsys)
         assert code == 2 and "no study 'absent'" in err and "present" in err, err
-    code, out, _ = run_main(["export", "present", "--storage", f"sqlite:///{db}"], capsys)
+    code, _out, _ = run_main(["export", "present", "--storage", f"sqlite:///{db}"], capsys)
     assert code == 2  # not a proxstudy study: nothing to export
     code, _, err = run_main(["export", "present", "--storage", f"sqlite:///{db}", "--out",
                              str(tmp_path / "nodir" / "x.yaml")], capsys)

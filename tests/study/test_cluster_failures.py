@@ -1,10 +1,11 @@
 """A sweep survives a lost Ray node and a PostgreSQL outage: real Ray, real PostgreSQL, the CLI.
 
-What is real here: a two-node Ray cluster on this machine (two `ray start --block` processes,
-each in its own process group and temp dir, so one node can be killed like a crashed machine
-without touching any other Ray on the host), `proxstudy run --ray-address` as users run it,
-and the shared PostgreSQL server. The outage is a TCP proxy in front of PostgreSQL that drops
-every connection and refuses new ones for a few seconds: the shared server is never stopped.
+What is real here: a Ray cluster on this machine (a head that runs no trial and one-CPU worker
+nodes, each a `ray start --block` process in its own process group and temp dir, so one node can
+be killed like a crashed machine without touching any other Ray on the host), `proxstudy run
+--ray-address` as users run it, and the shared PostgreSQL server. The outage is a TCP proxy in
+front of PostgreSQL that drops every connection and refuses new ones for a few seconds: the
+shared server is never stopped.
 
 Contract checked (DESIGN.md "The proxstudy command", docs/CLUSTER.md):
 * node failure: the trials of the dead node are retried on the remaining node; at the end every
@@ -18,12 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -32,30 +30,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import cli
+from tests.support.cli import write_space
+from tests.support.data_files import md5, serve, usps_arrays, usps_bytes
 from tests.support.postgres import PG_URL, needs_pg
-from tests.support.processes import descendants, free_port
+from tests.support.processes import free_port
+from tests.support.ray_nodes import RayNode, ray_env, wait_for_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
-BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
 # PROXSTUDY_TEST_CLI: test another `proxstudy` executable than the one beside this Python.
-PROXSTUDY = os.environ.get("PROXSTUDY_TEST_CLI", str(BIN / "proxstudy"))
+PROXSTUDY = os.environ.get("PROXSTUDY_TEST_CLI", cli.PROXSTUDY)
 
-# ~1-2 s per trial on one core, 6 trials: long enough to interrupt mid-sweep, short for CI.
-SPACE_YAML = """\
-study: {study}
-dataset: {{name: synthetic, n_train: 1024, n_val: 128, input_shape: [1, 8, 8], num_classes: 3, seed: 0}}
-model: {{name: mlp, hidden: [64]}}
-training: {{epochs: {epochs}, batch_size: 32, seeds: [0, 1, 2]}}
-sampler: {{name: grid}}
-objective: train_loss
-methods:
-  backprop:
-    mode: gradient
-    lr: [0.01, 0.03]
-    optimizer: {{name: sgd, momentum: 0.9}}
-"""
+# 3 seeds x 2 lr = 6 trials; on SYNTHETIC ~1-2 s each on one core: long enough to interrupt
+# mid-sweep, short for CI.
+SYNTHETIC = {"name": "synthetic", "n_train": 1024, "n_val": 128, "input_shape": [1, 8, 8], "num_classes": 3,
+             "seed": 0}
+SPACE = {
+    "model": {"name": "mlp", "hidden": [64]},
+    "sampler": {"name": "grid"},
+    "objective": "train_loss",
+    "methods": {"backprop": {"mode": "gradient", "lr": [0.01, 0.03], "optimizer": {"name": "sgd", "momentum": 0.9}}},
+}
 
 # Ray notices a dead node after period x threshold; the defaults make that ~15-30 s.
 FAST_NODE_DEATH = {
@@ -66,115 +62,35 @@ FAST_NODE_DEATH = {
 }
 
 
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "PROXSTUDY_"))}
-    # RAY_AUTH_MODE explicit: otherwise a token left in ~/.ray by any local Ray switches the
-    # head to token auth while clients started without it cannot connect.
-    env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", **extra)
-    return env
-
-
-def _kill_tree(leader: int) -> None:
-    """SIGKILL a node: its process group and every descendant (Ray workers setsid)."""
-    pids = descendants(leader)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-class RayNode:
-    """One `ray start --block` node in its own session and temp dir; killable like a machine."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: socket path limit
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", f"--temp-dir={self.temp_dir}",
-             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-             *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            _kill_tree(self.proc.pid)
-            self.proc.wait(timeout=30)
-        else:
-            _kill_tree(self.proc.pid)  # stray children of a node that already exited
-        self._log.close()
-
-    def stop(self) -> None:
-        """Tear down: SIGKILL (a SIGTERM makes `ray start --block` drain for up to 30 s)."""
-        self.kill()
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-    def trial_worker_pids(self) -> set[int]:
-        """Ray worker processes of this node that currently run a Tune trial."""
-        out = set()
-        for pid in descendants(self.proc.pid):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "ImplicitFunc" in cmdline or "proxprop_trainable" in cmdline:
-                out.add(pid)
-        return out
-
-
-def _active_nodes(address: str) -> int:
-    result = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True,
-                            text=True, env=_env(), timeout=60)
-    if result.returncode != 0:
-        return 0
-    text = result.stdout.split("Pending:")[0]
-    return sum(1 for line in text.splitlines() if line.strip().startswith("1 node_"))
-
-
-def _wait_nodes(address: str, n: int, node: RayNode, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert node.alive(), f"ray node exited: {Path(node._log.name).read_text()[-2000:]}"
-        if _active_nodes(address) >= n:
-            return
-        time.sleep(1)
-    raise AssertionError(f"the Ray cluster at {address} did not reach {n} nodes in {timeout} s")
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """A head node with one CPU for trials, on free ports; torn down whatever happens."""
+    """A head node on free ports that runs no trial (no CPUs, as in the compose deployment), so
+    a test decides which node a trial runs on by which worker nodes it starts; torn down
+    whatever happens."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     node = RayNode(
-        ["--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0", "--include-dashboard=false"],
-        _env(**FAST_NODE_DEATH), tmp_path_factory.mktemp("ray") / "head.log",
+        ["--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0", "--include-dashboard=false"],
+        tmp_path_factory.mktemp("ray") / "head.log", ray_env(**FAST_NODE_DEATH),
     )
     try:
-        _wait_nodes(address, 1, node)
+        wait_for_nodes(address, 1, [node])
         yield address
     finally:
         node.stop()
 
 
 @pytest.fixture
-def worker_node(ray_head, tmp_path):
-    """A second node (one CPU) joining the head; the test may kill it."""
-    node = RayNode(
-        [f"--address={ray_head}", "--num-cpus=1", "--num-gpus=0"],
-        _env(), tmp_path / "worker.log",
-    )
-    try:
-        _wait_nodes(ray_head, 2, node)
-        yield node
-    finally:
-        node.stop()
+def start_worker_node(ray_head, start_ray_node):
+    """Starts a worker node of one CPU joining the head and waits until the cluster has
+    `nodes` live nodes (the head included)."""
+
+    def start(nodes: int) -> RayNode:
+        node = start_ray_node(f"--address={ray_head}", "--num-cpus=1", "--num-gpus=0")
+        wait_for_nodes(ray_head, nodes, [node])
+        return node
+
+    return start
 
 
 # ------------------------------------------------------------------------------------------
@@ -278,10 +194,10 @@ def study_name():
         optuna.delete_study(study_name=name, storage=PG_URL)
 
 
-def _write_space(tmp_path: Path, study: str, epochs: int) -> Path:
-    path = tmp_path / "space.yaml"
-    path.write_text(SPACE_YAML.format(study=study, epochs=epochs))
-    return path
+def _write_space(tmp_path: Path, study: str, epochs: int, dataset: dict = SYNTHETIC) -> Path:
+    doc = {"study": study, "dataset": dataset, "training": {"epochs": epochs, "batch_size": 32, "seeds": [0, 1, 2]},
+           **SPACE}
+    return write_space(tmp_path / "space.yaml", doc)
 
 
 def _expected_keys(space_path: Path) -> set[str]:
@@ -326,7 +242,7 @@ def _run_cli(space: Path, storage: str, ray_address: str, log: Path) -> subproce
     return subprocess.Popen(
         [PROXSTUDY, "run", str(space), "--storage", storage, "--ray-address", ray_address,
          "--max-concurrent", "2", "--cpus-per-trial", "1"],
-        stdout=subprocess.PIPE, stderr=open(log, "w"), env=_env(), cwd=log.parent,
+        stdout=subprocess.PIPE, stderr=open(log, "w"), env=ray_env(), cwd=log.parent,
         start_new_session=True,
     )
 
@@ -338,7 +254,7 @@ def _finish(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        raise AssertionError(f"proxstudy run did not finish in {timeout} s:\n{log.read_text()[-3000:]}")
+        raise AssertionError(f"proxstudy run did not finish in {timeout} s:\n{log.read_text()[-3000:]}") from None
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode, log.read_text()
@@ -373,48 +289,52 @@ def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen, log:
 
 
 @needs_pg
-def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, worker_node, tmp_path, cli_procs,
+def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, start_worker_node, tmp_path, cli_procs,
                                                                    study_name):
+    """Deterministic: the first trial runs on the only node with a CPU and hangs in its data
+    download (a loopback server that holds its answer) until that node has been killed."""
     from proxstudy.study import records as R
 
     study = study_name
-    epochs = 12
-    space = _write_space(tmp_path, study, epochs=epochs)
-    expected = _expected_keys(space)
-    log = tmp_path / "run.log"
-    proc = _run_cli(space, PG_URL, ray_head, log)
-    cli_procs.append(proc)
+    files = {"usps.bz2": usps_bytes(*usps_arrays(256, seed=1)), "usps.t.bz2": usps_bytes(*usps_arrays(32, seed=2))}
+    held, requested = threading.Event(), threading.Event()
+    held.set()
+    with serve(files, held=held, requested=requested) as base:
+        dataset = {"name": "usps", "root": str(tmp_path / "data"), "download": True, "url": base,
+                   "md5": {name: md5(payload) for name, payload in files.items()}, "val_size": 32}
+        space = _write_space(tmp_path, study, epochs=2, dataset=dataset)
+        expected = _expected_keys(space)
+        doomed = start_worker_node(nodes=2)
+        log = tmp_path / "run.log"
+        proc = _run_cli(space, PG_URL, ray_head, log)
+        cli_procs.append(proc)
 
-    # Kill the worker node while it runs a trial that is already recorded as RUNNING.
-    # Only a trial early in its run counts, so it cannot finish between the check and the kill.
-    victims: set[int] = set()  # Optuna trial numbers running on the worker node
+        def trial_hangs_on_the_doomed_node() -> bool:
+            return requested.is_set() and any(t.state.name == "RUNNING" for t in _trials(study))
 
-    def node_runs_a_recorded_trial() -> bool:
-        pids = worker_node.trial_worker_pids()
-        for trial in _trials(study):
-            worker = str(trial.user_attrs.get(R.ATTR_WORKER, ""))
-            early = max(trial.intermediate_values, default=0) <= epochs // 2
-            if trial.state.name == "RUNNING" and early and any(worker.endswith(f"pid {p}") for p in pids):
-                victims.add(trial.number)
-        return bool(victims)
+        _wait_for(trial_hangs_on_the_doomed_node, 120, "a trial on the worker node", proc, log)
+        victims = {t.number for t in _trials(study) if t.state.name == "RUNNING"}
+        doomed.kill()
+        held.clear()
+        start_worker_node(nodes=2)  # the node that remains
 
-    _wait_for(node_runs_a_recorded_trial, 120, "a trial on the worker node", proc, log)
-    worker_node.kill()
-
-    code, stderr = _finish(proc, log, timeout=150)
+        code, stderr = _finish(proc, log, timeout=150)
     assert code == 0, stderr[-3000:]
     _assert_each_point_once_finished(study, expected)
     # The trial that was running on the dead node was run again (same Optuna trial) and finished.
+    assert len(victims) == 1, victims
     for trial in _trials(study):
         if trial.number in victims:
-            assert int(trial.user_attrs.get(R.ATTR_ATTEMPTS, 1)) >= 2, trial.user_attrs
+            assert int(trial.user_attrs.get(R.ATTR_ATTEMPTS, 1)) >= 2, (trial.user_attrs, stderr[-3000:])
             assert trial.user_attrs.get(R.ATTR_STATUS) == R.STATUS_COMPLETED
     # A handled node loss is news for the user, not a crash: no traceback on the terminal.
     assert "Traceback" not in stderr, stderr[-4000:]
 
 
 @needs_pg
-def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, pg_proxy, tmp_path, cli_procs, study_name):
+def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, start_worker_node, pg_proxy, tmp_path, cli_procs,
+                                                          study_name):
+    start_worker_node(nodes=2)
     proxy, proxied_url = pg_proxy
     study = study_name
     space = _write_space(tmp_path, study, epochs=8)

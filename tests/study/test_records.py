@@ -10,6 +10,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from proxstudy.study import records as R
+from proxstudy.study.reader import load_records
 
 
 def test_point_key_is_stable_and_distinguishes_values():
@@ -69,7 +70,7 @@ def test_load_records_round_trip_through_sqlite(sqlite_url):
     _add(study, "bp", 0.1, 0, "completed", 0.5, [2.0, 1.0, 0.5])
     _add(study, "bp", 10.0, 0, "diverged", None, [2.0, float("nan")])
     _add(study, "cg3", 0.1, 1, "failed")
-    recs = R.load_records(sqlite_url, "s")
+    recs = load_records(sqlite_url, "s")
     assert [r.status for r in recs] == ["completed", "diverged", "failed"]
     first = recs[0]
     assert (first.method, first.seed, first.params, first.value) == ("bp", 0, {"lr": 0.1}, 0.5)
@@ -87,7 +88,7 @@ def test_aggregate_points_means_seeds_and_flags_divergence(sqlite_url):
     _add(study, "bp", 1.0, 0, "completed", 0.2)
     _add(study, "bp", 1.0, 1, "diverged")
     _add(study, "cg3", 0.1, 0, "failed")
-    summaries = R.aggregate_points(R.load_records(sqlite_url, "agg"))
+    summaries = R.aggregate_points(load_records(sqlite_url, "agg"))
     by_point = {(s.method, s.params["lr"]): s for s in summaries}
     low = by_point[("bp", 0.1)]
     assert low.mean == pytest.approx(2.0)
@@ -103,7 +104,7 @@ def test_running_trials_are_not_aggregated(sqlite_url):
     study = optuna.create_study(study_name="run", storage=sqlite_url)
     trial = study.ask()
     trial.suggest_categorical("method", ["bp", "cg3"])
-    rec = R.load_records(sqlite_url, "run")[0]
+    rec = load_records(sqlite_url, "run")[0]
     assert rec.status == R.STATUS_RUNNING and not rec.finished
     (summary,) = R.aggregate_points([rec])
     assert summary.n == 0 and summary.n_unfinished == 1

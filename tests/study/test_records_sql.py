@@ -7,6 +7,7 @@ surrogates) and every kind of distribution; then both read paths are compared fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -16,14 +17,14 @@ import uuid
 
 import optuna
 import pytest
-
-from tests.support.postgres import PG_URL, needs_pg
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from proxstudy.errors import StudyNotFound
 from proxstudy.study import records as R
 from proxstudy.study import records_sql as S
-
+from proxstudy.study.reader import load_records
+from tests.support.postgres import PG_URL, needs_pg
 
 DISTRIBUTIONS = {
     R.PARAM_METHOD: CategoricalDistribution(["backprop", "proxprop-cg"]),
@@ -91,7 +92,7 @@ def _comparable(value):
 
 def _assert_same_records(fast: list[R.TrialRecord], slow: list[R.TrialRecord]) -> None:
     assert [r.number for r in fast] == [r.number for r in slow]
-    for a, b in zip(fast, slow):
+    for a, b in zip(fast, slow, strict=True):
         for f in dataclasses.fields(R.TrialRecord):
             x, y = getattr(a, f.name), getattr(b, f.name)
             assert _comparable(x) == _comparable(y), (a.number, f.name, x, y)
@@ -104,12 +105,12 @@ def _assert_same_records(fast: list[R.TrialRecord], slow: list[R.TrialRecord]) -
 def _check_storage(url: str, name: str) -> None:
     fast = S.read_records(url, name)
     assert fast is not None, "the SQL path must apply to a storage written by this Optuna"
-    slow = R.load_records(url, name, fast=False)
+    slow = load_records(url, name, fast=False)
     assert len(fast) == 8 and {r.status for r in fast} == {
         R.STATUS_COMPLETED, R.STATUS_DIVERGED, R.STATUS_FAILED, R.STATUS_INTERRUPTED,
         R.STATUS_RUNNING, R.STATUS_WAITING}
     _assert_same_records(fast, slow)
-    _assert_same_records(R.load_records(url, name), slow)  # the default path is the SQL one
+    _assert_same_records(load_records(url, name), slow)  # the default path is the SQL one
     # Spot checks that would expose a shared mistake in the converter inputs.
     first = fast[0]
     assert first.params == {R.PARAM_LR: 0.012345678901234567, R.PARAM_TAU: 1.25, R.PARAM_CG: 5,
@@ -150,7 +151,7 @@ def test_datetimes_are_local_time_like_optunas(sqlite_url, monkeypatch):
     time.tzset()
     try:
         fast = S.read_records(sqlite_url, "s")
-        slow = R.load_records(sqlite_url, "s", fast=False)
+        slow = load_records(sqlite_url, "s", fast=False)
         assert [(r.datetime_start, r.datetime_complete) for r in fast] == [
             (r.datetime_start, r.datetime_complete) for r in slow]
         assert fast[0].datetime_start is not None and fast[-1].datetime_start is None  # WAITING
@@ -167,21 +168,19 @@ def test_sql_path_equals_optuna_api_on_postgresql():
         _check_storage(PG_URL, name)
     finally:
         for study in (name, name + "-other"):
-            try:
+            with contextlib.suppress(KeyError):
                 optuna.delete_study(study_name=study, storage=PG_URL)
-            except KeyError:
-                pass
         S.dispose()
 
 
 def test_unsupported_schema_falls_back_to_the_optuna_api(sqlite_url, monkeypatch, caplog):
-    slow = R.load_records(sqlite_url, "s", fast=False)
+    slow = load_records(sqlite_url, "s", fast=False)
     monkeypatch.setattr(S, "SUPPORTED_ALEMBIC_REVISIONS", frozenset({"v0.0.0.future"}))
     with caplog.at_level("INFO", logger=S.__name__):
         assert S.read_records(sqlite_url, "s") is None
     assert "schema revision" in caplog.text and sqlite_url not in caplog.text
     assert S.trial_state_counts(sqlite_url, "s") is None
-    _assert_same_records(R.load_records(sqlite_url, "s"), slow)  # correct through the fallback
+    _assert_same_records(load_records(sqlite_url, "s"), slow)  # correct through the fallback
 
 
 def test_schema_check_names_what_is_missing(tmp_path):
@@ -210,11 +209,11 @@ def test_what_the_sql_path_never_opens(tmp_path, sqlite_url):
     assert S.read_records("sqlite:///:memory:", "s") is None
     assert S.read_records("not a url", "s") is None
     assert S.read_records(sqlite_url, "no-such-study") is None
-    with pytest.raises(KeyError):
-        R.load_records(sqlite_url, "no-such-study")  # the Optuna path's error, as before
+    with pytest.raises(StudyNotFound, match="no study 'no-such-study' in the storage"):
+        load_records(sqlite_url, "no-such-study")  # through the Optuna path, as every reader
     memory = optuna.storages.InMemoryStorage()
     _fill(memory, "m")
-    records = R.load_records(memory, "m")  # storage objects take the Optuna API path
+    records = load_records(memory, "m")  # storage objects take the Optuna API path
     assert [r.status for r in records][:3] == [R.STATUS_COMPLETED] * 3
 
 
@@ -225,7 +224,7 @@ def test_rereading_reuses_only_unchanged_finished_trials(sqlite_url, monkeypatch
     first = S.read_records(sqlite_url, "s")
     first[0].train_loss.append(99.0)  # a caller changing its records changes nothing cached
     study = optuna.load_study(study_name="s", storage=sqlite_url)
-    running = [t for t in study.get_trials() if t.state == TrialState.RUNNING][0]
+    running = next(t for t in study.get_trials() if t.state == TrialState.RUNNING)
     study._storage.set_trial_intermediate_value(running._trial_id, 1, 0.75)
     assert [r.intermediate for r in S.read_records(sqlite_url, "s") if r.status == R.STATUS_RUNNING] == [
         {0: 1.5, 1: 0.75}]  # still RUNNING, same row in the trials table: re-read all the same
@@ -236,7 +235,7 @@ def test_rereading_reuses_only_unchanged_finished_trials(sqlite_url, monkeypatch
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=3.0, params={R.PARAM_SEED: 7},
                                  distributions={R.PARAM_SEED: DISTRIBUTIONS[R.PARAM_SEED]}))
     second = S.read_records(sqlite_url, "s")
-    _assert_same_records(second, R.load_records(sqlite_url, "s", fast=False))
+    _assert_same_records(second, load_records(sqlite_url, "s", fast=False))
     assert second[6].intermediate == {0: 1.5, 1: 0.75} and second[6].status == R.STATUS_COMPLETED
     assert len(second) == 9 and second[0].train_loss == [2.3, None]
 
@@ -248,7 +247,7 @@ def test_rereading_reuses_only_unchanged_finished_trials(sqlite_url, monkeypatch
                                      distributions={R.PARAM_SEED: DISTRIBUTIONS[R.PARAM_SEED]},
                                      user_attrs={R.ATTR_STATUS: R.STATUS_COMPLETED}))
     third = S.read_records(sqlite_url, "s")
-    _assert_same_records(third, R.load_records(sqlite_url, "s", fast=False))
+    _assert_same_records(third, load_records(sqlite_url, "s", fast=False))
     assert [r.seed for r in third] == [0, 1, 2]
 
 

@@ -7,6 +7,7 @@ so a loader that mis-counts or mis-spaces a grid fails.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 from pathlib import Path
@@ -177,7 +178,7 @@ def test_log_range_grid_is_log_spaced_with_exact_endpoints():
     doc = _base(bp={"mode": "gradient", "lr": {"low": 2e-4, "high": 3.0, "log": True, "points": 7}})
     values = load_values(doc, "bp", "lr")
     assert values[0] == 2e-4 and values[-1] == 3.0
-    ratios = [b / a for a, b in zip(values, values[1:])]
+    ratios = [b / a for a, b in itertools.pairwise(values)]
     expected = (3.0 / 2e-4) ** (1 / 6)
     assert all(math.isclose(r, expected, rel_tol=1e-10) for r in ratios)
 
@@ -260,7 +261,7 @@ def test_trial_config_overlays_swept_optimizer_fields():
     assert cg.optimizer == {"name": "sgd", "nesterov": True, "weight_decay": 1e-4}
     config = trial_config(space, "cg", {"lr": 1.0, "tau_prox": 0.2, "cg_iterations": 3,
                                         "optimizer.momentum": 0.95}, seed=1)
-    assert config == {
+    assert config.to_dict() == {
         "dataset": {"name": "digits", "val_fraction": 0.2},
         "model": {"name": "mlp", "hidden": [8]},
         "training": {"epochs": 1, "batch_size": 50, "divergence_factor": 10.0,
@@ -275,13 +276,13 @@ def test_trial_config_overlays_swept_optimizer_fields():
         "seed": 1,
         "device": "auto",
     }
-    assert validate_trial_config(config, "x") == config
+    assert validate_trial_config(config.to_dict(), "x") == config  # what validation would give
     bp = trial_config(space, "bp", {"lr": 0.1}, seed=0, device="cpu")
-    assert bp["tau_prox"] is None and bp["cg_iterations"] is None and bp["device"] == "cpu"
-    assert bp["optimizer"] == {"name": "adam", "betas": [0.8, 0.99]}
+    assert bp.tau_prox is None and bp.cg_iterations is None and bp.device == "cpu"
+    assert bp.optimizer == {"name": "adam", "betas": [0.8, 0.99]}
     assert set(space.methods["bp"].params) == {"lr"}  # betas is a pair, never swept
     # configs are copies: changing one does not change the space
-    bp["dataset"]["name"] = "changed"
+    bp.dataset["name"] = "changed"
     assert space.dataset["name"] == "digits"
     with pytest.raises(KeyError):
         trial_config(space, "cg", {"lr": 1.0}, seed=0)  # swept momentum has no value
@@ -293,8 +294,10 @@ def test_every_grid_point_gives_a_valid_trial_config():
     space = load_space(ROOT / "search_spaces" / "tiny-test.yaml")
     for point in grid_points(space):
         config = trial_config(space, point.method, point.params, point.seed)
-        assert config["method"] == point.method and config["seed"] == point.seed
-        assert config["lr"] == point.params["lr"]
+        assert config.method == point.method and config.seed == point.seed
+        assert config.lr == point.params["lr"]
+        # built without checking: exactly what validating it would give
+        assert validate_trial_config(config.to_dict(), "x") == config
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +356,8 @@ def test_sampled_space_draws_from_compatible_distributions():
         config = trial_config(space, method.name, params, seed)
         for name, value in params.items():
             assert recorded[name]._contains(recorded[name].to_internal_repr(value))
-        study.tell(trial, config["lr"])
+        assert validate_trial_config(config.to_dict(), "x") == config  # sampled points are valid too
+        study.tell(trial, config.lr)
     assert len(study.trials) == 20
 
 
@@ -395,7 +399,6 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def test_reference_cg_mode_reaches_the_layers_as_the_aliased_variant():
-    from proxstudy.workers.config import layer_mode
     from proxstudy.workers.models import build_model
 
     doc = {
@@ -409,8 +412,8 @@ def test_reference_cg_mode_reaches_the_layers_as_the_aliased_variant():
     space = parse_space(doc, "ref.yaml")
     (point,) = grid_points(space)
     config = trial_config(space, point.method, point.params, point.seed)
-    assert layer_mode(config) == "prox_cg3_ref"
-    model = build_model(config["model"], (64,), 10, layer_mode(config), config["tau_prox"])
+    assert config.layer_mode == "prox_cg3_ref"
+    model = build_model(config.model, (64,), 10, config.layer_mode, config.tau_prox)
     modes = {m.optimization_mode for m in model.modules() if hasattr(m, "optimization_mode")}
     assert modes == {"prox_cg3_ref"}
     with pytest.raises(ConfigError, match="cg_iterations"):

@@ -1,4 +1,4 @@
-"""The Python API (study.runner.run_sweep) on one local Ray shared by this module.
+"""The Python API (study.runner.run_sweep with SweepOptions) on one local Ray shared by this module.
 
 Covers the random and TPE samplers, resume of a finished study, a changed search space
 (refused, then --force-new), and failing trials recorded as failed while the sweep goes on.
@@ -13,8 +13,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from proxstudy.errors import SweepError
 from proxstudy.study import records as R
-from proxstudy.study.runner import SweepError, run_sweep
+from proxstudy.study.runner import SweepOptions, run_sweep
 from tests.support.cli import synthetic_space
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,7 +43,7 @@ def _trials(url: str, study: str):
 def test_random_sampler_runs_n_trials_per_method_and_seed_then_resume_and_changed_space(tmp_path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
     doc = synthetic_space("rand", sampler={"name": "random", "n_trials": 2, "seed": 3}, seeds=(0,))
-    summary = run_sweep(doc, storage=url, progress=False)
+    summary = run_sweep(doc, SweepOptions(storage=url, progress=False))
     assert (summary.created, summary.total, summary.completed, summary.ran, summary.left) == (True, 4, 4, 4, 0)
     trials = _trials(url, "rand")
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -50,16 +51,16 @@ def test_random_sampler_runs_n_trials_per_method_and_seed_then_resume_and_change
     assert all(0.01 <= t.params["lr"] <= 1.0 for t in trials)
     assert len({t.user_attrs[R.ATTR_POINT_KEY] for t in trials}) == 4
 
-    again = run_sweep(doc, storage=url, progress=False)
+    again = run_sweep(doc, SweepOptions(storage=url, progress=False))
     assert (again.created, again.ran, again.skipped, again.left) == (False, 0, 4, 0)
     assert len(_trials(url, "rand")) == 4
 
     changed = copy.deepcopy(doc)
     changed["training"]["epochs"] = 3
-    with pytest.raises(SweepError, match="different search space.*--force-new"):
-        run_sweep(changed, storage=url, progress=False)
+    with pytest.raises(SweepError, match=r"different search space.*--force-new"):
+        run_sweep(changed, SweepOptions(storage=url, progress=False))
     assert len(optuna.get_all_study_names(url)) == 1  # refused before writing anything
-    forced = run_sweep(changed, storage=url, progress=False, force_new=True)
+    forced = run_sweep(changed, SweepOptions(storage=url, progress=False, force_new=True))
     assert forced.study_name == "rand-2" and forced.created and forced.completed == 4
     assert optuna.load_study(study_name="rand-2", storage=url).user_attrs[R.STUDY_ATTR_SPACE]["training"]["epochs"] == 3
 
@@ -67,7 +68,7 @@ def test_random_sampler_runs_n_trials_per_method_and_seed_then_resume_and_change
 def test_tpe_sampler_records_every_point_for_every_seed(tmp_path):
     url = f"sqlite:///{tmp_path / 't.db'}"
     doc = synthetic_space("tpe", sampler={"name": "tpe", "n_trials": 2, "seed": 0})
-    summary = run_sweep(doc, storage=url, progress=False, max_concurrent=2)
+    summary = run_sweep(doc, SweepOptions(storage=url, progress=False, max_concurrent=2))
     assert (summary.total, summary.completed + summary.diverged, summary.left) == (8, 8, 0)
     by_point = {}
     for t in _trials(url, "tpe"):
@@ -81,7 +82,7 @@ def test_failing_trials_are_recorded_failed_and_the_sweep_goes_on(tmp_path):
     url = f"sqlite:///{tmp_path / 'f.db'}"
     doc = synthetic_space("fail", seeds=(0,))
     doc["methods"] = {"backprop": {"mode": "gradient", "lr": [0.1, 0.2, 0.3]}}
-    summary = run_sweep(doc, storage=url, progress=False, device="cuda")  # not there: every trial fails
+    summary = run_sweep(doc, SweepOptions(storage=url, progress=False, device="cuda"))  # not there: every trial fails
     assert (summary.failed, summary.completed, summary.left) == (3, 0, 0)
     trials = _trials(url, "fail")
     assert len(trials) == 3
@@ -89,4 +90,4 @@ def test_failing_trials_are_recorded_failed_and_the_sweep_goes_on(tmp_path):
         assert t.state == TrialState.FAIL and t.user_attrs[R.ATTR_STATUS] == "failed"
         assert "cuda" in t.user_attrs[R.ATTR_ERROR].lower()
     # failed points are finished: a rerun does not repeat them
-    assert run_sweep(doc, storage=url, progress=False, device="cuda").ran == 0
+    assert run_sweep(doc, SweepOptions(storage=url, progress=False, device="cuda")).ran == 0

@@ -8,6 +8,7 @@ space, `status`/`list` output, resume of a finished study, export -> `proxstudy 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from pathlib import Path
@@ -19,8 +20,8 @@ from optuna.trial import TrialState
 
 from proxstudy.study import records as R
 from proxstudy.study.space import load_space
-from tests.support.postgres import PG_URL, needs_pg
 from tests.support.cli import PROXSTUDY, cli_env
+from tests.support.postgres import PG_URL, needs_pg
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -148,7 +149,5 @@ def test_digits_sweep_on_postgresql_end_to_end(tmp_path):
     try:
         run_sweep_and_check(PG_URL, study, tmp_path, full=False)
     finally:
-        try:
+        with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=study, storage=PG_URL)
-        except KeyError:
-            pass

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.exc import OperationalError
 
+from proxstudy.errors import SweepError
 from proxstudy.study import records as R
-from proxstudy.study.runner import (
-    PointSearcherFinished,
-    Progress,
-    StaticPoints,
-    TpePoints,
-    close_interrupted,
-    expected_per_method,
-    random_points,
-)
+from proxstudy.study import storage_writer
+from proxstudy.study.opening import close_interrupted
+from proxstudy.study.points import StaticPoints, TpePoints, expected_per_method, random_points
+from proxstudy.study.progress import Progress
 from proxstudy.study.space import grid_points, parse_space
 from proxstudy.study.status import counts_from_records
 from proxstudy.study.storage import redact, resolve_storage_url
@@ -50,7 +48,7 @@ def test_static_points_hand_out_each_point_once_then_finish():
     points = grid_points(space)
     source = StaticPoints(points)
     got = []
-    while (p := source.next_point()) is not PointSearcherFinished:
+    while (p := source.next_point()) is not None:
         got.append(p.key)
     assert got == [p.key for p in points] and len(set(got)) == len(got) == 2 * (3 + 2 * 2)
 
@@ -65,7 +63,7 @@ def test_tpe_asks_one_point_per_free_slot_and_learns_from_seed_averages():
     source = TpePoints(space, records=[])
     assert source.planned == 2 * 3 * 2
     handed = []
-    while (p := source.next_point()) is not PointSearcherFinished:
+    while (p := source.next_point()) is not None:
         handed.append(p)
         source.point_finished(p, R.STATUS_COMPLETED, p.params["lr"])  # objective = lr
     assert len(handed) == 12 and len({p.key for p in handed}) == 12
@@ -89,7 +87,7 @@ def test_tpe_resume_tells_finished_points_and_finishes_partial_ones_first():
     assert told.state == TrialState.PRUNED and told.params == {"lr": 0.1}  # diverged ranks last
     assert source.planned == 1 + 2 * 2  # the missing seed + cg's two points x two seeds
     rest = []
-    while (p := source.next_point()) is not PointSearcherFinished:
+    while (p := source.next_point()) is not None:
         rest.append(p)
     assert {p.method for p in rest} == {"cg"} and len(rest) == 4
 
@@ -125,11 +123,7 @@ def test_close_interrupted_fails_running_trials_of_a_dead_driver_and_refuses_a_l
     assert frozen.user_attrs[R.ATTR_STATUS] == R.STATUS_INTERRUPTED
     assert R.record_from_frozen_trial(frozen).status == R.STATUS_INTERRUPTED
     live = study.ask()
-    import socket
-
     live.set_user_attr(R.ATTR_DRIVER, f"{socket.gethostname()}:{os.getppid()}")  # pytest's parent: alive
-    from proxstudy.study.runner import SweepError
-
     with pytest.raises(SweepError, match="is being run by process"):
         close_interrupted(storage, study._study_id)
     assert storage.get_trial(live._trial_id).state == TrialState.RUNNING
@@ -157,12 +151,8 @@ def test_progress_line_counts_and_eta():
 
 
 def test_storage_writer_retries_connection_errors_and_stops_on_other_errors(monkeypatch):
-    from sqlalchemy.exc import OperationalError
-
-    from proxstudy.study import runner
-
-    monkeypatch.setattr(runner, "STORAGE_RETRY_S", 5.0)
-    writer = runner._StorageWriter()
+    monkeypatch.setattr(storage_writer, "STORAGE_RETRY_S", 5.0)
+    writer = storage_writer.StorageWriter()
     calls = []
 
     def flaky():
@@ -182,9 +172,9 @@ def test_storage_writer_retries_connection_errors_and_stops_on_other_errors(monk
 
     writer.submit(bad)
     writer.submit(lambda: calls.append("skipped after a failure"))
-    with pytest.raises(runner.SweepError, match="writing to the storage failed: ValueError"):
+    with pytest.raises(SweepError, match="writing to the storage failed: ValueError"):
         writer.flush()
     assert "skipped after a failure" not in calls
-    with pytest.raises(runner.SweepError):  # stays failed: Tune is stopped by every callback
+    with pytest.raises(SweepError):  # stays failed: Tune is stopped by every callback
         writer.submit(lambda: None)
     writer.close()

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 
 from proxstudy.study import records as R
 from proxstudy.study.space import grid_points, load_space
-from tests.support.processes import descendants, kill_everything_of
 from tests.support.cli import PROXSTUDY, cli_env
+from tests.support.processes import descendants, kill_everything_of
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -56,8 +56,8 @@ def test_kill_9_mid_sweep_then_resume_records_every_point_once(tmp_path):
     ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths
     driver = subprocess.Popen(
         [PROXSTUDY, "run", str(space_file), "--storage", url, "--max-concurrent", "2"],
-        cwd=tmp_path, env=cli_env(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        start_new_session=True,
+        cwd=tmp_path, env=cli_env(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True,
     )
     tree: list[int] = []
     try:

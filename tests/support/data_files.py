@@ -15,6 +15,7 @@ import io
 import pickle
 import tarfile
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def usps_arrays(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def usps_bytes(values: np.ndarray, labels: np.ndarray) -> bytes:
     lines = []
-    for row, label in zip(values, labels):
+    for row, label in zip(values, labels, strict=True):
         items = " ".join(f"{i + 1}:{v:.6f}" for i, v in enumerate(row) if v != 0.0)
         lines.append(f"{int(label)} {items}\n")
     return bz2.compress("".join(lines).encode("ascii"))
@@ -90,17 +91,27 @@ def md5(data: bytes) -> str:
 
 @contextlib.contextmanager
 def serve(
-    files: Mapping[str, bytes], truncate: frozenset[str] = frozenset(), hits: dict[str, int] | None = None
+    files: Mapping[str, bytes],
+    truncate: frozenset[str] = frozenset(),
+    hits: dict[str, int] | None = None,
+    held: threading.Event | None = None,
+    requested: threading.Event | None = None,
 ) -> Iterator[str]:
     """Serve `files` (URL path -> bytes) on 127.0.0.1 at a free port; yields the base URL.
     Files named in `truncate` announce their full Content-Length but send only half, then
-    close the connection (a download cut off mid-way). `hits` counts requests per file."""
+    close the connection (a download cut off mid-way). `hits` counts requests per file.
+    `requested` is set at the first request; while `held` is set, requests wait (a download
+    that hangs) until it is cleared."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             name = self.path.lstrip("/")
             if hits is not None:
                 hits[name] = hits.get(name, 0) + 1
+            if requested is not None:
+                requested.set()
+            while held is not None and held.is_set():
+                time.sleep(0.05)
             if name not in files:
                 self.send_error(404)
                 return
@@ -115,7 +126,11 @@ def serve(
         def log_message(self, *args) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request, client_address) -> None:
+            pass  # a client that went away (a killed trial): nothing to report
+
+    server = Server(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -196,9 +196,8 @@ class RunningServer:
     """A Dash app served by werkzeug on a free 127.0.0.1 port in a daemon thread."""
 
     def __init__(self, dash_app) -> None:
-        import threading
-
         import logging
+        import threading
 
         from werkzeug.serving import make_server
 
@@ -214,7 +213,7 @@ class RunningServer:
         self._server.server_close()
         self._thread.join(timeout=10)
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> RunningServer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from proxstudy.workers.config import TrialConfig, validate_trial_config
+
 
 def trial_config(**changes) -> dict:
     config = {
@@ -19,3 +21,8 @@ def trial_config(**changes) -> dict:
     }
     config.update(changes)
     return config
+
+
+def valid_trial_config(**changes) -> TrialConfig:
+    """:func:`trial_config`, validated into the typed config the training loop takes."""
+    return validate_trial_config(trial_config(**changes), "<test>")

@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import yaml
 
 from proxstudy.workers.config import (
+    MODES,
     ConfigError,
-    layer_mode,
+    TrialConfig,
     load_train_file,
     validate_dataset_spec,
     validate_optimizer_spec,
     validate_trial_config,
 )
+from proxstudy.workers.datasets import CATALOG
 from tests.support.trial_configs import trial_config
 
 
-
-def test_valid_config_is_normalised():
-    out = validate_trial_config(trial_config(_point_key="abc"), "<config>")
-    assert out["device"] == "auto" and out["_point_key"] == "abc"
-    assert out["training"]["divergence_factor"] == 10.0 and out["dataset"]["val_fraction"] == 0.2
-    assert layer_mode(out) == "prox_cg3"
-    assert layer_mode(validate_trial_config(trial_config(mode="prox_exact"), "x")) == "prox_exact"
+def test_valid_config_is_normalised_into_a_typed_config():
+    out = validate_trial_config(trial_config(_point_key="abc"), "<config>")  # "_" keys: a sweep's
+    assert isinstance(out, TrialConfig) and out.device == "auto"
+    assert out.training["divergence_factor"] == 10.0 and out.dataset["val_fraction"] == 0.2
+    assert out.layer_mode == "prox_cg3"
+    assert validate_trial_config(trial_config(mode="prox_exact"), "x").layer_mode == "prox_exact"
     gradient = validate_trial_config(trial_config(mode="gradient", tau_prox=None, cg_iterations=None), "x")
-    assert layer_mode(gradient) == "gradient" and gradient["tau_prox"] is None
-    assert validate_trial_config(out, "<config>") == out  # idempotent
+    assert gradient.layer_mode == "gradient" and gradient.tau_prox is None
+    assert validate_trial_config(out.to_dict(), "<config>") == out  # idempotent
+    assert list(out.to_dict()) == [k for k in trial_config() if not k.startswith("_")] + ["device"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        out.lr = 2.0  # type: ignore[misc]  # frozen: what was validated stays valid
+
+
+def test_one_vocabulary_for_modes_and_data_sets():
+    from proxprop.modes import MODE_KINDS
+
+    assert MODES is MODE_KINDS  # the layers' own list, not a copy
+    for name, info in CATALOG.items():
+        spec = validate_dataset_spec({"name": name}, "s")
+        assert set(spec) - {"name"} <= set(info.options)  # the validator fills only catalog options
 
 
 @pytest.mark.parametrize(
@@ -51,7 +65,8 @@ def test_valid_config_is_normalised():
         ({"dataset": {"name": "mnist"}}, "dataset.name", "one of"),
         ({"dataset": {"name": "cifar10", "download": "yes"}}, "dataset.download", "true or false"),
         ({"dataset": {"name": "usps", "md5": "abc"}}, "dataset.md5", "mapping"),
-        ({"dataset": {"name": "synthetic", "input_shape": [20]}, "model": {"name": "convnet"}}, "model.name", "convnet"),
+        ({"dataset": {"name": "synthetic", "input_shape": [20]}, "model": {"name": "convnet"}}, "model.name",
+         "convnet"),
         ({"optimizer": {"name": "sgd", "momentun": 0.9}}, "optimizer.momentun", "unknown key"),
         ({"optimizer": {"name": "sgd", "nesterov": True}}, "optimizer.nesterov", "momentum"),
         ({"optimizer": {"name": "adam", "betas": [0.9]}}, "optimizer.betas", "pair"),
@@ -83,7 +98,8 @@ def _export(tmp_path, suffix=".yaml"):
         "direction": "minimize",
         "methods": {
             "backprop": {"params": {"lr": 0.05}, "objective": {"mean": 0.1, "std": 0.0, "n": 1}, "seeds": [0],
-                         "trial_config": trial_config(method="backprop", mode="gradient", lr=0.05, tau_prox=None, cg_iterations=None)},
+                         "trial_config": trial_config(method="backprop", mode="gradient", lr=0.05, tau_prox=None,
+                                                      cg_iterations=None)},
             "proxprop-cg": {"params": {"lr": 1.0}, "objective": {"mean": 0.1, "std": 0.0, "n": 1}, "seeds": [0],
                             "trial_config": trial_config()},
         },
@@ -95,14 +111,14 @@ def _export(tmp_path, suffix=".yaml"):
 
 def test_load_train_file_reads_exports_and_bare_configs(tmp_path):
     path = _export(tmp_path)
-    assert [c["method"] for c in load_train_file(path)] == ["backprop", "proxprop-cg"]
-    assert [c["method"] for c in load_train_file(_export(tmp_path, ".json"), "proxprop-cg")] == ["proxprop-cg"]
+    assert [c.method for c in load_train_file(path)] == ["backprop", "proxprop-cg"]
+    assert [c.method for c in load_train_file(_export(tmp_path, ".json"), "proxprop-cg")] == ["proxprop-cg"]
     with pytest.raises(ConfigError, match="backprop, proxprop-cg") as info:
         load_train_file(path, "adam")
     assert info.value.field == "methods"
     bare = tmp_path / "trial.yaml"
     bare.write_text(yaml.safe_dump(trial_config()))
-    assert load_train_file(bare)[0]["lr"] == 1.0
+    assert load_train_file(bare)[0].lr == 1.0
     with pytest.raises(ConfigError):
         load_train_file(bare, "backprop")
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from proxstudy.workers.config import validate_dataset_spec
+from proxstudy.workers.data import DataError, Dataset, check_available, clear_cache, load_dataset
 from tests.support.data_files import (
     cifar_archive_bytes,
     cifar_arrays,
@@ -17,7 +21,11 @@ from tests.support.data_files import (
     usps_bytes,
     write_cifar_batches,
 )
-from proxstudy.workers.data import DataError, check_available, clear_cache, load_dataset
+
+
+def _load(spec: dict, device: str | torch.device = "cpu") -> Dataset:
+    """The loaders take validated specs, as a trial config holds them."""
+    return load_dataset(validate_dataset_spec(spec, "<test>"), device)
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +42,7 @@ def test_digits_split_and_scaling():
     from sklearn.datasets import load_digits
 
     raw = load_digits()
-    data = load_dataset({"name": "digits"})
+    data = _load({"name": "digits"})
     n_val = round(len(raw.data) * 0.2)
     n_train = len(raw.data) - n_val
     assert data.input_shape == (1, 8, 8) and data.num_classes == 10
@@ -49,22 +57,22 @@ def test_digits_split_and_scaling():
 
 
 def test_digits_options_and_cache():
-    small = load_dataset({"name": "digits", "train_samples": 100, "val_fraction": 0.5})
+    small = _load({"name": "digits", "train_samples": 100, "val_fraction": 0.5})
     assert len(small.x_train) == 100 and len(small.x_val) == round(1797 * 0.5)
-    assert load_dataset({"name": "digits", "train_samples": 100, "val_fraction": 0.5}) is small
-    assert load_dataset({"name": "digits"}) is not small
+    assert _load({"name": "digits", "train_samples": 100, "val_fraction": 0.5}) is small
+    assert _load({"name": "digits"}) is not small
 
 
 def test_synthetic_is_deterministic_and_labels_in_range():
     spec = {"name": "synthetic", "n_train": 64, "n_val": 16, "input_shape": [3, 4, 4], "num_classes": 5, "seed": 3}
-    first = load_dataset(spec)
+    first = _load(spec)
     clear_cache()
-    second = load_dataset(spec)
+    second = _load(spec)
     assert first is not second
     assert torch.equal(first.x_train, second.x_train) and torch.equal(first.y_val, second.y_val)
     assert first.x_train.shape == (64, 3, 4, 4) and first.input_shape == (3, 4, 4)
     assert int(first.y_train.max()) < 5 and first.num_classes == 5
-    other = load_dataset({**spec, "seed": 4})
+    other = _load({**spec, "seed": 4})
     assert not torch.equal(first.x_train, other.x_train)
 
 
@@ -78,9 +86,9 @@ def _cifar_spec(root: Path, **extra) -> dict:
 def test_cifar10_reads_real_pickles(tmp_path):
     arrays = cifar_arrays(4, seed=1)
     write_cifar_batches(tmp_path / "cifar-10-batches-py", arrays)
-    data = load_dataset(_cifar_spec(tmp_path))
+    data = _load(_cifar_spec(tmp_path))
     train_data = np.concatenate([arrays[f"data_batch_{i}"][0] for i in range(1, 6)])
-    train_labels = sum((arrays[f"data_batch_{i}"][1] for i in range(1, 6)), [])
+    train_labels = functools.reduce(operator.iadd, (arrays[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     top = train_data[:14].max()  # 20 images, last 6 validate
     assert top < 255
     assert data.x_train.shape == (14, 3, 32, 32) and data.x_val.shape == (6, 3, 32, 32)
@@ -94,28 +102,28 @@ def test_cifar10_reads_real_pickles(tmp_path):
     # the .npz cache beside the files gives the same data on the next (uncached) load
     assert (tmp_path / "cifar-10-batches-py" / "proxstudy_cache.npz").is_file()
     clear_cache()
-    again = load_dataset(_cifar_spec(tmp_path))
+    again = _load(_cifar_spec(tmp_path))
     assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
-    subset = load_dataset(_cifar_spec(tmp_path, train_samples=5))
+    subset = _load(_cifar_spec(tmp_path, train_samples=5))
     assert len(subset.x_train) == 5 and torch.equal(subset.y_val, data.y_val)
 
 
 def test_cifar10_missing_files_message(tmp_path):
     with pytest.raises(DataError) as info:
-        load_dataset(_cifar_spec(tmp_path))
+        _load(_cifar_spec(tmp_path))
     message = str(info.value)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in message
     assert "download: true" in message
     with pytest.raises(DataError):
-        check_available(_cifar_spec(tmp_path))
-    check_available(_cifar_spec(tmp_path, download=True))  # would download: fine
+        check_available(validate_dataset_spec(_cifar_spec(tmp_path), "<test>"))
+    check_available(validate_dataset_spec(_cifar_spec(tmp_path, download=True), "<test>"))  # would download: fine
 
 
 def test_cifar10_corrupt_pickle_is_a_data_error(tmp_path):
     folder = write_cifar_batches(tmp_path / "cifar-10-batches-py", cifar_arrays(2))
     (folder / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3"):
-        load_dataset(_cifar_spec(tmp_path, val_size=2))
+        _load(_cifar_spec(tmp_path, val_size=2))
 
 
 def test_cifar10_download_verifies_and_extracts(tmp_path):
@@ -124,7 +132,7 @@ def test_cifar10_download_verifies_and_extracts(tmp_path):
     root = tmp_path / "data"
     with serve({"cifar-10-python.tar.gz": archive}) as base:
         spec = _cifar_spec(root, download=True, url=f"{base}/cifar-10-python.tar.gz", md5=md5(archive), val_size=5)
-        data = load_dataset(spec)
+        data = _load(spec)
     assert data.x_train.shape == (10, 3, 32, 32) and data.y_test.tolist() == arrays["test_batch"][1]
     # only the extracted folder remains: no archive, no temp files
     assert [p.name for p in root.iterdir()] == ["cifar-10-batches-py"]
@@ -139,7 +147,7 @@ def test_concurrent_loads_download_once(tmp_path):
     with serve({"cifar-10-python.tar.gz": archive}, hits=hits) as base:
         spec = _cifar_spec(tmp_path, download=True, url=f"{base}/cifar-10-python.tar.gz", md5=md5(archive), val_size=2)
         with ThreadPoolExecutor(3) as pool:
-            loaded = list(pool.map(lambda device: load_dataset(spec, device), ["cpu", "cpu:0", torch.device("cpu")]))
+            loaded = list(pool.map(lambda device: _load(spec, device), ["cpu", "cpu:0", torch.device("cpu")]))
     assert hits == {"cifar-10-python.tar.gz": 1}
     assert all(torch.equal(d.x_train, loaded[0].x_train) for d in loaded)
 
@@ -150,7 +158,7 @@ def test_cifar10_corrupt_download_leaves_nothing(tmp_path):
     with serve({"cifar-10-python.tar.gz": archive}) as base:
         spec = _cifar_spec(root, download=True, url=f"{base}/cifar-10-python.tar.gz", md5="0" * 32)
         with pytest.raises(DataError, match="md5"):
-            load_dataset(spec)
+            _load(spec)
     assert list(root.iterdir()) == []
 
 
@@ -160,8 +168,8 @@ def test_cifar10_truncated_download_leaves_nothing(tmp_path, monkeypatch):
     with serve({"cifar-10-python.tar.gz": archive}, truncate=frozenset({"cifar-10-python.tar.gz"})) as base:
         # the URL from the environment variable this time
         monkeypatch.setenv("PROXSTUDY_CIFAR10_URL", f"{base}/cifar-10-python.tar.gz")
-        with pytest.raises(DataError, match="truncated|failed"):
-            load_dataset(_cifar_spec(root, download=True, md5=md5(archive)))
+        with pytest.raises(DataError, match=r"truncated|failed"):
+            _load(_cifar_spec(root, download=True, md5=md5(archive)))
     assert list(root.iterdir()) == []
 
 
@@ -181,7 +189,7 @@ def test_usps_reads_libsvm_bz2(tmp_path):
     files = _usps_files()
     for name, (payload, _, _) in files.items():
         (tmp_path / name).write_bytes(payload)
-    data = load_dataset({"name": "usps", "root": str(tmp_path), "val_size": 2})
+    data = _load({"name": "usps", "root": str(tmp_path), "val_size": 2})
     _, values, labels = files["usps.bz2"]
     assert data.input_shape == (1, 16, 16) and data.num_classes == 10
     assert data.x_train.shape == (10, 1, 16, 16) and data.x_val.shape == (2, 1, 16, 16)
@@ -200,21 +208,20 @@ def test_usps_download_good_corrupt_truncated(tmp_path):
     bad = {**digests, "usps.t.bz2": "f" * 32}
 
     corrupt_root = tmp_path / "corrupt"
-    with serve(payloads) as base:
-        with pytest.raises(DataError, match="md5"):
-            load_dataset({"name": "usps", "root": str(corrupt_root), "download": True, "url": base, "md5": bad, "val_size": 2})
+    with serve(payloads) as base, pytest.raises(DataError, match="md5"):
+        _load({"name": "usps", "root": str(corrupt_root), "download": True, "url": base, "md5": bad, "val_size": 2})
     # the good first file is not kept either: nothing becomes visible unless all verify
     assert list(corrupt_root.iterdir()) == []
 
     cut_root = tmp_path / "cut"
-    with serve(payloads, truncate=frozenset({"usps.bz2"})) as base:
-        with pytest.raises(DataError):
-            load_dataset({"name": "usps", "root": str(cut_root), "download": True, "url": base, "md5": digests, "val_size": 2})
+    with serve(payloads, truncate=frozenset({"usps.bz2"})) as base, pytest.raises(DataError):
+        _load({"name": "usps", "root": str(cut_root), "download": True, "url": base, "md5": digests, "val_size": 2})
     assert list(cut_root.iterdir()) == []
 
     good_root = tmp_path / "good"
     with serve(payloads) as base:
-        data = load_dataset({"name": "usps", "root": str(good_root), "download": True, "url": base + "/", "md5": digests, "val_size": 2})
+        data = _load({"name": "usps", "root": str(good_root), "download": True, "url": base + "/", "md5": digests,
+                      "val_size": 2})
     assert len(data.x_train) == 10 and len(data.x_test) == 5
     assert (good_root / "usps.bz2").read_bytes() == payloads["usps.bz2"]
 
@@ -225,17 +232,17 @@ def test_usps_malformed_line_names_file_and_line(tmp_path):
     (tmp_path / "usps.bz2").write_bytes(bz2.compress(b"3 1:0.5 2:-0.25\nseven 1:0.1\n"))
     (tmp_path / "usps.t.bz2").write_bytes(bz2.compress(b"3 1:0.5\n"))
     with pytest.raises(DataError, match=r"usps\.bz2:2: "):
-        load_dataset({"name": "usps", "root": str(tmp_path), "val_size": 1})
+        _load({"name": "usps", "root": str(tmp_path), "val_size": 1})
 
 
 def test_usps_missing_files_message(tmp_path):
     with pytest.raises(DataError) as info:
-        load_dataset({"name": "usps", "root": str(tmp_path)})
+        _load({"name": "usps", "root": str(tmp_path)})
     assert str(tmp_path / "usps.bz2") in str(info.value) and "download: true" in str(info.value)
 
 
 def test_default_checksums_are_the_official_ones():
-    from proxstudy.workers.data import KNOWN_MD5
+    from proxstudy.workers.datasets import KNOWN_MD5
 
     assert KNOWN_MD5 == {
         "cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
