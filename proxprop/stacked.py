@@ -302,13 +302,13 @@ class _StackedLayer(nn.Module):
         return weight, bias, kind, iterations, taus
 
     def select_(self, index: Tensor) -> None:
-        """Keep only the members at ``index`` (in that order), in place: parameters keep their
-        identity, so optimizers holding them stay valid (their state is selected separately)."""
-        for tensor in (self.weight, self.bias, self.inv_tau):
-            if tensor is not None:
-                tensor.data = tensor.data[index].contiguous()
-                if isinstance(tensor, nn.Parameter):
-                    tensor.grad = None
+        """Keep only the members at ``index`` (in that order), in place.  The parameters are new
+        Parameter objects (autograd caches a leaf's shape, so resizing one in place would break
+        graphs built before): optimizers must be given them again."""
+        self.weight = nn.Parameter(self.weight.detach()[index].contiguous())
+        if self.bias is not None:
+            self.bias = nn.Parameter(self.bias.detach()[index].contiguous())
+        self.inv_tau = self.inv_tau[index]
 
     def extra_repr(self) -> str:
         return f"members={self.members}, kind={self.kind!r}, iterations={self.iterations}"

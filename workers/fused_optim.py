@@ -84,9 +84,10 @@ class _StackedOptimizer:
         for param in self.params:
             param.grad = None
 
-    def select_(self, index: Tensor) -> None:
-        """Keep only the members at ``index`` in every hyperparameter vector and state tensor
-        (the parameters themselves are selected by their module)."""
+    def select_(self, index: Tensor, params: Sequence[Tensor]) -> None:
+        """Keep only the members at ``index`` in every hyperparameter vector and state tensor;
+        ``params`` are the parameters after the same selection (in the same order)."""
+        self.params = list(params)
         index = index.to(self.device)
         self.hyper = {name: value[index] for name, value in self.hyper.items()}
         self.flags = {name: value[index] for name, value in self.flags.items()}

@@ -275,11 +275,12 @@ def test_directions_accumulate_and_members_can_be_dropped():
     once = stacked.weight.grad.clone()
     quadratic_loss(stacked(x), 0).backward()
     torch.testing.assert_close(stacked.weight.grad, 2 * once, rtol=1e-14, atol=0)
-    weight = stacked.weight
     stacked.select_(torch.tensor([2, 0]))
-    assert stacked.weight is weight and stacked.members == 2 and stacked.weight.grad is None
+    assert stacked.members == 2 and stacked.weight.grad is None and stacked.weight.requires_grad
     torch.testing.assert_close(stacked.inv_tau, torch.tensor([1 / TAUS[2], 1 / TAUS[0]], dtype=torch.float64))
     torch.testing.assert_close(stacked.weight[1], layers[0].weight, rtol=0, atol=0)
+    quadratic_loss(stacked(x[[2, 0]]), 0).backward()  # a graph built before the drop is no obstacle
+    assert stacked.weight.grad.shape == (2, 2, 4)
 
 
 def test_stacking_rejects_mixed_modes():

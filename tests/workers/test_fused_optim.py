@@ -42,9 +42,8 @@ def run_both(members, steps=40, drop_after=None, keep=None):
     for step in range(steps):
         if drop_after is not None and step == drop_after:
             index = torch.tensor(keep)
-            for p in stacked:
-                p.data = p.data[index].contiguous()
-            optimizer.select_(index)
+            stacked = [p.detach()[index].clone().requires_grad_(True) for p in stacked]
+            optimizer.select_(index, stacked)
             live = [live[i] for i in keep]
         grads = [torch.randn((len(live),) + shape, generator=gen, dtype=torch.float64) for shape in SHAPES]
         for p, g in zip(stacked, grads):
