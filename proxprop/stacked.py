@@ -51,32 +51,64 @@ _CHUNK_ELEMENTS = 8_000_000
 # linear
 
 
+def _linear_form(n: int, k: int, m: int, has_bias: bool, solve: StackedSolve) -> str:
+    """The cheapest way (per member, in flops) to solve for these shapes:
+    primal  p x p Gram A^T A:  2 n p^2 + 2 n p m (right-hand sides) + solve(p)
+    dual    n x n Gram A A^T:  2 n^2 k + solve(n) + 2 n m k (the direction g'^T a)
+    matrix-free CG (A and A^T as products with a):  2 n p m (right-hand sides) and 2 n p m per
+            product, two per iteration but one in the last (only |A p|^2 is needed there)."""
+    p = k + int(has_bias)
+    costs = {
+        "primal": 2.0 * n * p * p + 2.0 * n * p * m + solve_flops(p, m, solve),
+        "dual": 2.0 * n * n * k + solve_flops(n, m, solve) + 2.0 * n * m * k,
+    }
+    if solve.kind in ("prox_cg", "prox_cg_ref"):
+        costs["matrix_free"] = 2.0 * n * p * m * (2 * solve.iterations)
+    return min(costs, key=costs.get)
+
+
 def stacked_linear_direction(
     a: Tensor, g: Tensor, has_bias: bool, solve: StackedSolve, *, form: str | None = None
 ) -> tuple[Tensor, Tensor | None]:
     """Directions for weight (K, m, k) and bias (K, m) from inputs a (K, n, k), g (K, n, m).
 
-    A_k = [a_k, 1] (n x p).  Dual form (n x n Gram A A^T, result g' replacing g in the ordinary
-    gradient g'^T a) or primal form (p x p Gram A^T A, right-hand sides the ordinary gradient
-    rows), whichever costs fewer flops for these shapes; ``form`` ("primal" | "dual") forces one.
+    A_k = [a_k, 1] (n x p).  Three forms, the cheapest for these shapes unless ``form`` forces
+    one: dual (n x n Gram A A^T; the result g' replaces g in the ordinary gradient g'^T a),
+    primal (p x p Gram A^T A; right-hand sides the ordinary gradient rows A^T g), or, for CG,
+    matrix-free (each Gram product as A^T (A v), two products with a).
     """
     n, k = a.shape[1], a.shape[2]
     m = g.shape[2]
     g_rows = g.transpose(1, 2)  # (K, m, n)
     if solve.kind == "gradient":
         return torch.bmm(g_rows, a), (g.sum(dim=1) if has_bias else None)
-    p = k + int(has_bias)
-    dual_cost = 2.0 * n * n * k + solve_flops(n, m, solve)
-    primal_cost = 2.0 * n * k * k + solve_flops(p, m, solve)
-    if (form or ("dual" if dual_cost <= primal_cost else "primal")) == "dual":
+    form = form or _linear_form(n, k, m, has_bias, solve)
+    if form == "matrix_free" and solve.kind not in ("prox_cg", "prox_cg_ref"):
+        raise ValueError(f"the matrix-free form runs CG only, not {solve.kind}")
+    if form == "dual":
         gram = torch.bmm(a, a.transpose(1, 2))
         if has_bias:
             gram = gram + 1.0
         g_dual = stacked_gram_solve(gram, g_rows, solve, dual=True)  # (K, m, n)
         return torch.bmm(g_dual, a), (g_dual.sum(dim=2) if has_bias else None)
-    a_aug = torch.cat([a, a.new_ones(a.shape[0], n, 1)], dim=2) if has_bias else a
-    gram = torch.bmm(a_aug.transpose(1, 2), a_aug)  # (K, p, p)
-    direction = stacked_gram_solve(gram, torch.bmm(g_rows, a_aug), solve, dual=False)
+    a_aug = torch.cat([a, a.new_ones(a.shape[0], n, 1)], dim=2) if has_bias else a  # (K, n, p)
+    rhs = torch.bmm(g_rows, a_aug)  # (K, m, p): the ordinary gradient rows A^T g
+    if form == "primal":
+        gram = torch.bmm(a_aug.transpose(1, 2), a_aug)  # (K, p, p)
+        direction = stacked_gram_solve(gram, rhs, solve, dual=False)
+    else:
+        a_rows = a_aug.transpose(1, 2)
+
+        def apply_gram(v: Tensor) -> Tensor:  # rows v (K, r, p) -> rows of A^T A v
+            return torch.bmm(torch.bmm(v, a_rows), a_aug)
+
+        def last_curvature(v: Tensor) -> Tensor:  # per row |A v|^2
+            return torch.bmm(v, a_rows).square().sum(dim=2)
+
+        direction = stacked_cg(
+            apply_gram, rhs, solve.inv_tau, solve.iterations, dual=False,
+            reference=solve.kind == "prox_cg_ref", last_curvature=last_curvature,
+        )
     if has_bias:
         return direction[:, :, :k], direction[:, :, k]
     return direction, None

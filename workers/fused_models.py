@@ -77,7 +77,11 @@ class StackedNet(nn.Module):
 
     @property
     def members(self) -> int:
-        return next(self.parameters()).shape[0]
+        return self._stacked[0].members
+
+    @property
+    def _stacked(self) -> list[nn.Module]:
+        return [layer for layer in self.layers if isinstance(layer, (StackedLinear, StackedConv2d))]
 
     def forward(self, x: Tensor, shared: bool = False) -> Tensor:
         """x: (K, n, *input_shape), or with shared=True (n, *input_shape) for every member."""
@@ -99,12 +103,24 @@ class StackedNet(nn.Module):
             x = x.reshape(x.shape[:2] + self.output_shape)
         return x
 
+    @torch.no_grad()
+    def widest_activation(self, sample: Tensor) -> int:
+        """The largest number of elements one sample's activation has after any layer, for all
+        members together (sizes evaluation chunks); ``sample`` is one input (1, *input_shape)."""
+        sizes: list[int] = []
+        hooks = [layer.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for layer in self.layers]
+        try:
+            self(sample, shared=True)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return max(sizes)
+
     def select_(self, index: Tensor) -> None:
         """Keep only the members at ``index``, in place; the parameters are new objects (give
         them to the optimizer again)."""
-        for layer in self.layers:
-            if isinstance(layer, (StackedLinear, StackedConv2d)):
-                layer.select_(index)
+        for layer in self._stacked:
+            layer.select_(index)
 
 
 def _sequential_of(model: nn.Module) -> tuple[nn.Sequential, tuple[int, ...] | None]:

@@ -37,10 +37,15 @@ def _torch_default(optimizer: type, field: str):
 
 
 class _StackedOptimizer:
-    """Parameters, per-member float64 hyperparameter vectors and per-parameter state."""
+    """Parameters, per-member hyperparameters and per-parameter state.
 
-    #: the spec fields that are per-member vectors, with torch.optim's class for their defaults
-    torch_class: type = torch.optim.Optimizer
+    hyper: float64 (K,) vectors (lr and the numeric fields); flags: bool (K,) vectors.  Before
+    each use they are cast to the parameters' dtype and shaped (K, 1, ..., 1) per parameter
+    once (``_views``, refreshed when members are dropped), and host-side summaries say which
+    fields any / every member uses, so uniform groups skip the per-member selections.
+    """
+
+    torch_class: type = torch.optim.Optimizer  # where the fields' defaults come from
 
     def __init__(self, params: Sequence[Tensor], specs: Sequence[Mapping], lrs: Sequence[float]) -> None:
         self.params = list(params)
@@ -50,8 +55,8 @@ class _StackedOptimizer:
         if len(specs) != members or len(lrs) != members:
             raise ValueError(f"need one optimizer spec and lr per member ({members})")
         self.device = self.params[0].device
-        self.hyper: dict[str, Tensor] = {"lr": self._vector([float(lr) for lr in lrs])}  # float64 (K,)
-        self.flags: dict[str, Tensor] = {}  # bool (K,)
+        self.hyper: dict[str, Tensor] = {"lr": self._vector([float(lr) for lr in lrs])}
+        self.flags: dict[str, Tensor] = {}
         self.state: list[dict[str, Tensor]] = [{} for _ in self.params]
         self.steps = 0
 
@@ -62,23 +67,27 @@ class _StackedOptimizer:
         default = _torch_default(self.torch_class, field)
         return [spec.get(field, default) for spec in specs]
 
-    def _flag(self, specs: Sequence[Mapping], field: str) -> Tensor:
-        return torch.tensor([bool(v) for v in self._field(specs, field)], device=self.device)
+    def _set_fields(self, specs: Sequence[Mapping], numbers: Sequence[str], flags: Sequence[str]) -> None:
+        for field in numbers:
+            self.hyper[field] = self._vector([float(v) for v in self._field(specs, field)])
+        for field in flags:
+            self.flags[field] = torch.tensor([bool(v) for v in self._field(specs, field)], device=self.device)
+        self._refresh()
 
-    @staticmethod
-    def _per_member(vector: Tensor, param: Tensor) -> Tensor:
-        """(K,) -> (K, 1, ..., 1), numbers in the parameter's dtype (flags stay bool)."""
-        if vector.dtype != torch.bool:
-            vector = vector.to(param.dtype)
-        return vector.reshape((-1,) + (1,) * (param.dim() - 1))
+    def _derived(self) -> dict[str, Tensor]:
+        """Per-member float64 quantities the update uses besides the fields themselves."""
+        return {}
 
-    def _any(self, name: str) -> bool:
-        """Whether any member uses a field (host-side, refreshed when members change)."""
-        return self._used[name]
-
-    def _refresh_usage(self) -> None:
-        values = {**self.hyper, **self.flags}
-        self._used = {name: bool((value != 0).any()) for name, value in values.items()}
+    def _refresh(self) -> None:
+        vectors = {**self.hyper, **self._derived()}
+        self.any = {name: bool((v != 0).any()) for name, v in {**vectors, **self.flags}.items()}
+        self.all = {name: bool((v != 0).all()) for name, v in {**vectors, **self.flags}.items()}
+        self._views = []
+        for param in self.params:
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            views = {name: v.to(param.dtype).reshape(shape) for name, v in vectors.items()}
+            views.update({name: v.reshape(shape) for name, v in self.flags.items()})
+            self._views.append(views)
 
     def zero_grad(self) -> None:
         for param in self.params:
@@ -94,15 +103,17 @@ class _StackedOptimizer:
         for state in self.state:
             for name, value in state.items():
                 state[name] = value[index].contiguous()
-        self._refresh_usage()
+        self._refresh()
 
-    def _signed_decayed_grad(self, param: Tensor) -> Tensor:
+    def _signed_decayed_grad(self, param: Tensor, views: dict[str, Tensor]) -> Tensor:
         """g, negated where maximize, plus wd * theta where weight decay is set."""
         grad = param.grad
-        if self._any("maximize"):
-            grad = torch.where(self._per_member(self.flags["maximize"], param), -grad, grad)
-        if self._any("weight_decay"):
-            grad = grad + self._per_member(self.hyper["weight_decay"], param) * param
+        if self.all["maximize"]:
+            grad = -grad
+        elif self.any["maximize"]:
+            grad = torch.where(views["maximize"], -grad, grad)
+        if self.any["weight_decay"]:
+            grad = torch.addcmul(grad, views["weight_decay"], param)
         return grad
 
 
@@ -111,30 +122,35 @@ class StackedSGD(_StackedOptimizer):
 
     def __init__(self, params: Sequence[Tensor], specs: Sequence[Mapping], lrs: Sequence[float]) -> None:
         super().__init__(params, specs, lrs)
-        for field in ("momentum", "dampening", "weight_decay"):
-            self.hyper[field] = self._vector([float(v) for v in self._field(specs, field)])
-        for field in ("nesterov", "maximize"):
-            self.flags[field] = self._flag(specs, field)
-        self._refresh_usage()
+        self._set_fields(specs, ("momentum", "dampening", "weight_decay"), ("nesterov", "maximize"))
+
+    def _derived(self) -> dict[str, Tensor]:
+        return {"neg_lr": -self.hyper["lr"], "undamped": 1.0 - self.hyper["dampening"]}
 
     @torch.no_grad()
     def step(self) -> None:
-        hyper = self.hyper
-        for param, state in zip(self.params, self.state):
+        for param, state, views in zip(self.params, self.state, self._views):
             if param.grad is None:
                 continue
-            grad = self._signed_decayed_grad(param)
-            if self._any("momentum"):
-                momentum = self._per_member(hyper["momentum"], param)
+            grad = self._signed_decayed_grad(param, views)
+            if self.any["momentum"]:
+                momentum = views["momentum"]
                 if "momentum_buffer" not in state:
                     buf = state["momentum_buffer"] = grad.detach().clone()
                 else:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(momentum).add_(grad * self._per_member(1.0 - hyper["dampening"], param))
-                nesterov = grad + momentum * buf
-                direction = torch.where(self._per_member(self.flags["nesterov"], param), nesterov, buf)
-                grad = torch.where(momentum != 0, direction, grad)
-            param.sub_(self._per_member(hyper["lr"], param) * grad)
+                    buf = state["momentum_buffer"].mul_(momentum)
+                    if self.any["dampening"]:
+                        buf.addcmul_(grad, views["undamped"])
+                    else:
+                        buf.add_(grad)
+                if self.all["nesterov"]:
+                    direction = torch.addcmul(grad, momentum, buf)
+                elif self.any["nesterov"]:
+                    direction = torch.where(views["nesterov"], torch.addcmul(grad, momentum, buf), buf)
+                else:
+                    direction = buf
+                grad = direction if self.all["momentum"] else torch.where(momentum != 0, direction, grad)
+            param.addcmul_(grad, views["neg_lr"])
         self.steps += 1
 
 
@@ -146,42 +162,39 @@ class StackedAdam(_StackedOptimizer):
         betas = [tuple(v) for v in self._field(specs, "betas")]
         self.hyper["beta1"] = self._vector([float(b[0]) for b in betas])
         self.hyper["beta2"] = self._vector([float(b[1]) for b in betas])
-        for field in ("eps", "weight_decay"):
-            self.hyper[field] = self._vector([float(v) for v in self._field(specs, field)])
-        for field in ("amsgrad", "maximize"):
-            self.flags[field] = self._flag(specs, field)
-        self._refresh_usage()
+        self._set_fields(specs, ("eps", "weight_decay"), ("amsgrad", "maximize"))
+
+    def _derived(self) -> dict[str, Tensor]:
+        return {"one_minus_beta1": 1.0 - self.hyper["beta1"], "one_minus_beta2": 1.0 - self.hyper["beta2"]}
 
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        hyper = self.hyper
         t = float(self.steps)
-        step_size = hyper["lr"] / (1.0 - hyper["beta1"] ** t)  # float64, like torch's python floats
-        bias_correction2_sqrt = (1.0 - hyper["beta2"] ** t).sqrt()
-        for param, state in zip(self.params, self.state):
+        # float64 per member, like torch's python-float scalars
+        neg_step_size = -self.hyper["lr"] / (1.0 - self.hyper["beta1"] ** t)
+        bias_correction2_sqrt = (1.0 - self.hyper["beta2"] ** t).sqrt()
+        for param, state, views in zip(self.params, self.state, self._views):
             if param.grad is None:
                 continue
-            grad = self._signed_decayed_grad(param)
+            grad = self._signed_decayed_grad(param, views)
             if not state:
                 state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                if self._any("amsgrad"):
+                if self.any["amsgrad"]:
                     state["max_exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-            exp_avg.lerp_(grad, self._per_member(1.0 - hyper["beta1"], param))
-            exp_avg_sq.mul_(self._per_member(hyper["beta2"], param)).add_(
-                grad * grad * self._per_member(1.0 - hyper["beta2"], param)
-            )
+            exp_avg.lerp_(grad, views["one_minus_beta1"])
+            exp_avg_sq.mul_(views["beta2"]).addcmul_(grad * grad, views["one_minus_beta2"])
             second = exp_avg_sq
-            if self._any("amsgrad"):
+            if self.any["amsgrad"]:
                 torch.maximum(state["max_exp_avg_sq"], exp_avg_sq, out=state["max_exp_avg_sq"])
-                amsgrad = self._per_member(self.flags["amsgrad"], param)
-                second = torch.where(amsgrad, state["max_exp_avg_sq"], exp_avg_sq)
-            denom = second.sqrt() / self._per_member(bias_correction2_sqrt, param) + self._per_member(
-                hyper["eps"], param
-            )
-            param.sub_(self._per_member(step_size, param) * exp_avg / denom)
+                second = state["max_exp_avg_sq"] if self.all["amsgrad"] else torch.where(
+                    views["amsgrad"], state["max_exp_avg_sq"], exp_avg_sq
+                )
+            shape = views["lr"].shape
+            denom = (second.sqrt() / bias_correction2_sqrt.to(param.dtype).reshape(shape)).add_(views["eps"])
+            param.addcdiv_(exp_avg * neg_step_size.to(param.dtype).reshape(shape), denom)
 
 
 def build_stacked_optimizer(

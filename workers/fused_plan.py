@@ -44,6 +44,7 @@ __all__ = [
     "default_fuse_size",
     "fusion_key",
     "member_cost",
+    "plan_groups",
 ]
 
 #: Fields every member of a fused trial shares (a trial config's top-level keys).
@@ -51,7 +52,7 @@ SHARED_FIELDS = ("dataset", "model", "mode", "cg_iterations", "device")
 #: Training fields every member shares (divergence_factor may differ).
 SHARED_TRAINING_FIELDS = ("epochs", "batch_size", "eval_batch_size", "drop_last")
 #: Flops of one fused step beyond which a larger K buys nothing (see the module doc).
-TARGET_FLOPS = {"cpu": 1.0e9, "cuda": 5.0e11}
+TARGET_FLOPS = {"cpu": 2.0e8, "cuda": 5.0e11}
 #: Fractions of the free device memory / available RAM a fused trial may plan for.
 MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.8}
 
@@ -168,3 +169,25 @@ def default_fuse_size(
     target = TARGET_FLOPS["cuda" if device.type == "cuda" else "cpu"]
     k_compute = math.ceil(target / max(cost.flops_per_step, 1.0))
     return max(1, min(k_memory, k_compute, max_size))
+
+
+def plan_groups(
+    configs: Sequence[Mapping], fuse: int | None = None, device: str | torch.device = "cpu", *, max_size: int = 32
+) -> list[list[int]]:
+    """Indices of validated trial configs grouped into fused trials: by fusion key (keys in
+    order of first appearance, members in their order), each key's n members cut into
+    ceil(n / K) groups of as equal sizes as possible, K = ``fuse`` or default_fuse_size."""
+    by_key: dict[str, list[int]] = {}
+    for index, config in enumerate(configs):
+        by_key.setdefault(fusion_key(config), []).append(index)
+    groups = []
+    for members in by_key.values():
+        size = fuse or default_fuse_size(configs[members[0]], device, max_size=max_size)
+        count = -(-len(members) // max(1, size))
+        base, extra = divmod(len(members), count)
+        start = 0
+        for position in range(count):
+            stop = start + base + (1 if position < extra else 0)
+            groups.append(members[start:stop])
+            start = stop
+    return groups

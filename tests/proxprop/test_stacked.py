@@ -113,8 +113,11 @@ def assert_close(actual: torch.Tensor, expected: np.ndarray, rtol: float = 1e-9)
 # ----------------------------------------------------------------------------- solvers
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("form", ["primal", "dual"])
+LINEAR_FORMS = [(mode, form) for mode in MODES for form in ("primal", "dual", "matrix_free")
+                if form != "matrix_free" or mode.startswith("prox_cg")]
+
+
+@pytest.mark.parametrize(("mode", "form"), LINEAR_FORMS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n", [4, 9])
 def test_linear_direction_matches_reference(mode, form, bias, n):

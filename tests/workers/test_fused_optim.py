@@ -17,6 +17,10 @@ SGD_MEMBERS = [
     ({"name": "sgd", "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}, 0.05),
     ({"name": "sgd", "momentum": 0.5, "nesterov": True, "weight_decay": 0.1, "maximize": True}, 0.2),
 ]
+#: every member with the same switches (the fast paths for uniform groups)
+SGD_UNIFORM = [({"name": "sgd", "momentum": m, "nesterov": True, "maximize": True}, lr)
+               for m, lr in ((0.95, 0.1), (0.5, 1.0), (0.9, 0.01))]
+ADAM_UNIFORM = [({"name": "adam", "amsgrad": True, "maximize": True, "betas": [b, 0.99]}, 1e-2) for b in (0.9, 0.5)]
 ADAM_MEMBERS = [
     ({"name": "adam"}, 1e-3),
     ({"name": "adam", "betas": [0.8, 0.99], "eps": 1e-6, "weight_decay": 0.05}, 1e-2),
@@ -64,7 +68,10 @@ def assert_members_equal(stacked, singles, rtol=1e-12):
             assert err < rtol, f"member {row}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("members", [SGD_MEMBERS, ADAM_MEMBERS], ids=["sgd", "adam"])
+@pytest.mark.parametrize(
+    "members", [SGD_MEMBERS, ADAM_MEMBERS, SGD_UNIFORM, ADAM_UNIFORM],
+    ids=["sgd", "adam", "sgd-uniform", "adam-uniform"],
+)
 def test_each_member_follows_torch_optim(members):
     stacked, singles = run_both(members)
     assert_members_equal(stacked, singles)

@@ -227,3 +227,14 @@ def test_float32_runs_close_to_unfused():
         assert outcome.status == reference.status == "completed"
         for mine, theirs in zip(outcome.history, reference.history):
             assert math.isclose(mine["train_loss"], theirs["train_loss"], rel_tol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("model", ["mlp", "convnet"])
+def test_members_equal_their_unfused_trials_on_cuda(float64, model):
+    configs = [{**config, "device": "cuda"} for config in member_configs(model, "prox_cg", "sgd-nesterov")]
+    fused = run_fused_trials(configs)
+    for config, outcome in zip(configs, fused):
+        assert outcome.device.startswith("cuda")
+        assert_same_history(outcome, run_trial(config))
