@@ -140,9 +140,11 @@ def stacked_cg(
         return per_row.sum(dim=1, keepdim=True).expand_as(per_row) if joint else per_row
 
     x = torch.zeros_like(rhs, memory_format=torch.contiguous_format)
-    r = rhs
+    # r, W r, p, W p are updated in place (own copies; in the primal form W r is r, W p is p)
+    r = rhs.clone(memory_format=torch.contiguous_format) if iterations > 1 else rhs
     wr = apply_gram(r) if dual else r
-    p, wp = r, wr
+    p = r.clone() if iterations > 1 else r
+    wp = (wr.clone() if iterations > 1 else wr) if dual else p
     rr = dot(r, wr)
     threshold = (tol * tol) * rr.mean(dim=1, keepdim=True)  # (K, 1)
     active = torch.ones_like(threshold)
@@ -150,7 +152,7 @@ def stacked_cg(
     for k in range(iterations):
         last = k == iterations - 1
         if dual:
-            m_p = wp + inv_tau_full * p
+            m_p = torch.addcmul(wp, inv_tau_full, p)
             curvature = dot(wp, m_p)
         elif last and last_curvature is not None:
             m_p = None
@@ -158,29 +160,33 @@ def stacked_cg(
             if joint:
                 curvature = curvature.sum(dim=1, keepdim=True).expand_as(curvature)
         else:
-            m_p = apply_gram(p) + inv_tau_full * p
+            m_p = apply_gram(p).addcmul_(inv_tau_full, p)
             curvature = dot(p, m_p)
         alpha = rr / (curvature + eps) if reference else _safe_div(rr, curvature)
-        alpha = alpha * active
-        x.addcmul_(alpha[:, :, None], p)
+        alpha = (alpha * active)[:, :, None]
+        x.addcmul_(alpha, p)
         if last:
             break
-        w_m_p = apply_gram(wp) + inv_tau_full * wp if dual else m_p
-        r = torch.addcmul(r, alpha[:, :, None], m_p, value=-1.0)
-        wr = torch.addcmul(wr, alpha[:, :, None], w_m_p, value=-1.0) if dual else r
+        r.addcmul_(alpha, m_p, value=-1.0)
+        if dual:
+            wr.addcmul_(alpha, apply_gram(wp).addcmul_(inv_tau_full, wp), value=-1.0)
         rr_new = dot(r, wr)
         active = active * (rr_new.amax(dim=1, keepdim=True) >= threshold).to(rhs.dtype)
         if host_checks and not bool(active.any()):
             break
         if reference:
             beta = (rr_new / (rr + eps))[:, :, None]
-            # the reference's p is the very tensor r during the first iteration
-            p = torch.addcmul(r, beta, r if k == 0 else p)
-            wp = torch.addcmul(wr, beta, wr if k == 0 else wp) if dual else p
+            if k == 0:  # the reference's p is the very tensor r during the first iteration
+                p.copy_(r)
+                wp.copy_(wr)
+            p.mul_(beta).add_(r)
+            if dual:
+                wp.mul_(beta).add_(wr)
         else:
             beta = _safe_div(rr_new, rr)[:, :, None]
-            p = torch.addcmul(r, beta, p)
-            wp = torch.addcmul(wr, beta, wp) if dual else p
+            p.mul_(beta).add_(r)
+            if dual:
+                wp.mul_(beta).add_(wr)
         rr = rr_new
     return x
 

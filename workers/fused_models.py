@@ -6,12 +6,12 @@ copies the K models' parameters into stacked layers (proxprop/stacked.py).  Walk
 modules (rather than re-describing the architectures) keeps the fused MLP, ConvNet and
 autoencoder the same as the unfused ones by construction.
 
-Why bmm / grouped convolution and not torch.func.vmap over functional_call: vmap over the
-unfused ProxProp layers cannot batch their custom autograd Functions' backward (data-dependent
-solver choices, host-side early stops), and for the forward alone vmap lowers nn.Linear to the
-same bmm; measured on this 2-core CPU, a vmapped MLP [64, 64] forward + backward on digits
-batches (K = 16, gradient mode) took about 1.6x as long per step as the explicit bmm stack
-(see benchmarks/fused_sweep.py --compare-vmap).  So the stacked layers are explicit.
+Why bmm / grouped convolution and not torch.func.vmap over functional_call: vmap cannot batch
+the unfused ProxProp layers' custom autograd Functions (their backward makes data-dependent
+solver choices and host-side early stops), and where it does apply, plain BackProp, it was
+slower: a vmapped grad of the MLP [64, 64] on digits batches (K = 16, one thread) took
+1.3-1.5x as long per step as the explicit bmm stack (2.3-2.7 vs 1.6-2.0 ms in two runs;
+benchmarks/fused_sweep.py --compare-vmap).  So the stacked layers are explicit.
 
 Layouts inside a StackedNet:
     input            (K, n, *input_shape) per member, or (n, *input_shape) shared (evaluation)
@@ -77,10 +77,11 @@ class StackedNet(nn.Module):
 
     @property
     def members(self) -> int:
-        return self._stacked[0].members
+        return self.stacked_layers[0].members
 
     @property
-    def _stacked(self) -> list[nn.Module]:
+    def stacked_layers(self) -> list[nn.Module]:
+        """The layers with stacked parameters, in order."""
         return [layer for layer in self.layers if isinstance(layer, (StackedLinear, StackedConv2d))]
 
     def forward(self, x: Tensor, shared: bool = False) -> Tensor:
@@ -119,7 +120,7 @@ class StackedNet(nn.Module):
     def select_(self, index: Tensor) -> None:
         """Keep only the members at ``index``, in place; the parameters are new objects (give
         them to the optimizer again)."""
-        for layer in self._stacked:
+        for layer in self.stacked_layers:
             layer.select_(index)
 
 

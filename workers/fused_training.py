@@ -59,6 +59,8 @@ MemberCallback = Callable[[int, dict], None]
 #: Elements of all members' widest activation in one evaluation chunk (512 KB in float32):
 #: measured best of 2^14 ... 2^20 for 14 and 28 digits MLPs (2x faster than 2^20).
 _EVAL_CHUNK_ELEMENTS = 1 << 17
+#: A member's weight matrix this large (1 MB in float32) no longer stays in cache.
+_CACHED_WEIGHT_ELEMENTS = 1 << 18
 
 
 class _CallbackFailed(Exception):
@@ -166,11 +168,7 @@ class _FusedRun:
             list(self.model.parameters()), [c["optimizer"] for c in self.configs], [c["lr"] for c in self.configs]
         )
         self.generators = [torch.Generator().manual_seed(config["seed"]) for config in self.configs]
-        # evaluation chunks: at most eval_batch_size samples (as run_trial), and few enough that
-        # all members' activations of a chunk stay in cache; chunking changes only the
-        # summation order of the losses
-        widest = self.model.widest_activation(self.data.x_train[:1])
-        self.eval_chunk = max(1, min(self.training["eval_batch_size"], _EVAL_CHUNK_ELEMENTS // widest))
+        self.eval_chunk = _evaluation_chunk(self.model, self.data.x_train[:1], self.training["eval_batch_size"])
 
     # ---------------------------------------------------------------------------- the run
 
@@ -377,6 +375,17 @@ class _FusedRun:
             self.live = [m for m in self.live if m not in members]
         for member in members:
             _call(self.on_finish, member, self.outcomes[member])
+
+
+def _evaluation_chunk(model: StackedNet, sample: torch.Tensor, eval_batch_size: int) -> int:
+    """Samples per evaluation chunk: eval_batch_size (as run_trial) for models whose weights
+    outgrow the cache anyway (every chunk streams them from memory, so fewer, larger chunks);
+    for small models few enough that all members' activations of a chunk stay in cache.
+    Chunking changes only the summation order of the losses."""
+    largest_weight = max(layer.weight[0].numel() for layer in model.stacked_layers)
+    if largest_weight >= _CACHED_WEIGHT_ELEMENTS:
+        return eval_batch_size
+    return max(1, min(eval_batch_size, _EVAL_CHUNK_ELEMENTS // model.widest_activation(sample)))
 
 
 def _classes_first(logits: torch.Tensor) -> torch.Tensor:
