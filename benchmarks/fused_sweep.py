@@ -77,11 +77,11 @@ def agreement(fused, unfused) -> tuple[int, int]:
     differences grow, as with any change of BLAS or thread count (float64 equality is tested in
     tests/workers/test_fused_training.py)."""
     same_status = same_curve = 0
-    for mine, theirs in zip(fused, unfused):
+    for mine, theirs in zip(fused, unfused, strict=True):
         if mine.status != theirs.status:
             continue
         same_status += 1
-        pairs = [(a["train_loss"], b["train_loss"]) for a, b in zip(mine.history, theirs.history)]
+        pairs = [(a["train_loss"], b["train_loss"]) for a, b in zip(mine.history, theirs.history, strict=False)]
         if len(mine.history) == len(theirs.history) and all(
             (a is None and b is None) or (a is not None and b is not None and abs(a - b) <= 1e-3 * abs(b))
             for a, b in pairs
@@ -113,7 +113,7 @@ def measure(name: str, configs: list[dict], fuse: int | None, repeat: int) -> fl
             best_fused = min(best_fused, time.perf_counter() - started)
         unfused_wall += best_unfused
         fused_wall += best_fused
-        for index, mine, theirs in zip(group, fused_outcomes, outcomes):
+        for index, mine, theirs in zip(group, fused_outcomes, outcomes, strict=True):
             fused[index], unfused[index] = mine, theirs
 
     per_minute_unfused = 60.0 * len(configs) / unfused_wall
@@ -191,8 +191,8 @@ def main() -> int:
     if args.grid in ("demo", "both"):
         ratios["demo"] = measure("demo grid, digits", demo_configs(), args.fuse, args.repeat)
     if args.grid in ("paper", "both"):
-        ratios["paper"] = measure("paper MLP, synthetic CIFAR-shaped", paper_configs(args.paper_train, args.paper_epochs),
-                                  args.fuse, args.repeat)
+        configs = paper_configs(args.paper_train, args.paper_epochs)
+        ratios["paper"] = measure("paper MLP, synthetic CIFAR-shaped", configs, args.fuse, args.repeat)
     goals = {"demo": 5.0, "paper": 1.0}
     for name, ratio in ratios.items():
         verdict = "meets" if ratio >= goals[name] else "misses"

@@ -152,7 +152,7 @@ class StackedConvGeometry:
 
 def _grouped_weight(weight: Tensor) -> Tensor:
     """(K, m, c, kh, kw) -> (K*m, c, kh, kw)."""
-    return weight.reshape((-1,) + tuple(weight.shape[2:]))
+    return weight.reshape((-1, *tuple(weight.shape[2:])))
 
 
 def _conv_backward(

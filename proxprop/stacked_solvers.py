@@ -32,10 +32,10 @@ __all__ = [
     "EARLY_STOP_TOL",
     "REFERENCE_EPS",
     "StackedSolve",
+    "solve_flops",
     "stacked_cg",
     "stacked_exact",
     "stacked_gram_solve",
-    "solve_flops",
 ]
 
 #: The reference's early-stop tolerance (on the residual norm), as in proxprop/cg.py.

@@ -91,7 +91,7 @@ class StackedNet(nn.Module):
         for layer in self.layers:
             if isinstance(layer, StackedConv2d):
                 if not grouped and not shared:  # (K, n, C, H, W) -> (n, K*C, H, W)
-                    x = x.transpose(0, 1).reshape((x.shape[1], -1) + tuple(x.shape[3:]))
+                    x = x.transpose(0, 1).reshape((x.shape[1], -1, *tuple(x.shape[3:])))
                 x = layer(x, shared=shared)
                 grouped, shared = True, False
             elif isinstance(layer, _ToMembers):

@@ -129,7 +129,7 @@ class StackedSGD(_StackedOptimizer):
 
     @torch.no_grad()
     def step(self) -> None:
-        for param, state, views in zip(self.params, self.state, self._views):
+        for param, state, views in zip(self.params, self.state, self._views, strict=True):
             if param.grad is None:
                 continue
             grad = self._signed_decayed_grad(param, views)
@@ -174,7 +174,7 @@ class StackedAdam(_StackedOptimizer):
         # float64 per member, like torch's python-float scalars
         neg_step_size = -self.hyper["lr"] / (1.0 - self.hyper["beta1"] ** t)
         bias_correction2_sqrt = (1.0 - self.hyper["beta2"] ** t).sqrt()
-        for param, state, views in zip(self.params, self.state, self._views):
+        for param, state, views in zip(self.params, self.state, self._views, strict=True):
             if param.grad is None:
                 continue
             grad = self._signed_decayed_grad(param, views)

@@ -38,8 +38,8 @@ from proxstudy.workers.config import ConfigError, dataset_input_shape
 from proxstudy.workers.models import build_model
 
 __all__ = [
-    "MemberCost",
     "TARGET_FLOPS",
+    "MemberCost",
     "check_fusable",
     "default_fuse_size",
     "fusion_key",
@@ -107,7 +107,7 @@ def _layer_shapes(model: nn.Module, batch: int, input_shape: tuple[int, ...]) ->
         if not list(module.children())
     ]
     with torch.no_grad():
-        model(torch.empty((batch,) + input_shape, device="meta"))
+        model(torch.empty((batch, *input_shape), device="meta"))
     for hook in hooks:
         hook.remove()
     return seen
@@ -125,7 +125,7 @@ def member_cost(config: Mapping) -> MemberCost:
     prox = config["mode"] != "gradient"
     iterations = config.get("cg_iterations") or 1
     activations = flops = workspace = 0.0
-    for module, in_shape, out_shape in _layer_shapes(model, batch, input_shape):
+    for module, _in_shape, out_shape in _layer_shapes(model, batch, input_shape):
         out_per_sample = math.prod(out_shape[1:])
         activations += out_per_sample
         if not isinstance(module, (nn.Linear, nn.Conv2d)):

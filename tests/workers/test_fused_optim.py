@@ -37,11 +37,11 @@ def run_both(members, steps=40, drop_after=None, keep=None):
     lrs = [lr for _, lr in members]
     k = len(members)
     gen = torch.Generator().manual_seed(0)
-    init = [torch.randn((k,) + shape, generator=gen, dtype=torch.float64) for shape in SHAPES]
+    init = [torch.randn((k, *shape), generator=gen, dtype=torch.float64) for shape in SHAPES]
     stacked = [p.clone().requires_grad_(True) for p in init]
     optimizer = build_stacked_optimizer(stacked, specs, lrs)
     singles = [[p[i].clone().requires_grad_(True) for p in init] for i in range(k)]
-    torch_opts = [build_optimizer(params, spec, lr) for params, spec, lr in zip(singles, specs, lrs)]
+    torch_opts = [build_optimizer(params, spec, lr) for params, spec, lr in zip(singles, specs, lrs, strict=True)]
     live = list(range(k))
     for step in range(steps):
         if drop_after is not None and step == drop_after:
@@ -49,12 +49,12 @@ def run_both(members, steps=40, drop_after=None, keep=None):
             stacked = [p.detach()[index].clone().requires_grad_(True) for p in stacked]
             optimizer.select_(index, stacked)
             live = [live[i] for i in keep]
-        grads = [torch.randn((len(live),) + shape, generator=gen, dtype=torch.float64) for shape in SHAPES]
-        for p, g in zip(stacked, grads):
+        grads = [torch.randn((len(live), *shape), generator=gen, dtype=torch.float64) for shape in SHAPES]
+        for p, g in zip(stacked, grads, strict=True):
             p.grad = g.clone()
         optimizer.step()
         for row, member in enumerate(live):
-            for p, g in zip(singles[member], grads):
+            for p, g in zip(singles[member], grads, strict=True):
                 p.grad = g[row].clone()
             torch_opts[member].step()
     return stacked, [singles[m] for m in live]
@@ -62,7 +62,7 @@ def run_both(members, steps=40, drop_after=None, keep=None):
 
 def assert_members_equal(stacked, singles, rtol=1e-12):
     for row, params in enumerate(singles):
-        for p_stacked, p_single in zip(stacked, params):
+        for p_stacked, p_single in zip(stacked, params, strict=True):
             expected = p_single.detach()
             err = (p_stacked.detach()[row] - expected).abs().max() / expected.abs().max()
             assert err < rtol, f"member {row}: relative error {err:.2e}"

@@ -35,7 +35,9 @@ MODES = {
     "prox_cg_ref": ("prox_cg_ref", 3),
 }
 OPTIMIZERS = {
-    "sgd-nesterov": ({"name": "sgd", "momentum": 0.9, "nesterov": True}, [(0.05, 0.5, 0), (0.02, 2.0, 1), (0.1, 0.1, 2)]),
+    "sgd-nesterov": (
+        {"name": "sgd", "momentum": 0.9, "nesterov": True}, [(0.05, 0.5, 0), (0.02, 2.0, 1), (0.1, 0.1, 2)]
+    ),
     "adam": ({"name": "adam"}, [(3e-3, 0.5, 0), (1e-3, 2.0, 1), (1e-2, 0.1, 2)]),
 }
 
@@ -80,7 +82,7 @@ def assert_same_history(fused, unfused, rtol=RTOL):
     assert fused.status == unfused.status
     assert fused.diverged_epoch == unfused.diverged_epoch
     assert len(fused.history) == len(unfused.history)
-    for mine, theirs in zip(fused.history, unfused.history):
+    for mine, theirs in zip(fused.history, unfused.history, strict=True):
         assert tuple(mine) == EPOCH_KEYS and mine["epoch"] == theirs["epoch"]
         for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "objective"):
             if theirs[key] is None:
@@ -96,7 +98,7 @@ def test_members_equal_their_unfused_trials(float64, model, mode, optimizer):
     configs = member_configs(model, mode, optimizer)
     fused = run_fused_trials(configs)
     assert len(fused) == len(configs)
-    for config, outcome in zip(configs, fused):
+    for config, outcome in zip(configs, fused, strict=True):
         reference = run_trial(config)
         assert reference.status == "completed", "pick a stable lr for this reference"
         assert_same_history(outcome, reference)
@@ -123,7 +125,7 @@ def test_callbacks_per_member_match_run_trial(float64):
         assert [e["epoch"] for e in epochs[member]] == [0, 1, 2]
         assert epochs[member] == fused[member].history
         assert [r["trial_status"] for r in reports[member]] == [r["trial_status"] for r in seen_reports]
-        assert all(set(r) == set(s) for r, s in zip(reports[member], seen_reports))
+        assert all(set(r) == set(s) for r, s in zip(reports[member], seen_reports, strict=True))
         assert_same_history(fused[member], dataclasses.replace(fused[member], history=seen))
     assert fused[1].value == fused[1].history[-1]["val_accuracy"]
     assert sorted(finished) == [(0, "completed"), (1, "completed"), (2, "completed")]
@@ -146,7 +148,7 @@ def test_a_diverging_member_stops_while_the_others_go_on(float64, how):
     assert references[1].diverged_epoch < 4
     if how == "nan-mini-batch":
         assert references[1].history[-1]["train_loss"] is None  # stopped on a non-finite batch
-    for outcome, reference in zip(fused, references):
+    for outcome, reference in zip(fused, references, strict=True):
         assert_same_history(outcome, reference)
     assert finished[0] == 1 and sorted(finished) == [0, 1, 2]  # recorded as soon as it diverged
 
@@ -155,7 +157,7 @@ def test_every_member_diverging_ends_the_fused_trial(float64):
     configs = member_configs("mlp", "gradient", "sgd-nesterov", epochs=3)
     configs = [{**config, "lr": 1e12} for config in configs]
     fused = run_fused_trials(configs)
-    for config, outcome in zip(configs, fused):
+    for config, outcome in zip(configs, fused, strict=True):
         assert_same_history(outcome, run_trial(config))
         assert outcome.status == "diverged"
 
@@ -178,7 +180,7 @@ def test_a_failure_fails_only_the_member_it_concerns(float64, monkeypatch):
     fused = run_fused_trials(configs)
     monkeypatch.setattr(proxprop.stacked, "stacked_gram_solve", original)
     assert fused[2].status == "failed" and "solver broke for this tau" in fused[2].error
-    for config, outcome in zip(configs[:2], fused[:2]):
+    for config, outcome in zip(configs[:2], fused[:2], strict=True):
         assert outcome.error is None
         assert_same_history(outcome, run_trial(config))
 
@@ -222,10 +224,10 @@ def test_members_must_share_the_computation():
 def test_float32_runs_close_to_unfused():
     """The production dtype: the same numbers up to float32 rounding."""
     configs = member_configs("convnet", "prox_cg", "adam", epochs=2)
-    for config, outcome in zip(configs, run_fused_trials(configs)):
+    for config, outcome in zip(configs, run_fused_trials(configs), strict=True):
         reference = run_trial(config)
         assert outcome.status == reference.status == "completed"
-        for mine, theirs in zip(outcome.history, reference.history):
+        for mine, theirs in zip(outcome.history, reference.history, strict=True):
             assert math.isclose(mine["train_loss"], theirs["train_loss"], rel_tol=1e-4)
 
 
@@ -235,6 +237,6 @@ def test_float32_runs_close_to_unfused():
 def test_members_equal_their_unfused_trials_on_cuda(float64, model):
     configs = [{**config, "device": "cuda"} for config in member_configs(model, "prox_cg", "sgd-nesterov")]
     fused = run_fused_trials(configs)
-    for config, outcome in zip(configs, fused):
+    for config, outcome in zip(configs, fused, strict=True):
         assert outcome.device.startswith("cuda")
         assert_same_history(outcome, run_trial(config))
