@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -50,7 +49,18 @@ from proxstudy.workers.data import Dataset, load_dataset
 from proxstudy.workers.fused_models import StackedNet, member_model, stack_models
 from proxstudy.workers.fused_optim import build_stacked_optimizer
 from proxstudy.workers.fused_plan import check_fusable
-from proxstudy.workers.training import TrialOutcome, describe_device, resolve_device
+
+# run_trial's callback wrapper, error formatting and finite filter: private there, imported so
+# that both loops treat callbacks and errors alike (they should become public in training.py)
+from proxstudy.workers.training import (
+    TrialOutcome,
+    _call,
+    _CallbackFailed,
+    _finite,
+    _format_error,
+    describe_device,
+    resolve_device,
+)
 
 __all__ = ["run_fused_trials"]
 
@@ -61,33 +71,6 @@ MemberCallback = Callable[[int, dict], None]
 _EVAL_CHUNK_ELEMENTS = 1 << 17
 #: A member's weight matrix this large (1 MB in float32) no longer stays in cache.
 _CACHED_WEIGHT_ELEMENTS = 1 << 18
-
-
-class _CallbackFailed(Exception):
-    """Carries an exception raised by a caller's callback, which must reach the caller."""
-
-    def __init__(self, original: BaseException) -> None:
-        super().__init__(str(original))
-        self.original = original
-
-
-def _call(callback: Callable | None, *args) -> None:
-    if callback is None:
-        return
-    try:
-        callback(*args)
-    except Exception as exc:
-        raise _CallbackFailed(exc) from exc
-
-
-def _format_error(exc: BaseException, frames: int = 4) -> str:
-    head = f"{type(exc).__name__}: {exc}"
-    stack = traceback.extract_tb(exc.__traceback__)[-frames:]
-    return head if not stack else head + "\n" + "".join(traceback.format_list(stack)).rstrip()
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def run_fused_trials(
