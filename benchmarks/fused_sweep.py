@@ -9,6 +9,8 @@ grid order, cut into groups of at most K (``--fuse K``; default fused_plan.defau
 Grids:
   demo   the grid of search_spaces/digits-table1-quick.yaml (its model, epochs, batch size,
          methods and seeds): 70 digits trials.
+  convnet  (extra) the grid of search_spaces/digits-convnet-quick.yaml: 42 digits ConvNet
+         trials (Adam; BackProp, ProxProp cg3 and cg10).
   paper  the paper's MLP 3072-4000-1000-4000-10 at batch 500 on synthetic CIFAR-shaped data
          (3x32x32, 10 classes), reduced to fit a 2-core CPU: --paper-train training samples
          (default 1000: two mini-batches) and 200 validation samples, --paper-epochs epochs
@@ -18,7 +20,7 @@ Both runs use the same torch thread count (--threads, default 1: one CPU per tri
 sweep's default).  The script also checks that each fused member ended like its unfused trial
 (status, final training loss to float32 rounding) and prints how many did.
 
-    .venv/bin/python benchmarks/fused_sweep.py [--grid demo|paper|both] [--fuse K]
+    .venv/bin/python benchmarks/fused_sweep.py [--grid demo|paper|both|convnet] [--fuse K] [--repeat N]
     .venv/bin/python benchmarks/fused_sweep.py --compare-vmap     # the bmm-vs-vmap choice
 """
 
@@ -34,12 +36,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SPACE = ROOT / "search_spaces" / "digits-table1-quick.yaml"
+CONVNET_SPACE = ROOT / "search_spaces" / "digits-convnet-quick.yaml"
 
 
-def demo_configs() -> list[dict]:
+def space_configs(path: Path = DEMO_SPACE) -> list[dict]:
+    """Every grid point of a search space as a trial config on the CPU."""
     from proxstudy.study.space import grid_points, load_space, trial_config
 
-    space = load_space(DEMO_SPACE)
+    space = load_space(path)
     return [trial_config(space, p.method, p.params, p.seed, device="cpu") for p in grid_points(space)]
 
 
@@ -174,7 +178,7 @@ def compare_vmap(members: int = 16, steps: int = 100) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--grid", choices=("demo", "paper", "both"), default="both")
+    parser.add_argument("--grid", choices=("demo", "paper", "both", "convnet"), default="both")
     parser.add_argument("--fuse", type=int, default=None, help="members per fused trial (default: the rule)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--paper-train", type=int, default=1000)
@@ -189,7 +193,9 @@ def main() -> int:
         return 0
     ratios = {}
     if args.grid in ("demo", "both"):
-        ratios["demo"] = measure("demo grid, digits", demo_configs(), args.fuse, args.repeat)
+        ratios["demo"] = measure("demo grid, digits", space_configs(DEMO_SPACE), args.fuse, args.repeat)
+    if args.grid == "convnet":
+        measure("convnet grid, digits", space_configs(CONVNET_SPACE), args.fuse, args.repeat)
     if args.grid in ("paper", "both"):
         configs = paper_configs(args.paper_train, args.paper_epochs)
         ratios["paper"] = measure("paper MLP, synthetic CIFAR-shaped", configs, args.fuse, args.repeat)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gram import conv2d_gram, conv2d_gram_flops
 from .stacked_solvers import StackedSolve, solve_flops, stacked_cg, stacked_gram_solve
 
 __all__ = [
@@ -41,10 +42,6 @@ __all__ = [
 #: Convolutions (forward + weight gradient) run below GEMM speed: flops -> GEMM equivalents
 #: (the unfused layer's factor).
 _CONV_SLOWDOWN = 3.0
-#: im2col copies on top of the Gram GEMM.
-_UNFOLD_SLOWDOWN = 2.0
-#: Elements of one im2col chunk when forming conv Gram matrices (all members together).
-_CHUNK_ELEMENTS = 8_000_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,50 +152,68 @@ def _grouped_weight(weight: Tensor) -> Tensor:
     return weight.reshape((-1, *tuple(weight.shape[2:])))
 
 
+#: Devices where a grouped convolution (groups = K) is run as K ordinary convolutions: on CPU
+#: oneDNN's grouped kernels were 1.1-7x slower than the loop (digits ConvNet layers, K = 6,
+#: batch 100, forward and backward; measured on this 2-core CPU).  On CUDA groups are kept.
+LOOP_GROUPS_ON = ("cpu",)
+
+
+def _loop_groups(x: Tensor, groups: int) -> bool:
+    return groups > 1 and x.device.type in LOOP_GROUPS_ON
+
+
+def _grouped_conv(x: Tensor, weight: Tensor, bias: Tensor | None, geom: StackedConvGeometry,
+                  groups: int) -> Tensor:
+    """F.conv2d(x, weight, bias, ..., groups): (n, K*c, H, W) with (K*m, c, kh, kw) filters."""
+    if not _loop_groups(x, groups):
+        return F.conv2d(x, weight, bias, geom.stride, geom.padding, geom.dilation, groups)
+    biases = [None] * groups if bias is None else bias.chunk(groups)
+    return torch.cat([
+        F.conv2d(part, w, b, geom.stride, geom.padding, geom.dilation)
+        for part, w, b in zip(x.chunk(groups, dim=1), weight.chunk(groups), biases, strict=True)
+    ], dim=1)
+
+
 def _conv_backward(
     grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool, geom: StackedConvGeometry,
     groups: int, mask: list[bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """Input, weight (= A^T g per member) and bias gradients of a grouped convolution."""
-    return torch.ops.aten.convolution_backward(
-        grad_out, x, weight, [weight.shape[0]] if has_bias else None,
-        list(geom.stride), list(geom.padding), list(geom.dilation), False, [0, 0], groups, mask,
+    def backward(g: Tensor, part: Tensor, w: Tensor, count: int) -> tuple:
+        return torch.ops.aten.convolution_backward(
+            g, part, w, [w.shape[0]] if has_bias else None,
+            list(geom.stride), list(geom.padding), list(geom.dilation), False, [0, 0], count, mask,
+        )
+
+    if not _loop_groups(x, groups):
+        return backward(grad_out, x, weight, groups)
+    parts = [
+        backward(g, part, w, 1)
+        for g, part, w in zip(grad_out.chunk(groups, dim=1), x.chunk(groups, dim=1), weight.chunk(groups), strict=True)
+    ]
+    grad_x, grad_w, grad_b = zip(*parts, strict=True)
+    return (
+        torch.cat(grad_x, dim=1) if mask[0] else None,
+        torch.cat(grad_w) if mask[1] else None,
+        torch.cat(grad_b) if mask[2] else None,
     )
 
 
-def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+def _member_inputs(x: Tensor, members: int) -> list[Tensor]:
+    """The grouped input (n, K*c, H, W) as K views (n, c, H, W)."""
+    return list(x.chunk(members, dim=1))
 
 
 def stacked_conv2d_gram(x: Tensor, members: int, kernel: tuple[int, int], geom: StackedConvGeometry,
                         has_bias: bool) -> Tensor:
-    """A_k^T A_k for every member (K, p, p), A_k = [im2col of member k's channels, 1].
-
-    x is in the grouped layout (n, K*c, H, W); F.unfold orders its rows (channel, ki, kj) with
-    the channel outermost, so member k's im2col columns are one contiguous block.
-    """
-    batch = x.shape[0]
-    p0 = x.shape[1] // members * kernel[0] * kernel[1]
-    positions = _out_size(x.shape[2], kernel[0], geom.stride[0], geom.padding[0], geom.dilation[0]) * _out_size(
-        x.shape[3], kernel[1], geom.stride[1], geom.padding[1], geom.dilation[1]
-    )
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, members * p0 * positions))
-    gram = x.new_zeros(members, p0, p0)
-    col_sums = x.new_zeros(members, p0)
-    for start in range(0, batch, chunk):
-        cols = F.unfold(x[start:start + chunk], kernel, dilation=geom.dilation, padding=geom.padding,
-                        stride=geom.stride)  # (b, K*p0, L)
-        b = cols.shape[0]
-        a = cols.reshape(b, members, p0, positions).permute(1, 0, 3, 2).reshape(members, b * positions, p0)
-        gram.baddbmm_(a.transpose(1, 2), a)
-        if has_bias:
-            col_sums += a.sum(dim=1)
-    if not has_bias:
-        return gram
-    count = x.new_full((members, 1, 1), float(batch * positions))
-    return torch.cat(
-        [torch.cat([gram, col_sums[:, :, None]], dim=2), torch.cat([col_sums[:, None, :], count], dim=2)], dim=1
-    )
+    """A_k^T A_k for every member (K, p, p), A_k = [im2col of member k's channels, 1], from
+    the unfused layers' Gram formation (proxprop/gram.py: the shift method for stride-1 convs,
+    ~10x fewer flops than an im2col product for 5x5 kernels), one member at a time: each is a
+    large computation of its own."""
+    return torch.stack([
+        conv2d_gram(part, kernel, geom.stride, geom.padding, geom.dilation, has_bias)
+        for part in _member_inputs(x, members)
+    ])
 
 
 def stacked_conv2d_direction(
@@ -210,8 +225,9 @@ def stacked_conv2d_direction(
     x (n, K*c, H, W) grouped input, weight (K, m, c, kh, kw), grad_w (K*m, c, kh, kw) and
     grad_b (K*m,) the ordinary gradients (A_k^T g_k), grad_out (n, K*m, H', W').
     Strategy from a flop model (per member, as the unfused layer's): the Gram form (exact or
-    CG on S_k = A_k^T A_k from im2col) or matrix-free CG (A is the grouped convolution with the
-    candidate weights, A^T its weight gradient), cheaper for few channels and iterations.
+    CG on S_k = A_k^T A_k, formed as the unfused layer forms it) or matrix-free CG (A is the
+    grouped convolution with the candidate weights, A^T its weight gradient), cheaper for few
+    channels and iterations.
     ``strategy`` ("gram" | "matrix_free") forces one (prox_exact always uses the Gram form).
     The reference variant (prox_cg_ref) runs one CG over all of a member's channels (joint),
     like the reference's conv layers.
@@ -228,7 +244,9 @@ def stacked_conv2d_direction(
         p = p0 + int(has_bias)
         n = grad_out.shape[0] * grad_out.shape[2] * grad_out.shape[3]
         joint = solve.kind == "prox_cg_ref"
-        gram_cost = _UNFOLD_SLOWDOWN * 2.0 * n * p0 * p0 + solve_flops(p, m, solve)
+        member_x = _member_inputs(x, members)[0]
+        gram_cost = conv2d_gram_flops(member_x, kernel, geom.stride, geom.padding, geom.dilation)
+        gram_cost += solve_flops(p, m, solve)
         free_cost = (4.0 * solve.iterations - 2.0) * n * p * m * _CONV_SLOWDOWN
         strategy = strategy or ("gram" if gram_cost <= free_cost else "matrix_free")
         if solve.kind == "prox_exact" or strategy == "gram":
@@ -251,7 +269,7 @@ def _matrix_free_cg(
     def apply_a(v: Tensor) -> Tensor:  # (K, m, p) candidate parameters -> A v (n, K*m, H', W')
         w = v[:, :, :p0].reshape(grouped.shape)
         b = v[:, :, p0].reshape(-1) if has_bias else None
-        return F.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, members)
+        return _grouped_conv(x, w, b, geom, members)
 
     def apply_gram(v: Tensor) -> Tensor:  # A^T A v
         _, aw, ab = _conv_backward(apply_a(v), x, grouped, has_bias, geom, members, [False, True, has_bias])
@@ -275,10 +293,7 @@ class _StackedProxConv2dFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.geom, ctx.solve, ctx.has_bias = geom, solve, bias is not None
         members = weight.shape[0]
-        return F.conv2d(
-            x, _grouped_weight(weight), None if bias is None else bias.reshape(-1),
-            geom.stride, geom.padding, geom.dilation, members,
-        )
+        return _grouped_conv(x, _grouped_weight(weight), None if bias is None else bias.reshape(-1), geom, members)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
@@ -389,8 +404,7 @@ class StackedConv2d(_StackedLayer):
         geom = self.geometry
         bias = None if self.bias is None else self.bias.reshape(-1)
         if self.kind == "gradient" or not torch.is_grad_enabled():
-            groups = 1 if shared else self.members
-            return F.conv2d(x, _grouped_weight(self.weight), bias, geom.stride, geom.padding, geom.dilation, groups)
+            return _grouped_conv(x, _grouped_weight(self.weight), bias, geom, 1 if shared else self.members)
         if shared:
             x = x.repeat(1, self.members, 1, 1)
         return _StackedProxConv2dFunction.apply(x, self.weight, self.bias, geom, self.solve())

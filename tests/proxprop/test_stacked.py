@@ -14,6 +14,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import proxprop.stacked
 from proxprop import ProxPropConv2d, ProxPropLinear
 from proxprop.stacked import (
     StackedConv2d,
@@ -137,10 +138,19 @@ def test_linear_direction_matches_reference(mode, form, bias, n):
             assert_close(b_dir[member], expected[k])
 
 
+@pytest.fixture(params=["looped", "grouped"])
+def conv_groups(request, monkeypatch):
+    """Stacked convolutions run as K ordinary ones on CPU; "grouped" forces the grouped kernel
+    (groups = K) that CUDA uses, so both paths are checked here."""
+    if request.param == "grouped":
+        monkeypatch.setattr(proxprop.stacked, "LOOP_GROUPS_ON", ())
+    return request.param
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strategy", ["gram", "matrix_free"])
 @pytest.mark.parametrize("geometry", [(3, 1, 1), (3, 2, 0)], ids=["k3-pad1", "k3-stride2"])
-def test_conv_direction_matches_reference(mode, strategy, geometry):
+def test_conv_direction_matches_reference(mode, strategy, geometry, conv_groups):
     kernel, stride, padding = geometry
     gen = torch.Generator().manual_seed(1)
     members, batch, c, m = len(TAUS), 2, 2, 3
@@ -228,7 +238,7 @@ def test_stacked_linear_equals_unfused_layers(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_stacked_conv_equals_unfused_layers(mode):
+def test_stacked_conv_equals_unfused_layers(mode, conv_groups):
     torch.manual_seed(1)
     layers = [
         ProxPropConv2d(2, 3, 3, padding=1, tau_prox=t, optimization_mode=mode, dtype=torch.float64) for t in TAUS
