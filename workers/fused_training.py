@@ -7,7 +7,11 @@ own tau_prox, proxprop/stacked.py), the same records (epoch 0 included: full-bat
 loss and accuracy, validation loss and accuracy, epoch seconds) and the same divergence rule
 (a non-finite mini-batch loss, or a full-batch loss that is non-finite or above
 divergence_factor x the initial one).  In float64 the per-epoch losses agree with the unfused
-trial's to rounding (tests/workers/test_fused_training.py).
+trial's to rounding (tests/workers/test_fused_training.py).  In float32 they agree to float32
+rounding, which batched products and a chunked evaluation round differently; at unstable
+learning rates such differences grow, as with any change of BLAS or thread count.  Inputs are
+cast to the models' dtype (the default dtype when they were built), so a float64 run needs
+only torch.set_default_dtype.
 
 Differences, all per member:
 - epoch_seconds is the wall-clock time of the fused epoch's training part (what the member
