@@ -135,8 +135,14 @@ def stacked_cg(
     inv_tau_full = _per_member(inv_tau, rhs)
     eps = REFERENCE_EPS if reference else 0.0
 
+    # products for inner products and the dual's M p go to buffers reused across iterations:
+    # a fresh tensor of this size per operation costs page faults that, for the paper's MLP,
+    # added ~10% to a training step
+    scratch = torch.empty_like(rhs, memory_format=torch.contiguous_format)
+    m_p_buffer = torch.empty_like(scratch) if dual else None
+
     def dot(u: Tensor, v: Tensor) -> Tensor:
-        per_row = (u * v).sum(dim=2)  # (K, r)
+        per_row = torch.mul(u, v, out=scratch).sum(dim=2)  # (K, r)
         return per_row.sum(dim=1, keepdim=True).expand_as(per_row) if joint else per_row
 
     x = torch.zeros_like(rhs, memory_format=torch.contiguous_format)
@@ -152,11 +158,11 @@ def stacked_cg(
     for k in range(iterations):
         last = k == iterations - 1
         if dual:
-            m_p = torch.addcmul(wp, inv_tau_full, p)
+            m_p = torch.addcmul(wp, inv_tau_full, p, out=m_p_buffer)
             curvature = dot(wp, m_p)
         elif last and last_curvature is not None:
             m_p = None
-            curvature = last_curvature(p) + inv_tau_rows * p.square().sum(dim=2)  # per row
+            curvature = last_curvature(p) + inv_tau_rows * torch.mul(p, p, out=scratch).sum(dim=2)  # per row
             if joint:
                 curvature = curvature.sum(dim=1, keepdim=True).expand_as(curvature)
         else:
