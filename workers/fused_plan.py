@@ -7,7 +7,7 @@ the optimizer's fields, the objective, the divergence factor and the method labe
 
 `default_fuse_size` picks K from the model's memory and the device:
 
-    K = max(1, min(K_memory, K_compute, max_size))
+    K = max(1, min(K_memory, max(K_compute, MIN_FUSE_SIZE[device]), max_size))
     K_memory  = floor(budget / bytes of one member)          budget: CUDA 80% of the free
                 memory, CPU 25% of the available RAM (other trials and the data share it)
     K_compute = ceil(TARGET_FLOPS[device] / flops of one member's training step)
@@ -17,10 +17,12 @@ activations and their gradients (3 x batch x activation elements per sample) + t
 solver workspace (Gram matrix and CG vectors per ProxProp layer) + the evaluation chunk's
 activations.  Fusing pays because a step has a fixed cost (Python, dispatch, kernel launches)
 that K members share; once one fused step's arithmetic dwarfs that cost, a larger K only adds
-memory.  TARGET_FLOPS is that point: about 50x the fixed cost of a step, measured on this
-2-core CPU (~1 ms of overhead per step at ~20 GFLOP/s on small products, so 1e9) and taken as
-~0.5 ms at tens of TFLOP/s for a GPU (5e11).  The paper's MLP (6e10 flops per step at batch
-500) gets K = 1 on a CPU and large K on a GPU; the digits MLP (1e7) gets the maximum.
+memory.  TARGET_FLOPS is that point.  CPU: measured on this 2-core CPU with the digits MLP
+(1e7 flops per member step), K = 14 and 28 ran about equally fast and K = 7 slower, so 2e8
+(K = 20, grids cut evenly into groups of ~14).  GPU: ~0.5 ms of launch overhead per step at
+tens of TFLOP/s, so 5e11.  MIN_FUSE_SIZE: even compute-bound models gain a little from fusing
+on CPU (shared evaluation input, one set-up): the paper's MLP ran at 0.91-0.99x of unfused
+with K = 1 and 0.99-1.16x with K = 3-6, so K >= 4 where memory allows.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ SHARED_FIELDS = ("dataset", "model", "mode", "cg_iterations", "device")
 SHARED_TRAINING_FIELDS = ("epochs", "batch_size", "eval_batch_size", "drop_last")
 #: Flops of one fused step beyond which a larger K buys nothing (see the module doc).
 TARGET_FLOPS = {"cpu": 2.0e8, "cuda": 5.0e11}
+#: Smallest K where memory allows (see the module doc).
+MIN_FUSE_SIZE = {"cpu": 4, "cuda": 1}
 #: Fractions of the free device memory / available RAM a fused trial may plan for.
 MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.8}
 
@@ -166,8 +170,8 @@ def default_fuse_size(
     cost = member_cost(config)
     budget = _memory_budget(device) if memory_budget is None else memory_budget
     k_memory = int(budget // max(cost.bytes, 1.0))
-    target = TARGET_FLOPS["cuda" if device.type == "cuda" else "cpu"]
-    k_compute = math.ceil(target / max(cost.flops_per_step, 1.0))
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    k_compute = max(math.ceil(TARGET_FLOPS[kind] / max(cost.flops_per_step, 1.0)), MIN_FUSE_SIZE[kind])
     return max(1, min(k_memory, k_compute, max_size))
 
 
