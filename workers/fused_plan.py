@@ -20,9 +20,11 @@ that K members share; once one fused step's arithmetic dwarfs that cost, a large
 memory.  TARGET_FLOPS is that point.  CPU: measured on this 2-core CPU with the digits MLP
 (1e7 flops per member step), K = 14 and 28 ran about equally fast and K = 7 slower, so 2e8
 (K = 20, grids cut evenly into groups of ~14).  GPU: ~0.5 ms of launch overhead per step at
-tens of TFLOP/s, so 5e11.  MIN_FUSE_SIZE: even compute-bound models gain a little from fusing
-on CPU (shared evaluation input, one set-up): the paper's MLP ran at 0.91-0.99x of unfused
-with K = 1 and 0.99-1.16x with K = 3-6, so K >= 4 where memory allows.
+tens of TFLOP/s, so 5e11.  MIN_FUSE_SIZE: on this shared CPU the paper's MLP ran at
+0.91-1.05x of unfused with K = 1 and 0.77-1.16x with K = 3-6 (run-to-run noise ~10%; the low
+figure while another benchmark ran): fusing a few members of a compute-bound model costs
+nothing measurable, and in a sweep each fused trial saves K - 1 trial start-ups, so K >= 4
+where memory allows.
 """
 
 from __future__ import annotations
