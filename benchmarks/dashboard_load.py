@@ -112,7 +112,7 @@ def main() -> None:
     cold()
     first = timed(page_build, url)
     data = D.load_study_data(url, STUDY)
-    print(f"study: {len(data.records)} trials, {len(data.points)} parameter points, {len(data.metrics)} methods")
+    print(f"study: {len(data.records)} trials, {len(data.points)} parameter points, {len(data.metrics.methods)} methods")
     baseline = timed(baseline_build, url)
 
     D._cache.clear()  # as if a trial had finished: new and unfinished trials are read again

@@ -1,7 +1,8 @@
 """The read-only Dash web app: an index of the storage's studies and one page per study.
 
 Pages: ``/`` lists the studies with trial counts by status; ``/study/<url-encoded name>``
-shows a study's metrics, figures, the Table 1 view and its trials, side by side per method.
+opens with the verdict (one sentence per method with its lr sensitivity and intervals, then the
+pairwise probabilities), then the figures, the metrics, the Table 1 view and the trials.
 While a study has running trials a ``dcc.Interval`` re-polls every ``REFRESH_MS``; the
 callback answers "no update" unless the cached data changed, so tables keep their filters.
 Downloads are plain Flask routes: ``/download/trials.csv?study=NAME`` and
@@ -29,7 +30,7 @@ from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
-from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows
+from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows, verdict
 from proxstudy.study.storage import scrub_secrets
 
 REFRESH_MS = 5000
@@ -103,7 +104,8 @@ def _graph(fig, graph_id: str) -> dcc.Graph:
 def study_page(storage: str, data: D.StudyData) -> html.Div:
     """The study page's content for one snapshot of its data."""
     figs = study_figures(data)
-    methods = list(data.metrics) or sorted({p.method for p in data.points})
+    methods = list(data.metrics.methods) or sorted({p.method for p in data.points})
+    answer = verdict(data.metrics, data.objective)
     t1 = table1(data.points, data.records, data.direction)
     t1_columns = [("method", "method")] + [(format_lr(lr), f"lr {format_lr(lr)}") for lr in t1.lrs]
     columns, trows = trial_rows(data.records)
@@ -127,20 +129,32 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
                     dcc.Link("All studies", href="/"),
                 ]
             ),
+            html.Div(
+                [
+                    html.H2("Verdict: how sensitive is each method to its learning rate?"),
+                    html.P(answer.scale, className="scale"),
+                    html.Ul([html.Li(t) for t in answer.methods], className="methods"),
+                    html.P(answer.ranking, className="ranking"),
+                    html.Ul([html.Li(t) for t in answer.comparisons], className="comparisons"),
+                ],
+                id="verdict",
+                style={"background": "#f6f8fa", "border": "1px solid #d0d7de", "padding": "4px 16px"},
+            ),
+            html.Div([_graph(figs["sensitivity"], "fig-sensitivity"), _graph(figs["robustness"], "fig-robustness")],
+                     style=side),
             html.H2("Robustness metrics"),
             _datatable("metrics-table", list(METRIC_COLUMNS), metrics_rows(data.metrics)),
             html.Details([html.Summary("How the metrics are defined"), html.Pre(METRICS_DOC or "")]),
             html.H2("Final training loss per learning rate (the paper's Table 1)"),
             _datatable("table1", t1_columns, t1.as_records()),
-            html.Div([_graph(figs["robustness"], "fig-robustness"), _graph(figs["divergence"], "fig-divergence")],
-                     style=side),
-            html.H2("Objective over lr x tau_prox, per method"),
+            html.H2("Capped objective over lr x tau_prox, per method (log colour scale)"),
             html.Div([_graph(figs[f"heatmap:{m}"], f"fig-heatmap-{i}") for i, m in enumerate(methods)
                       if f"heatmap:{m}" in figs], style=side),
+            html.Div([_graph(figs["tunability"], "fig-tunability"), _graph(figs["divergence"], "fig-divergence")],
+                     style=side),
             html.H2("Training curves of each method's best point"),
             html.Div([_graph(figs["training_epoch"], "fig-training-epoch"),
                       _graph(figs["training_seconds"], "fig-training-seconds")], style=side),
-            _graph(figs["tunability"], "fig-tunability"),
             html.H2("Trials"),
             _datatable("trials-table", [(c, c) for c in columns], trows, numeric=NUMERIC_TRIAL_COLUMNS,
                        filter_action="native",

@@ -30,7 +30,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from proxstudy.dashboards.metrics import GoodRegion, MethodMetrics, compute_metrics, direction_for
+from proxstudy.dashboards.metrics import DEFAULT_DELTA, Robustness, compute_robustness, direction_for
 from proxstudy.study import records as R
 from proxstudy.study import records_sql
 from proxstudy.study.storage import redact  # re-exported: pages and logs show only the redacted URL
@@ -129,7 +129,7 @@ class StudyData:
     space: dict | None
     records: list[R.TrialRecord]
     points: list[R.PointSummary]
-    metrics: dict[str, MethodMetrics]
+    metrics: Robustness
     counts: dict[str, int]
     loaded_at: float = field(default_factory=time.monotonic)
     version: int = field(default_factory=lambda: next(_versions))  # unique per snapshot
@@ -150,7 +150,7 @@ def build_study_data(
     counts: dict[str, int] | None = None,
     space: dict | None = None,
     direction: str | None = None,
-    good: GoodRegion | None = None,
+    delta: float = DEFAULT_DELTA,
 ) -> StudyData:
     """Aggregate records into points and metrics (pure; used by the cache and by tests)."""
     objective = str((space or {}).get("objective") or "train_loss")
@@ -160,7 +160,7 @@ def build_study_data(
         counts = {s: 0 for s in STATUS_ORDER}
         for r in records:
             counts[r.status] = counts.get(r.status, 0) + 1
-    metrics = compute_metrics(points, direction, good, k_max=K_MAX)
+    metrics = compute_robustness(records, direction, delta=delta, k_max=K_MAX)
     return StudyData(name, objective, direction, space, records, points, metrics, counts)
 
 

@@ -1,4 +1,4 @@
-"""Plotly figures of a robustness study: functions of records, points and metrics.
+"""Plotly figures of a robustness study: functions of records, points and the robustness analysis.
 
 No Dash here, so the web app and the static report draw exactly the same figures. Text that
 comes from the study (method names, parameter values) only ever goes into trace names, titles
@@ -7,15 +7,16 @@ and hover text, which Plotly renders as text.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Sequence
 
 import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from proxstudy.dashboards.metrics import MINIMIZE, MethodMetrics, params_label, point_value
-from proxstudy.dashboards.tables import Table1, format_lr, format_value, metrics_rows, METRIC_COLUMNS
-from proxstudy.study.records import PARAM_CG, PARAM_LR, PARAM_TAU, PointSummary, TrialRecord
+from proxstudy.dashboards.metrics import MINIMIZE, PointRobustness, Robustness, params_label
+from proxstudy.dashboards.tables import METRIC_COLUMNS, Table1, format_lr, format_value, metrics_rows
+from proxstudy.study.records import PARAM_CG, PARAM_LR, PARAM_TAU, STATUS_COMPLETED, PointSummary, TrialRecord
 
 DIVERGED_COLOR = "#d62728"
 METHOD_COLORS = plotly.colors.qualitative.Plotly
@@ -33,153 +34,207 @@ def _tau_label(tau) -> str:
     return NO_TAU if tau is None else f"{tau:.3g}"
 
 
-def heatmap(
-    points: Sequence[PointSummary], method: str, objective: str = "objective", direction: str = MINIMIZE
-) -> go.Figure:
-    """The objective over lr (x) x tau_prox (y) for one method, one facet per CG-iteration count.
+def _log_scale(robustness: Robustness) -> bool:
+    """Capped values go on log axes when they are positive losses (they span decades)."""
+    values = [p.value for p in robustness.points]
+    return robustness.direction == MINIMIZE and bool(values) and min(values) > 0
 
-    Cells are categorical (lr and tau labels in grid order). Diverged cells have no colour and
-    carry a red "x" marker and the text "diverged"; hover shows mean, spread (population std
-    over seeds) and n. Where other swept parameters exist, a cell shows the best point among
-    those sharing its lr, tau_prox and cg_iterations.
+
+def _log_ticks(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """Colour-bar ticks for log10 values (1-2-5 steps per decade over at most two decades, one
+    per decade beyond), labelled in real units; the range's ends are labelled too."""
+    vals, text = [], []
+    mantissas = (1, 2, 5) if hi - lo <= 2 else (1,)  # at most about a dozen labels
+    for exponent in range(math.floor(lo) - 1, math.ceil(hi) + 1):
+        for mantissa in mantissas:
+            v = mantissa * 10.0**exponent
+            if lo - 1e-9 <= math.log10(v) <= hi + 1e-9:
+                vals.append(math.log10(v))
+                text.append(format_value(v))
+    for end in (lo, hi):  # the ends: the best point of the study and the value before training
+        if all(abs(end - v) > 0.15 for v in vals):
+            vals.append(end)
+            text.append(format_value(10**end))
+    order = sorted(range(len(vals)), key=vals.__getitem__)
+    return [vals[i] for i in order], [text[i] for i in order]
+
+
+def heatmap(robustness: Robustness, method: str, objective: str = "objective") -> go.Figure:
+    """Capped values over lr (x) x tau_prox (y) for one method, one facet per CG-iteration count.
+
+    Colour: the point's value v (mean of its seeds' capped values) on a log scale for positive
+    losses (log10 values, colour-bar ticks in real units), one range for every method of the
+    study (from the best point of all methods to the value before training), so one blown-up
+    run cannot wash out the rest and methods compare by colour. A cell where any seed diverged
+    keeps its colour (diverged seeds count as the value before training) and carries a red
+    "x". Hover: v, median and range over seeds, completed/diverged seeds, progress q. Where
+    other swept parameters exist, a cell shows the best point sharing its lr, tau and cg.
     """
-    pts = [p for p in points if p.method == method and (p.diverged or p.n > 0)]
-    cgs = sorted({p.params.get(PARAM_CG) for p in pts}, key=lambda c: (c is None, c or 0))
-    cgs = cgs or [None]
+    r = robustness
+    pts = [p for p in r.method_points(method) if p.lr is not None]
+    log = _log_scale(r)
+    cgs = sorted({p.params.get(PARAM_CG) for p in pts}, key=lambda c: (c is None, c or 0)) or [None]
     titles = [f"cg_iterations={c}" if c is not None else method for c in cgs]
     fig = make_subplots(rows=1, cols=len(cgs), subplot_titles=titles, shared_yaxes=True)
-    lrs = sorted({float(p.params[PARAM_LR]) for p in pts if PARAM_LR in p.params})
+    lrs = sorted({p.lr for p in pts})
     taus = sorted({p.params.get(PARAM_TAU) for p in pts}, key=lambda t: (t is None, t or 0))
     xs = [format_lr(lr) for lr in lrs]
     ys = [_tau_label(t) for t in taus]
-    better = (lambda a, b: a < b) if direction == MINIMIZE else (lambda a, b: a > b)
+    sign = 1.0 if r.direction == MINIMIZE else -1.0
+    ends = [v for v in (r.initial_value, r.best_value) if v is not None]
+    if log and ends:
+        zmin, zmax = math.log10(min(ends)), math.log10(max(ends))
+        tickvals, ticktext = _log_ticks(zmin, zmax)
+        colorbar = {"title": {"text": f"{objective} (log)"}, "tickvals": tickvals, "ticktext": ticktext}
+    else:
+        zmin, zmax = (min(ends), max(ends)) if ends else (None, None)
+        colorbar = {"title": {"text": objective}}
+    if zmin is not None and zmin == zmax:
+        zmin, zmax = None, None
     for col, cg in enumerate(cgs, start=1):
-        cell: dict[tuple[float, object], PointSummary] = {}
+        cell: dict[tuple[float, object], PointRobustness] = {}
         for p in pts:
-            if p.params.get(PARAM_CG) != cg or PARAM_LR not in p.params:
+            if p.params.get(PARAM_CG) != cg:
                 continue
-            key = (float(p.params[PARAM_LR]), p.params.get(PARAM_TAU))
-            old = cell.get(key)
-            if old is None or better(point_value(p, direction), point_value(old, direction)):
+            key = (p.lr, p.params.get(PARAM_TAU))
+            if key not in cell or sign * p.value < sign * cell[key].value:
                 cell[key] = p
-        z, text, custom = [], [], []
-        div_x, div_y = [], []
+        z, text, custom, div_x, div_y = [], [], [], [], []
         for tau in taus:
             zr, tr, cr = [], [], []
             for lr in lrs:
                 p = cell.get((lr, tau))
                 if p is None:
-                    value, label, hover = None, "", ["no data", "", 0]
-                elif p.diverged:
-                    value, label = None, "diverged"
-                    hover = ["diverged", f"{p.n_diverged} of {p.n_diverged + p.n} seeds", p.n + p.n_diverged]
+                    zr.append(None)
+                    tr.append("")
+                    cr.append(["no data", "", "", 0, 0, ""])
+                    continue
+                zr.append(math.log10(p.value) if log else p.value)
+                tr.append(format_value(p.value))
+                cr.append([format_value(p.value), format_value(p.seed_median),
+                           f"{format_value(min(p.capped))} to {format_value(max(p.capped))}",
+                           p.n_completed, p.n_diverged, f"{p.progress:.2f}"])
+                if p.diverged:
                     div_x.append(format_lr(lr))
                     div_y.append(_tau_label(tau))
-                else:
-                    value, label = p.mean, format_value(p.mean)
-                    hover = [format_value(p.mean), format_value(p.std), p.n]
-                zr.append(value)
-                tr.append(label)
-                cr.append(hover)
             z.append(zr)
             text.append(tr)
             custom.append(cr)
         fig.add_trace(
             go.Heatmap(
-                x=xs, y=ys, z=z, text=text, customdata=custom,
+                x=xs, y=ys, z=z, text=text, customdata=custom, zmin=zmin, zmax=zmax,
                 texttemplate="%{text}" if len(xs) <= 10 and len(ys) <= 12 else None,  # readable grids only
-                colorscale="Viridis", reversescale=direction != MINIMIZE,
-                colorbar={"title": {"text": objective}}, showscale=col == 1,
+                colorscale="Viridis", reversescale=r.direction != MINIMIZE,
+                colorbar=colorbar, showscale=col == 1,
                 name=f"{method} cg{cg}" if cg is not None else method,
-                hovertemplate="lr=%{x}<br>tau_prox=%{y}<br>mean=%{customdata[0]}"
-                "<br>spread (std)=%{customdata[1]}<br>n=%{customdata[2]}<extra></extra>",
+                hovertemplate="lr=%{x}<br>tau_prox=%{y}<br>capped mean=%{customdata[0]}"
+                "<br>seed median=%{customdata[1]}<br>seed range=%{customdata[2]}"
+                "<br>completed=%{customdata[3]}, diverged=%{customdata[4]}<br>progress q=%{customdata[5]}"
+                "<extra></extra>",
             ),
             row=1, col=col,
         )
         fig.add_trace(
             go.Scatter(
-                x=div_x, y=div_y, mode="markers", name="diverged", showlegend=col == 1 and bool(div_x),
+                x=div_x, y=div_y, mode="markers", name="a seed diverged", showlegend=col == 1 and bool(div_x),
                 marker={"symbol": "x", "size": 14, "color": DIVERGED_COLOR},
-                hovertemplate="lr=%{x}<br>tau_prox=%{y}<br>diverged<extra></extra>",
+                hovertemplate="lr=%{x}<br>tau_prox=%{y}<br>a seed diverged<extra></extra>",
             ),
             row=1, col=col,
         )
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=xs, title_text="lr", row=1, col=col)
         fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys, row=1, col=col)
     fig.update_yaxes(title_text="tau_prox", row=1, col=1)
-    fig.update_layout(title={"text": f"{method}: {objective} over lr x tau_prox"}, height=400,
-                      margin={"t": 80}, legend={"orientation": "h", "x": 0, "y": -0.3})
+    fig.update_layout(title={"text": f"{method}: capped {objective} over lr x tau_prox (mean over seeds)"},
+                      height=400, margin={"t": 80}, legend={"orientation": "h", "x": 0, "y": -0.3})
     return fig
 
 
-def best_row(points: Sequence[PointSummary], best_params: Mapping | None) -> list[PointSummary]:
-    """A method's points sharing every parameter but lr with its best point, sorted by lr."""
-    if not best_params:
-        return []
-    others = {k: v for k, v in best_params.items() if k != PARAM_LR}
-    row = [
-        p for p in points
-        if PARAM_LR in p.params and {k: v for k, v in p.params.items() if k != PARAM_LR} == others
-        and (p.diverged or p.n > 0)
-    ]
-    return sorted(row, key=lambda p: float(p.params[PARAM_LR]))
+def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure:
+    """Capped values vs lr (log axis), one line per method at its most robust setting.
 
-
-def robustness_curve(
-    points: Sequence[PointSummary],
-    metrics: Mapping[str, MethodMetrics],
-    objective: str = "objective",
-    direction: str = MINIMIZE,
-) -> go.Figure:
-    """Objective vs lr (log axis), one line per method at its best other parameters.
-
-    The band spans the seeds (their min to max), which stays honest on the log y axis used for
-    positive losses (losses span decades, as in the paper's Table 1; mean - std could be
-    negative there). Diverged lrs break the line and show a red "x" at the top of the range.
+    The line is the median over seeds, the band their range (min to max), both of capped
+    values, so a blown-up seed cannot leave the plot. A red "x" marks lrs where a seed
+    diverged. Dotted: the value before training (no progress); dashed: the trained threshold
+    (the best progress of all methods times 1 - delta).
     """
+    r = robustness
     fig = go.Figure()
-    finite_all = [p.mean for p in points if not p.diverged and p.mean is not None]
-    top = max(finite_all) if finite_all else 1.0
-    for index, (method, m) in enumerate(metrics.items()):
-        row = best_row([p for p in points if p.method == method], m.best_params)
+    for index, (method, m) in enumerate(r.methods.items()):
+        if m.sensitivity_params is None:
+            continue
+        row = sorted((p for p in r.method_points(method) if p.lr is not None and p.theta == m.sensitivity_params),
+                     key=lambda p: p.lr)
         if not row:
             continue
-        # One colour per method (as in the other figures); the invisible band traces would
-        # otherwise consume colours of the cycle.
         color = METHOD_COLORS[index % len(METHOD_COLORS)]
-        x = [float(p.params[PARAM_LR]) for p in row]
-        y = [None if p.diverged or p.mean is None else p.mean for p in row]
-        sd = [0.0 if p.std is None else p.std for p in row]
+        x = [p.lr for p in row]
         label = method
-        extra = params_label({k: v for k, v in (m.best_params or {}).items() if k != PARAM_LR})
+        extra = params_label(m.sensitivity_params)
         if extra:
             label += f" ({extra})"
-        upper = [None if v is None else max(p.values) for v, p in zip(y, row)]
-        lower = [None if v is None else min(p.values) for v, p in zip(y, row)]
-        fig.add_trace(go.Scatter(x=x, y=upper, mode="lines", line={"width": 0}, showlegend=False,
-                                 hoverinfo="skip", legendgroup=method, name=f"{method} seed max"))
-        fig.add_trace(go.Scatter(x=x, y=lower, mode="lines", line={"width": 0}, fill="tonexty",
-                                 fillcolor="rgba(100,100,100,0.15)", showlegend=False,
+        fig.add_trace(go.Scatter(x=x, y=[max(p.capped) for p in row], mode="lines", line={"width": 0},
+                                 showlegend=False, hoverinfo="skip", legendgroup=method, name=f"{method} seed max"))
+        fig.add_trace(go.Scatter(x=x, y=[min(p.capped) for p in row], mode="lines", line={"width": 0},
+                                 fill="tonexty", fillcolor=_rgba(color, 0.18), showlegend=False,
                                  hoverinfo="skip", legendgroup=method, name=f"{method} seed min"))
         fig.add_trace(go.Scatter(
-            x=x, y=y, mode="lines+markers", name=label, legendgroup=method, line={"color": color},
-            customdata=[[format_value(v), format_value(s), p.n] for v, s, p in zip(y, sd, row)],
-            hovertemplate="lr=%{x}<br>mean=%{customdata[0]}<br>std=%{customdata[1]}<br>n=%{customdata[2]}"
+            x=x, y=[p.seed_median for p in row], mode="lines+markers", name=label, legendgroup=method,
+            line={"color": color},
+            customdata=[[format_value(p.value), f"{p.progress:.2f}", p.n_completed, p.n_diverged] for p in row],
+            hovertemplate="lr=%{x}<br>seed median=%{y:.4g}<br>capped mean=%{customdata[0]}"
+            "<br>progress q=%{customdata[1]}<br>completed=%{customdata[2]}, diverged=%{customdata[3]}"
             "<extra>%{fullData.name}</extra>",
         ))
-        dx = [float(p.params[PARAM_LR]) for p in row if p.diverged]
+        dx = [p for p in row if p.diverged]
         if dx:
             fig.add_trace(go.Scatter(
-                x=dx, y=[top] * len(dx), mode="markers", name=f"{method} diverged", legendgroup=method,
-                marker={"symbol": "x", "size": 12, "color": DIVERGED_COLOR},
-                hovertemplate="lr=%{x}<br>diverged<extra></extra>",
+                x=[p.lr for p in dx], y=[p.seed_median for p in dx], mode="markers", name=f"{method} diverged",
+                legendgroup=method, marker={"symbol": "x", "size": 12, "color": DIVERGED_COLOR},
+                hovertemplate="lr=%{x}<br>%{customdata} seed(s) diverged<extra></extra>",
+                customdata=[p.n_diverged for p in dx],
             ))
+    log = _log_scale(r)
+    lrs = [p.lr for p in r.points if p.lr is not None]
+    trained_text = f"trained: {100 * (1 - r.delta):.0f}% of the best progress"
+    for value, dash, text in ((r.initial_value, "dot", "before training (no progress)"),
+                              (r.progress_threshold, "dash", trained_text)):
+        if lrs and value is not None and (value > 0 or not log):
+            fig.add_trace(go.Scatter(x=[min(lrs), max(lrs)], y=[value, value], mode="lines", name=text,
+                                     line={"dash": dash, "color": "#555", "width": 1.5},
+                                     hovertemplate=f"{text}: {format_value(value)}<extra></extra>"))
     fig.update_xaxes(type="log", title_text="lr", exponentformat="power")
-    log_y = direction == MINIMIZE and bool(finite_all) and min(finite_all) > 0
-    fig.update_yaxes(type="log" if log_y else "linear",
-                     title_text=f"{objective} (mean over seeds; band: min-max)")
-    fig.update_layout(title={"text": "Robustness: objective vs learning rate at each method's best other parameters"})
+    fig.update_yaxes(type="log" if log else "linear",
+                     title_text=f"capped {objective} (line: seed median; band: seed range)")
+    fig.update_layout(title={"text": "Capped objective vs learning rate at each method's most robust setting"})
     return fig
+
+
+def sensitivity_bars(robustness: Robustness) -> go.Figure:
+    """lr sensitivity per method (0 = as good as the best everywhere, 1 = no progress) with its
+    95% bootstrap interval as error bars."""
+    methods = [m for m in robustness.methods.values() if m.lr_sensitivity is not None]
+    fig = go.Figure()
+    for index, m in enumerate(methods):
+        lo, hi = m.lr_sensitivity_ci or (m.lr_sensitivity, m.lr_sensitivity)
+        fig.add_trace(go.Bar(
+            x=[m.method], y=[m.lr_sensitivity], name=m.method,
+            marker={"color": METHOD_COLORS[index % len(METHOD_COLORS)]},
+            error_y={"type": "data", "symmetric": False, "array": [hi - m.lr_sensitivity],
+                     "arrayminus": [m.lr_sensitivity - lo], "thickness": 2, "width": 10},
+            text=[f"{m.lr_sensitivity:.2f}"], textposition="inside", insidetextanchor="middle",
+            customdata=[[f"{lo:.2f}", f"{hi:.2f}", params_label(m.sensitivity_params) or "(no other parameter)"]],
+            hovertemplate="%{x}<br>lr sensitivity %{y:.3f}<br>95% CI [%{customdata[0]}, %{customdata[1]}]"
+            "<br>at %{customdata[2]}<extra></extra>",
+        ))
+    fig.update_yaxes(title_text="lr sensitivity (mean shortfall from the best progress)", range=[0, 1.05])
+    fig.update_layout(showlegend=False, title={"text": "lr sensitivity per method (95% bootstrap interval over seeds)"})
+    return fig
+
+
+def _rgba(color: str, alpha: float) -> str:
+    red, green, blue = plotly.colors.hex_to_rgb(color)
+    return f"rgba({red},{green},{blue},{alpha})"
 
 
 def table1_figure(table: Table1, title: str = "Final training loss (Table 1 view)") -> go.Figure:
@@ -201,7 +256,7 @@ def _series_of(record: TrialRecord, objective: str) -> list:
 
 def training_curves(
     records: Sequence[TrialRecord],
-    metrics: Mapping[str, MethodMetrics],
+    robustness: Robustness,
     objective: str = "train_loss",
     x: str = "epoch",
 ) -> go.Figure:
@@ -210,11 +265,11 @@ def training_curves(
     ``x="seconds"`` uses cumulative epoch wall-clock seconds (mean over the seeds).
     """
     fig = go.Figure()
-    for method, m in metrics.items():
+    for method, m in robustness.methods.items():
         if m.best_params is None:
             continue
         target = tuple(sorted(m.best_params.items()))
-        runs = [r for r in records if r.method == method and r.param_items == target and r.status == "completed"]
+        runs = [r for r in records if r.method == method and r.param_items == target and r.status == STATUS_COMPLETED]
         if not runs:
             continue
         length = min(len(_series_of(r, objective)) for r in runs)
@@ -234,9 +289,9 @@ def training_curves(
     return fig
 
 
-def metrics_table_figure(metrics: Mapping[str, MethodMetrics]) -> go.Figure:
-    """The metrics table as a go.Table (the report's view; the app uses a DataTable)."""
-    rows = metrics_rows(metrics)
+def metrics_table_figure(robustness: Robustness) -> go.Figure:
+    """The metrics table as a go.Table (the app shows the same rows in a DataTable)."""
+    rows = metrics_rows(robustness)
     fig = go.Figure(go.Table(
         header={"values": [title for _, title in METRIC_COLUMNS]},
         cells={"values": [[r[key] for r in rows] for key, _ in METRIC_COLUMNS], "align": "left"},
@@ -245,19 +300,25 @@ def metrics_table_figure(metrics: Mapping[str, MethodMetrics]) -> go.Figure:
     return fig
 
 
-def tunability_curve(metrics: Mapping[str, MethodMetrics], objective: str = "objective") -> go.Figure:
-    """Expected best objective after k random draws from each method's grid, k = 1..K."""
+def tunability_curve(robustness: Robustness, objective: str = "objective") -> go.Figure:
+    """Expected best capped value after k random draws from each method's grid (Dodge et al.
+    2019), on log axes: the differences that matter sit in the first decade of k and, for
+    losses, in the decades of the objective."""
     fig = go.Figure()
-    for method, m in metrics.items():
+    k_max = 0
+    for index, (method, m) in enumerate(robustness.methods.items()):
         ks = list(range(1, len(m.expected_best) + 1))
+        k_max = max(k_max, len(ks))
         fig.add_trace(go.Scatter(
             x=ks, y=m.expected_best, mode="lines+markers", name=method,
-            customdata=m.p_all_diverged,
-            hovertemplate="k=%{x}<br>expected best=%{y:.4g}<br>P(all k diverged)=%{customdata:.3g}<extra></extra>",
+            line={"color": METHOD_COLORS[index % len(METHOD_COLORS)]},
+            hovertemplate="k=%{x}<br>expected best=%{y:.4g}<extra>%{fullData.name}</extra>",
         ))
-    fig.update_xaxes(title_text="k random draws from the method's grid", dtick=1 if any(len(m.expected_best) <= 20 for m in metrics.values()) else None)
-    fig.update_yaxes(title_text=f"expected best {objective}")
-    fig.update_layout(title={"text": "Tunability: expected best after k random draws (diverged = worst finite value)"})
+    fig.update_xaxes(type="log", title_text="k random draws from the method's grid")
+    fig.update_yaxes(type="log" if _log_scale(robustness) else "linear",
+                     title_text=f"expected best capped {objective}")
+    fig.update_layout(title={"text": "Tunability: expected best after k random draws "
+                                     "(diverged runs count as untrained)"})
     return fig
 
 
@@ -287,13 +348,12 @@ def divergence_view(points: Sequence[PointSummary]) -> go.Figure:
 
 def study_figures(data) -> dict[str, go.Figure]:
     """Every figure of a study page, by id (``data``: dashboards.data.StudyData)."""
-    figs: dict[str, go.Figure] = {}
+    r: Robustness = data.metrics
+    figs: dict[str, go.Figure] = {"sensitivity": sensitivity_bars(r), "robustness": lr_curves(r, data.objective)}
     for method in _methods(data.points):
-        figs[f"heatmap:{method}"] = heatmap(data.points, method, data.objective, data.direction)
-    figs["robustness"] = robustness_curve(data.points, data.metrics, data.objective, data.direction)
-    figs["training_epoch"] = training_curves(data.records, data.metrics, data.objective, "epoch")
-    figs["training_seconds"] = training_curves(data.records, data.metrics, data.objective, "seconds")
-    figs["tunability"] = tunability_curve(data.metrics, data.objective)
+        figs[f"heatmap:{method}"] = heatmap(r, method, data.objective)
+    figs["training_epoch"] = training_curves(data.records, r, data.objective, "epoch")
+    figs["training_seconds"] = training_curves(data.records, r, data.objective, "seconds")
+    figs["tunability"] = tunability_curve(r, data.objective)
     figs["divergence"] = divergence_view(data.points)
     return figs
-

@@ -1,4 +1,4 @@
-"""The static report: one self-contained HTML file with the study page's figures and tables.
+"""The static report: one self-contained HTML file with the study page's verdict, figures, tables.
 
 plotly.js is inlined once (the file works offline, no external script), every piece of text
 from the storage is HTML-escaped, and the file is written to a temporary file in the target
@@ -17,7 +17,7 @@ from plotly.offline import get_plotlyjs
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.figures import study_figures
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
-from proxstudy.dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows
+from proxstudy.dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows, verdict
 
 _STYLE = """
 body { font-family: sans-serif; margin: 16px; }
@@ -29,6 +29,7 @@ table.data td:first-child { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }
 @media (max-width: 1100px) { .grid { grid-template-columns: minmax(0, 1fr); } }
 pre { white-space: pre-wrap; }
+#verdict { background: #f6f8fa; border: 1px solid #d0d7de; padding: 4px 16px; }
 """
 
 
@@ -58,22 +59,30 @@ def render_report(data: D.StudyData, storage_shown: str = "") -> str:
                 for key, fig in figs.items()}
     t1 = table1(data.points, data.records, data.direction)
     mrows = metrics_rows(data.metrics)
+    answer = verdict(data.metrics, data.objective)
     counts = ", ".join(f"{data.counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
     parts.append(f"<h1>{esc(data.name)}</h1>")
     parts.append(f"<p>Storage: {esc(storage_shown)} | objective: {esc(data.objective)} ({esc(data.direction)}) "
                  f"| trials: {esc(counts)}</p>")
+    parts.append('<section id="verdict"><h2>Verdict: how sensitive is each method to its learning rate?</h2>')
+    parts.append(f'<p class="scale">{esc(answer.scale)}</p>')
+    parts.append('<ul class="methods">' + "".join(f"<li>{esc(t)}</li>" for t in answer.methods) + "</ul>")
+    if answer.ranking:
+        parts.append(f'<p class="ranking">{esc(answer.ranking)}</p>')
+    parts.append('<ul class="comparisons">' + "".join(f"<li>{esc(t)}</li>" for t in answer.comparisons) + "</ul>")
+    parts.append("</section>")
+    parts.append(f'<div class="grid">{fig_html["sensitivity"]}{fig_html["robustness"]}</div>')
     parts.append("<h2>Robustness metrics</h2>")
     parts.append(_table([t for _, t in METRIC_COLUMNS], [[r[k] for k, _ in METRIC_COLUMNS] for r in mrows], "metrics"))
     parts.append(f"<details><summary>How the metrics are defined</summary><pre>{esc(METRICS_DOC or '')}</pre></details>")
     parts.append("<h2>Final training loss per learning rate (the paper's Table 1; - = diverged)</h2>")
     parts.append(_table(["method"] + [format_lr(lr) for lr in t1.lrs],
                         [[row] + cells for row, cells in zip(t1.rows, t1.cells)], "table1"))
-    parts.append(f'<div class="grid">{fig_html["robustness"]}{fig_html["divergence"]}</div>')
-    parts.append("<h2>Objective over lr x tau_prox, per method</h2>")
+    parts.append("<h2>Capped objective over lr x tau_prox, per method (log colour scale)</h2>")
     parts.append('<div class="grid">' + "".join(v for k, v in fig_html.items() if k.startswith("heatmap:")) + "</div>")
+    parts.append(f'<div class="grid">{fig_html["tunability"]}{fig_html["divergence"]}</div>')
     parts.append("<h2>Training curves of each method's best point</h2>")
     parts.append(f'<div class="grid">{fig_html["training_epoch"]}{fig_html["training_seconds"]}</div>')
-    parts.append(fig_html["tunability"])
     columns, trows = trial_rows(data.records)
     parts.append(f"<details><summary>All {len(trows)} trials</summary>")
     parts.append(_table(columns, [[_cell(r.get(c)) for c in columns] for r in trows], "trials"))

@@ -1,4 +1,4 @@
-"""Tabular views of a study as plain rows: the paper's Table 1, the metrics and the trials.
+"""Tabular views of a study as plain rows and text: Table 1, the metrics, the verdict, the trials.
 
 Plain lists of dicts/strings, so the Dash DataTable, the Plotly go.Table and the static HTML
 report all show the same numbers formatted the same way.
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxstudy.dashboards.metrics import MINIMIZE, MethodMetrics, params_label, point_value
+from proxstudy.dashboards.metrics import MINIMIZE, Robustness, params_label
 from proxstudy.study.records import (
     PARAM_CG,
     PARAM_LR,
@@ -73,6 +73,13 @@ class Table1:
         ]
 
 
+def _rank_value(point: PointSummary, direction: str) -> float:
+    """A point's seed mean for ranking; diverged points (or none completed) rank last."""
+    if point.diverged or point.mean is None:
+        return math.inf if direction == MINIMIZE else -math.inf
+    return float(point.mean)
+
+
 def _row_of(point: PointSummary) -> tuple[str, Any]:
     return point.method, point.params.get(PARAM_CG)
 
@@ -101,8 +108,8 @@ def table1(
     lrs = sorted({float(p.params[PARAM_LR]) for ps in rows.values() for p in ps}, reverse=True)
     labels, cells, values = [], [], []
     for (method, cg), pts in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
-        finite = [p for p in pts if math.isfinite(point_value(p, direction))]
-        anchor = (min if direction == MINIMIZE else max)(finite, key=lambda p: point_value(p, direction)) if finite else pts[0]
+        finite = [p for p in pts if math.isfinite(_rank_value(p, direction))]
+        anchor = (min if direction == MINIMIZE else max)(finite, key=lambda p: _rank_value(p, direction)) if finite else pts[0]
         fixed = {k: v for k, v in anchor.params.items() if k not in (PARAM_LR, PARAM_CG)}
         label = method if cg is None else f"{method} cg{cg}"
         if fixed:
@@ -130,39 +137,155 @@ def table1(
 
 METRIC_COLUMNS = (
     ("method", "method"),
-    ("best", "best"),
+    ("lr_sensitivity", "lr sensitivity [95% CI]"),
+    ("sensitivity_params", "at (most robust setting)"),
+    ("trained_lr", "trained lr range"),
+    ("trained_decades", "decades [95% CI]"),
+    ("robust_params", "most robust configuration"),
+    ("best", "best (capped seed mean)"),
     ("best_params", "best parameters"),
     ("median", "median"),
     ("worst", "worst"),
-    ("divergence_rate", "divergence rate"),
-    ("good_share", "good-region share"),
-    ("lr_tolerance", "lr tolerance (decades)"),
-    ("n_points", "points"),
+    ("divergence_rate", "diverged points"),
+    ("seeds", "seeds per point"),
 )
 
 
-def metrics_rows(metrics: Mapping[str, MethodMetrics]) -> list[dict[str, str]]:
+def format_number(value: float | None, digits: int = 2) -> str:
+    """A unitless number (sensitivity, decades) with fixed decimals; "n/a" when undefined."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def format_interval(interval: tuple[float, float] | None, digits: int = 2) -> str:
+    if interval is None:
+        return ""
+    return f"[{format_number(interval[0], digits)}, {format_number(interval[1], digits)}]"
+
+
+def format_lr_range(lr_range: tuple[float, float] | None) -> str:
+    if lr_range is None:
+        return "none"
+    lo, hi = lr_range
+    return format_lr(lo) if lo == hi else f"{format_lr(lo)} to {format_lr(hi)}"
+
+
+def _setting(params: Mapping[str, Any] | None) -> str:
+    if params is None:
+        return ""
+    return params_label(params) or "(no other parameter)"
+
+
+def metrics_rows(robustness: Robustness) -> list[dict[str, str]]:
     """One row per method, formatted for display (keys = METRIC_COLUMNS ids)."""
     rows = []
-    for m in metrics.values():
-        best = format_value(m.best)
-        if m.best is not None and m.best_std:
-            best += f" ± {format_value(m.best_std)}"
+    for m in robustness.methods.values():
+        seeds = str(m.seeds_min) if m.seeds_min == m.seeds_max else f"{m.seeds_min}-{m.seeds_max}"
         rows.append(
             {
                 "method": m.method,
-                "best": best + (f" (n={m.best_n})" if m.best is not None else ""),
+                "lr_sensitivity": f"{format_number(m.lr_sensitivity)} {format_interval(m.lr_sensitivity_ci)}".strip(),
+                "sensitivity_params": _setting(m.sensitivity_params),
+                "trained_lr": format_lr_range(m.trained_lr),
+                "trained_decades": f"{format_number(m.trained_decades, 1)} {format_interval(m.trained_decades_ci, 1)}".strip(),
+                "robust_params": params_label(m.robust_params) if m.robust_params is not None else "none",
+                "best": format_value(m.best_value),
                 "best_params": params_label(m.best_params),
                 "median": format_value(m.median),
-                "worst": format_value(m.worst)
-                + (f" (finite {format_value(m.worst_finite)})" if m.worst is not None and not math.isfinite(m.worst) and m.worst_finite is not None else ""),
-                "divergence_rate": f"{100 * m.divergence_rate:.0f}%",
-                "good_share": f"{100 * m.good_share:.0f}%",
-                "lr_tolerance": f"{m.lr_tolerance_decades:.2f}",
-                "n_points": str(m.n_points),
+                "worst": format_value(m.worst),
+                "divergence_rate": f"{100 * m.divergence_rate:.0f}% ({m.diverged_points} of {m.points})",
+                "seeds": seeds,
             }
         )
     return rows
+
+
+@dataclass
+class Verdict:
+    """The plain-language answer a study page and report open with."""
+
+    scale: str  # what "progress" and "trained" mean on this study, in its own units
+    methods: list[str]  # one sentence per method
+    comparisons: list[str]  # one sentence per pair of methods
+    ranking: str  # the methods ordered by lr sensitivity
+
+    @property
+    def sentences(self) -> list[str]:
+        return [self.scale, *self.methods, self.ranking, *self.comparisons]
+
+
+#: P(A less sensitive than B) at or beyond which the verdict calls A less sensitive.
+DECISIVE = 0.95
+
+
+def _method_sentence(m, delta: float) -> str:
+    if m.lr_sensitivity is None:
+        return f"{m.method}: no learning-rate grid to measure (no point records an lr)."
+    text = f"{m.method}: lr sensitivity {format_number(m.lr_sensitivity)} {format_interval(m.lr_sensitivity_ci)}"
+    if m.sensitivity_params:
+        text += f" at its most robust setting {params_label(m.sensitivity_params)}"
+    share = f"{100 * (1 - delta):.0f}% of the best progress"
+    if m.trained_lr is None:
+        text += f"; it reaches {share} at none of the {m.lr_points} learning rates there"
+    elif m.trained_lr[0] == m.trained_lr[1]:
+        text += (f"; it reaches {share} at a single learning rate ({format_lr(m.trained_lr[0])}), "
+                 f"0 decades {format_interval(m.trained_decades_ci, 1)}")
+    else:
+        text += (f"; it reaches {share} over {format_number(m.trained_decades, 1)} decades of lr "
+                 f"{format_interval(m.trained_decades_ci, 1)} ({format_lr_range(m.trained_lr)})")
+    text += f"; {m.diverged_points} of {m.points} points diverged"
+    if m.seeds_max < 2:
+        text += " (one seed per point: the intervals show no seed-to-seed variation, they are not evidence)"
+    return text + "."
+
+
+def _comparison_sentence(a: str, b: str, p: float | None, resamples: int) -> str:
+    if p is None:
+        return f"{a} vs {b}: not comparable (one of them has no learning-rate grid)."
+    if p >= DECISIVE:
+        return f"{a} is less lr-sensitive than {b}: P = {p:.2f} over {resamples} bootstrap resamples of the seeds."
+    if p <= 1 - DECISIVE:
+        return f"{b} is less lr-sensitive than {a}: P = {1 - p:.2f} over {resamples} bootstrap resamples of the seeds."
+    return (f"The seeds do not separate {a} and {b}: P({a} less lr-sensitive than {b}) = {p:.2f} "
+            f"(decisive would be >= {DECISIVE:.2f} or <= {1 - DECISIVE:.2f}).")
+
+
+def verdict(robustness: Robustness, objective: str = "objective") -> Verdict:
+    """One plain sentence per method with its numbers and intervals, then the pairwise
+    probabilities; it states the result whichever way it falls."""
+    r = robustness
+    if r.initial_value is None or r.best_value is None:
+        return Verdict("No completed or diverged trial yet: nothing to judge.", [], [], "")
+    counted = sum(1 for p in r.points for _ in p.capped)
+    threshold = r.progress_threshold
+    better = "<=" if r.direction == MINIMIZE else ">="
+    scale = (f"Scale: {objective} {format_value(r.initial_value)} before training ({r.initial_value_source}) "
+             f"to {format_value(r.best_value)}, the best point of all methods (capped seed means over "
+             f"{counted} runs); a point counts as trained when it reaches {100 * (1 - r.delta):.0f}% of that "
+             f"progress ({objective} {better} {format_value(threshold)}). lr sensitivity = mean shortfall "
+             f"from the best progress over a method's lr grid: 0 trains as well as the best at every lr, "
+             f"1 makes no progress at any.")
+    methods = [_method_sentence(m, r.delta) for m in r.methods.values()]
+    ranked = sorted((m for m in r.methods.values() if m.lr_sensitivity is not None), key=lambda m: m.lr_sensitivity)
+    ranking = ("Ranked by lr sensitivity (least sensitive first): "
+               + ", ".join(f"{m.method} {format_number(m.lr_sensitivity)}" for m in ranked) + ".") if ranked else ""
+    comparisons = [_comparison_sentence(c.a, c.b, c.p_a_less_sensitive, r.n_resamples) for c in r.comparisons]
+    return Verdict(scale, methods, comparisons, ranking)
+
+
+def text_table(columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as a fixed-width plain-text table (for terminals)."""
+    cells = [[title for _, title in columns]] + [[str(row.get(key, "")) for key, _ in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"
+
+
+def summary_text(robustness: Robustness, study: str, objective: str) -> str:
+    """``proxstudy summary --format table``: the verdict, then the per-method table."""
+    v = verdict(robustness, objective)
+    body = "\n".join(f"  {s}" for s in v.sentences if s)
+    return f"{study}: {objective} ({robustness.direction})\n{body}\n\n" + text_table(METRIC_COLUMNS, metrics_rows(robustness))
 
 
 def trial_rows(records: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:

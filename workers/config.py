@@ -41,7 +41,7 @@ CG_MODES = ("prox_cg", "prox_cg_ref")
 OBJECTIVES = ("train_loss", "val_accuracy")
 OPTIMIZER_NAMES = ("sgd", "adam")
 
-DEFAULT_DIVERGENCE_FACTOR = 1.0e3
+DEFAULT_DIVERGENCE_FACTOR = 10.0  # x the initial full-batch loss; see README, "Trials"
 DEFAULT_EVAL_BATCH_SIZE = 2000
 
 

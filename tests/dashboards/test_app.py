@@ -79,8 +79,16 @@ def test_study_page_has_every_figure_and_table(server, storage):
     page = response["page"]["children"]
     graphs = list(_find(page, lambda n: n.get("type") == "Graph"))
     ids = {g["props"]["id"] for g in graphs}
-    assert {"fig-robustness", "fig-divergence", "fig-heatmap-0", "fig-heatmap-1", "fig-training-epoch",
-            "fig-training-seconds", "fig-tunability"} == ids
+    assert {"fig-sensitivity", "fig-robustness", "fig-divergence", "fig-heatmap-0", "fig-heatmap-1",
+            "fig-training-epoch", "fig-training-seconds", "fig-tunability"} == ids
+    # The page opens with the verdict: before every figure, one sentence per method, the pair.
+    (box,) = _find(page, lambda n: n.get("props", {}).get("id") == "verdict")
+    texts = _texts(box)
+    assert any(t.startswith("backprop: lr sensitivity ") for t in texts)
+    assert any(t.startswith("proxprop-cg: lr sensitivity ") for t in texts)
+    assert any("less lr-sensitive" in t and "backprop" in t and "proxprop-cg" in t for t in texts)
+    order = [n["props"]["id"] for n in _find(page, lambda n: n.get("props", {}).get("id") in ("verdict", *ids))]
+    assert order[0] == "verdict"
     tables = {t["props"]["id"]: t["props"] for t in _find(page, lambda n: n.get("type") == "DataTable")}
     assert len(tables["trials-table"]["data"]) == 50
     assert tables["trials-table"]["filter_action"] == "native" and tables["trials-table"]["export_format"] == "csv"

@@ -139,9 +139,17 @@ def test_index_lists_the_studies(site):
 def test_study_page_renders_figures_and_csv_export(site):
     server, browser, _, _ = site
     browser.navigate(server.base + "/study/digits")
-    # 7 graphs: robustness, divergence, 2 heatmaps (one per method), 2 training curves, tunability.
-    browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 14", timeout=45)
-    assert browser.eval("document.querySelectorAll('.js-plotly-plot').length") == 7
+    # 8 graphs: sensitivity, lr curves, divergence, 2 heatmaps (one per method), 2 training
+    # curves, tunability.
+    browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 16", timeout=45)
+    assert browser.eval("document.querySelectorAll('.js-plotly-plot').length") == 8
+    # The verdict is the first section: one sentence per method with its interval, the pair.
+    verdict = browser.eval("document.querySelector('#verdict').innerText")
+    assert "backprop: lr sensitivity " in verdict and "proxprop-cg: lr sensitivity " in verdict
+    assert "less lr-sensitive than" in verdict and "bootstrap resamples of the seeds" in verdict
+    assert browser.eval("document.querySelector('#verdict').compareDocumentPosition("
+                        "document.querySelector('.js-plotly-plot')) === Node.DOCUMENT_POSITION_FOLLOWING")
+    _check_new_figures(browser)
     heatmaps = browser.eval("[0, 1].map(i => document.querySelectorAll('#fig-heatmap-' + i + ' .hm').length)")
     assert heatmaps[0] == 1 and heatmaps[1] == 2  # BackProp: one facet; ProxProp: cg1 and cg3
     # Diverged cells are marked with x markers in the heatmaps.
@@ -154,6 +162,18 @@ def test_study_page_renders_figures_and_csv_export(site):
     csv_text = browser.eval("fetch(document.querySelector('#download-csv').href).then(r => r.text())",
                             await_promise=True)
     assert len(csv_text.strip().splitlines()) == 1 + 50
+
+
+def _check_new_figures(browser) -> None:
+    """What the robustness views draw: error bars on the sensitivity bars, a log y axis of the lr
+    curves, heatmap colour bars labelled in real units, tunability on log axes."""
+    assert browser.eval("document.querySelectorAll('#fig-sensitivity .bars .point').length") == 2
+    assert browser.eval("document.querySelectorAll('#fig-sensitivity .errorbar').length") == 2
+    assert browser.eval("document.querySelector('#fig-robustness .js-plotly-plot')._fullLayout.yaxis.type") == "log"
+    assert browser.eval("document.querySelectorAll('#fig-robustness .scatterlayer .trace').length") >= 6
+    ticks = browser.eval("[...document.querySelectorAll('#fig-heatmap-1 .colorbar .cbaxis text')].map(t => t.textContent)")
+    assert "2.000" in ticks and "0.100" in ticks  # log10 values, labelled in the loss's own units
+    assert browser.eval("document.querySelector('#fig-tunability .js-plotly-plot')._fullLayout.xaxis.type") == "log"
 
 
 def test_script_named_study_stays_text_and_page_updates_live(site):
@@ -184,7 +204,12 @@ def test_static_report_renders_every_figure_offline(site, tmp_path):
     write_report(url, "digits", str(out))
     browser.events.clear()
     browser.navigate(out.as_uri())  # a file: URL, no server and no network: plotly.js is inline
-    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 7", timeout=45)
-    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 7
+    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 8", timeout=45)
+    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 8
     errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
     assert errors == []
+    verdict = browser.eval("document.querySelector('#verdict').innerText")
+    assert verdict.startswith("Verdict") and "backprop: lr sensitivity " in verdict and "P = " in verdict
+    assert browser.eval("document.querySelectorAll('#verdict li').length") == 3  # 2 methods + 1 pair
+    # The sensitivity bars (with their error bars) render in the offline file too.
+    assert browser.eval("document.querySelectorAll('.errorbar').length") >= 2

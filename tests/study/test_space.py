@@ -81,6 +81,7 @@ def test_the_expected_spaces_are_shipped():
         "digits-table1-quick.yaml",
         "digits-mlp-quick.yaml",
         "digits-convnet-quick.yaml",
+        "paper-usps-autoencoder.yaml",
         "tiny-test.yaml",
     ):
         assert name in names
@@ -126,15 +127,43 @@ def test_cifar_spaces_use_the_shared_data_root():
 def test_table1_space_has_the_papers_learning_rates():
     space = load_space(ROOT / "search_spaces" / "paper-table1-lr-sweep.yaml")
     lrs = {5e-4, 5e-3, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 50.0}
-    assert set(space.methods) == {"backprop", "cg1", "cg3", "cg5"}
+    assert set(space.methods) == {"backprop", "cg1-paper", "cg3-paper", "cg5-paper", "cg3-textbook", "cg5-textbook"}
     for method in space.methods.values():
         assert set(method.params["lr"].grid_values()) == lrs
-    assert [space.methods[m].params["cg_iterations"].values for m in ("cg1", "cg3", "cg5")] == [
+    assert [space.methods[m].params["cg_iterations"].values for m in ("cg1-paper", "cg3-paper", "cg5-paper")] == [
         (1,),
         (3,),
         (5,),
     ]
     assert space.training["epochs"] == 50 and space.objective == "train_loss"
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.name.startswith(("paper-", "digits-"))], ids=lambda p: p.name)
+def test_arms_claiming_the_papers_setting_use_the_papers_cg(path):
+    """The paper's numbers come from the reference's aliased CG loop (prox_cg_ref); textbook CG
+    (prox_cg) is a different method and its arms say so in their names."""
+    space = load_space(path)
+    cg_arms = {name: m.mode for name, m in space.methods.items() if m.mode in ("prox_cg", "prox_cg_ref")}
+    assert cg_arms, path.name
+    for name, mode in cg_arms.items():
+        assert name.endswith("-paper" if mode == "prox_cg_ref" else "-textbook"), (name, mode)
+    assert "prox_cg_ref" in cg_arms.values()
+
+
+def test_demo_space_compares_three_methods_on_one_wide_lr_grid_with_seeds():
+    space = load_space(ROOT / "search_spaces" / "digits-table1-quick.yaml")
+    assert {name: m.mode for name, m in space.methods.items()} == {
+        "backprop": "gradient", "cg3-paper": "prox_cg_ref", "cg3-textbook": "prox_cg"}
+    grids = {tuple(m.params["lr"].grid_values()) for m in space.methods.values()}
+    assert len(grids) == 1  # the same learning rates for every method
+    (lrs,) = grids
+    assert min(lrs) <= 1e-3 and max(lrs) >= 100.0 and len(space.seeds) >= 3
+
+
+def test_usps_autoencoder_space_is_the_papers_third_experiment():
+    space = load_space(ROOT / "search_spaces" / "paper-usps-autoencoder.yaml")
+    assert space.dataset["name"] == "usps" and space.model["name"] == "autoencoder"
+    assert space.objective == "train_loss" and {"backprop", "cg3-paper", "cg3-textbook"} <= set(space.methods)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +263,7 @@ def test_trial_config_overlays_swept_optimizer_fields():
     assert config == {
         "dataset": {"name": "digits", "val_fraction": 0.2},
         "model": {"name": "mlp", "hidden": [8]},
-        "training": {"epochs": 1, "batch_size": 50, "divergence_factor": 1000.0,
+        "training": {"epochs": 1, "batch_size": 50, "divergence_factor": 10.0,
                      "eval_batch_size": 2000, "drop_last": False},
         "objective": "train_loss",
         "method": "cg",

@@ -22,7 +22,7 @@ from tests.support.trial_configs import trial_config
 def test_valid_config_is_normalised():
     out = validate_trial_config(trial_config(_point_key="abc"), "<config>")
     assert out["device"] == "auto" and out["_point_key"] == "abc"
-    assert out["training"]["divergence_factor"] == 1e3 and out["dataset"]["val_fraction"] == 0.2
+    assert out["training"]["divergence_factor"] == 10.0 and out["dataset"]["val_fraction"] == 0.2
     assert layer_mode(out) == "prox_cg3"
     assert layer_mode(validate_trial_config(trial_config(mode="prox_exact"), "x")) == "prox_exact"
     gradient = validate_trial_config(trial_config(mode="gradient", tau_prox=None, cg_iterations=None), "x")
