@@ -7,10 +7,9 @@ are grouped by fused_plan.plan_groups: by fusion key (same mode, CG iterations, 
 grid order, cut into groups of at most K (``--fuse K``; default fused_plan.default_fuse_size).
 
 Grids:
-  demo   the grid of search_spaces/digits-table1-quick.yaml (its model, epochs, batch size,
-         methods and seeds): 70 digits trials.
-  convnet  (extra) the grid of search_spaces/digits-convnet-quick.yaml: 42 digits ConvNet
-         trials (Adam; BackProp, ProxProp cg3 and cg10).
+  demo   the grid of search_spaces/digits-table1-quick.yaml, as the file says (model, epochs,
+         batch size, methods, seeds): the make-demo sweep's trials.
+  convnet  (extra) the grid of search_spaces/digits-convnet-quick.yaml (digits ConvNet).
   paper  the paper's MLP 3072-4000-1000-4000-10 at batch 500 on synthetic CIFAR-shaped data
          (3x32x32, 10 classes), reduced to fit a 2-core CPU: --paper-train training samples
          (default 1000: two mini-batches) and 200 validation samples, --paper-epochs epochs
