@@ -9,10 +9,7 @@ a fused trial (finished members kept, the others closed as interrupted and re-ru
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from optuna.trial import TrialState
 from proxstudy.study import records as R
 from proxstudy.study.space import grid_points, load_space
 from tests.support.cli import PROXSTUDY, cli_env
-from tests.support.processes import descendants, kill_everything_of
+from tests.support.kill_driver import kill_9_run_when, trial_states
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,7 +98,7 @@ KILL_SPACE = """\
 study: fusedkill
 dataset: {name: synthetic, n_train: 2048, n_val: 256, input_shape: [1, 8, 8], num_classes: 3, seed: 0}
 model: {name: mlp, hidden: [64]}
-training: {epochs: 12, batch_size: 32, seeds: [0, 1]}
+training: {epochs: 120, batch_size: 32, seeds: [0, 1]}
 sampler: {name: grid}
 objective: train_loss
 methods:
@@ -112,14 +109,6 @@ methods:
 """
 
 
-def _states(url: str) -> Counter:
-    try:
-        trials = optuna.load_study(study_name="fusedkill", storage=url).get_trials(deepcopy=False)
-    except Exception:  # not created yet, or the database is locked for a moment
-        return Counter()
-    return Counter(t.state for t in trials)
-
-
 def test_kill_9_in_the_middle_of_a_fused_trial_then_resume(tmp_path):
     """One fused trial of all 8 points: two members diverge early and are recorded at once;
     the driver is killed while the six others run.  The resumed sweep keeps the two, closes
@@ -127,31 +116,13 @@ def test_kill_9_in_the_middle_of_a_fused_trial_then_resume(tmp_path):
     space_file = tmp_path / "space.yaml"
     space_file.write_text(KILL_SPACE)
     url = f"sqlite:///{tmp_path / 'kill.db'}"
-    ray_tmp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths
-    driver = subprocess.Popen(
-        [PROXSTUDY, "run", str(space_file), "--storage", url, "--fuse", "8", "--max-concurrent", "1"],
-        cwd=tmp_path, env=cli_env(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True,
-    )
-    tree: list[int] = []
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
-            tree = sorted(set(tree) | set(descendants(driver.pid)))
-            states = _states(url)
-            if states[TrialState.PRUNED] == 2 and states[TrialState.RUNNING] == 6:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail("the fused trial never had diverged and running members at once")
-        driver.kill()  # SIGKILL: no cleanup of any kind in the driver
-        driver.wait(timeout=30)
-    finally:
-        kill_everything_of(driver.pid, ray_tmp, tree)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-        driver.stdout.close()
-        driver.stderr.close()
+
+    def ready() -> bool:
+        states = trial_states(url, "fusedkill")
+        return states[TrialState.PRUNED] == 2 and states[TrialState.RUNNING] == 6
+
+    kill_9_run_when([str(space_file), "--storage", url, "--fuse", "8", "--max-concurrent", "1"], tmp_path, ready,
+                    "diverged and running members of the fused trial at once")
 
     before = optuna.load_study(study_name="fusedkill", storage=url).get_trials(deepcopy=False)
     diverged_before = {t.user_attrs[R.ATTR_POINT_KEY]: t.number for t in before if t.state == TrialState.PRUNED}
@@ -173,7 +144,7 @@ def test_kill_9_in_the_middle_of_a_fused_trial_then_resume(tmp_path):
         if t.number in running_before:
             assert t.state == TrialState.FAIL and t.user_attrs[R.ATTR_STATUS] == "interrupted"
         elif t.user_attrs[R.ATTR_STATUS] == "completed":
-            assert len(t.user_attrs[R.ATTR_TRAIN_LOSS]) == 13 and sorted(t.intermediate_values) == list(range(13))
+            assert len(t.user_attrs[R.ATTR_TRAIN_LOSS]) == 121 and sorted(t.intermediate_values) == list(range(121))
     for key, number in diverged_before.items():  # not re-run: the same trial is the record
         assert [t.number for t in trials if t.user_attrs[R.ATTR_POINT_KEY] == key] == [number]
     assert len(trials) == len(grid) + len(running_before)
