@@ -101,5 +101,10 @@ def stacked_gram_solve(
     """The direction rows (primal) or g' rows (dual) for every member: see the module doc."""
     if solve.kind == "gradient":
         return rhs
-    solved = gram_solve_factored(gram, rhs, solve.solver_config(), dual, joint=joint, inv_tau=solve.inv_tau)
+    # the stacked primal form runs CG on the Gram matrices directly: batched products of K small
+    # matrices run near GEMM speed where K small eigendecompositions (the eigenbasis strategies
+    # the flop model prices per problem) do not
+    strategy = None if dual else "direct"
+    solved = gram_solve_factored(gram, rhs, solve.solver_config(), dual, joint=joint, inv_tau=solve.inv_tau,
+                                 cg_strategy=strategy)
     return solved.dense()
