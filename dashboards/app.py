@@ -23,7 +23,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 import dash
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dcc, html
+from dash.dash_table.DataTable import DataTable
 from flask import Response, request
 
 from proxstudy.dashboards import data as D
@@ -68,10 +69,10 @@ def index_page(storage: str) -> html.Div:
     )
 
 
-NUMERIC_TRIAL_COLUMNS = {"value", "final_train_loss", "lr", "tau_prox"}
+NUMERIC_TRIAL_COLUMNS = frozenset({"value", "final_train_loss", "lr", "tau_prox"})
 
 
-def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> dash_table.DataTable:
+def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> DataTable:
     # Dash 4 announces DataTable's future removal on every construction; it is still the
     # built-in table with native filter/sort/CSV export, which is what the page needs.
     with warnings.catch_warnings():
@@ -80,12 +81,13 @@ def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], 
 
 
 def _make_datatable(
-    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: set[str] = frozenset(), **kwargs: Any
-) -> dash_table.DataTable:
+    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: frozenset[str] = frozenset(),
+    **kwargs: Any,
+) -> DataTable:
     from dash.dash_table.Format import Format, Scheme
 
-    short = Format(precision=4, scheme=Scheme.decimal_or_exponent)  # display only; CSV keeps full
-    return dash_table.DataTable(
+    short = Format(precision=4, scheme=Scheme.decimal_or_exponent).to_plotly_json()  # display only; CSV: full
+    return DataTable(
         id=table_id,
         columns=[{"name": title, "id": cid, "type": "numeric", "format": short} if cid in numeric
                  else {"name": title, "id": cid} for cid, title in columns],
@@ -167,7 +169,7 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
 def create_app(storage: str) -> dash.Dash:
     """The Dash app for one storage URL (not started; see :func:`run_dashboard`)."""
     app = dash.Dash(__name__, title="ProxProp studies", suppress_callback_exceptions=True,
-                    update_title=None)
+                    update_title="")
     app.layout = html.Div(
         [
             dcc.Location(id="url"),
@@ -196,8 +198,8 @@ def create_app(storage: str) -> dash.Dash:
             return html.Div([html.H1("Study not found"), html.P(str(exc), className="error"),
                              dcc.Link("All studies", href="/")]), True, None
         except Exception as exc:  # show, never crash the page; no password in the text
-            return html.Div([html.H1("Cannot read the storage"),
-                             html.P(scrub_secrets(f"{type(exc).__name__}: {exc}", storage), className="error")]), True, None
+            shown = scrub_secrets(f"{type(exc).__name__}: {exc}", storage)
+            return html.Div([html.H1("Cannot read the storage"), html.P(shown, className="error")]), True, None
         token = [name, data.version]
         if triggered == "tick" and version == token:
             return dash.no_update, not data.live, dash.no_update
@@ -221,6 +223,9 @@ def create_app(storage: str) -> dash.Dash:
     def _filename(name: str, ext: str) -> str:
         return (re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "study") + ext
 
+    def _attachment(filename: str) -> dict[str, str]:
+        return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
     @app.server.route("/download/trials.csv")
     def download_trials():
         data = _study_arg()
@@ -228,7 +233,7 @@ def create_app(storage: str) -> dash.Dash:
             return data
         columns, rows = trial_rows(data.records)
         return Response(csv_text(columns, rows), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-trials.csv")}"'})
+                        headers=_attachment(_filename(data.name, "-trials.csv")))
 
     @app.server.route("/download/export.<fmt>")
     def download_export(fmt: str):
@@ -242,8 +247,7 @@ def create_app(storage: str) -> dash.Dash:
         except NothingToExport as exc:
             return Response(str(exc), status=404, mimetype="text/plain")
         mimetype = "application/json" if fmt == "json" else "application/x-yaml"
-        return Response(text, mimetype=mimetype,
-                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-best." + fmt)}"'})
+        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-best." + fmt)))
 
     return app
 
@@ -267,4 +271,4 @@ def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow
     app.run(host=host, port=port, debug=False)
 
 
-__all__ = ["create_app", "run_dashboard", "study_href", "index_page", "study_page"]
+__all__ = ["create_app", "index_page", "run_dashboard", "study_href", "study_page"]
