@@ -19,6 +19,8 @@ import re
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -39,6 +41,27 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STUDY_PREFIX = "/study/"
 
 
+@dataclass(frozen=True)
+class ExtraPage:
+    """A page beyond the index and the study pages (e.g. a comparison of studies).
+
+    Served at ``path`` (exact match) and linked from the index as ``title``; ``render(storage,
+    search)`` returns the page's Dash content, ``search`` being the URL's query string
+    (``"?study=a&study=b"`` or ``""``). It must not raise for bad input: show a message instead.
+    """
+
+    path: str
+    title: str
+    render: Callable[[str, str], Any]
+
+
+#: Pages other modules add to the app (one line each here; create_app(pages=...) overrides).
+EXTRA_PAGES: tuple[ExtraPage, ...] = ()
+
+#: Sections appended to every study page, after the views: ``section(data)`` -> Dash components.
+STUDY_SECTIONS: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
+
+
 def study_href(name: str) -> str:
     """The study page's path; the name is fully URL-encoded (slashes, quotes, <, > ...)."""
     return STUDY_PREFIX + quote(name, safe="")
@@ -48,8 +71,8 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
 
 
-def index_page(storage: str) -> html.Div:
-    """The list of studies with counts by status and links to their pages."""
+def index_page(storage: str, pages: tuple[ExtraPage, ...] = ()) -> html.Div:
+    """The list of studies with counts by status and links to their pages (and the extra pages)."""
     studies = D.list_studies(storage)
     header = html.Tr([html.Th("study"), html.Th("trials")] + [html.Th(s) for s in D.STATUS_ORDER])
     rows = [
@@ -65,6 +88,7 @@ def index_page(storage: str) -> html.Div:
             html.P(f"Storage: {D.redact(storage)}", className="storage"),
             html.Table([html.Thead(header), html.Tbody(rows)], id="study-index")
             if studies else html.P("No studies in this storage yet."),
+            html.Ul([html.Li(dcc.Link(p.title, href=p.path)) for p in pages], id="extra-pages") if pages else "",
         ]
     )
 
@@ -103,8 +127,10 @@ def _graph(fig, graph_id: str) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=fig, config={"displaylogo": False}, className="study-graph")
 
 
-def study_page(storage: str, data: D.StudyData) -> html.Div:
-    """The study page's content for one snapshot of its data."""
+def study_page(
+    storage: str, data: D.StudyData, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
+) -> html.Div:
+    """The study page's content for one snapshot of its data (``sections``: appended views)."""
     figs = study_figures(data)
     methods = list(data.metrics.methods) or sorted({p.method for p in data.points})
     answer = verdict(data.metrics, data.objective)
@@ -157,6 +183,7 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
             html.H2("Training curves of each method's best point"),
             html.Div([_graph(figs["training_epoch"], "fig-training-epoch"),
                       _graph(figs["training_seconds"], "fig-training-seconds")], style=side),
+            *[component for section in sections for component in section(data)],
             html.H2("Trials"),
             _datatable("trials-table", [(c, c) for c in columns], trows, numeric=NUMERIC_TRIAL_COLUMNS,
                        filter_action="native",
@@ -166,8 +193,17 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
     )
 
 
-def create_app(storage: str) -> dash.Dash:
-    """The Dash app for one storage URL (not started; see :func:`run_dashboard`)."""
+def create_app(
+    storage: str,
+    pages: tuple[ExtraPage, ...] | None = None,
+    sections: tuple[Callable[[D.StudyData], list[Any]], ...] | None = None,
+) -> dash.Dash:
+    """The Dash app for one storage URL (not started; see :func:`run_dashboard`).
+
+    ``pages`` and ``sections`` default to :data:`EXTRA_PAGES` and :data:`STUDY_SECTIONS`.
+    """
+    extra = {p.path: p for p in (EXTRA_PAGES if pages is None else pages)}
+    study_sections = STUDY_SECTIONS if sections is None else sections
     app = dash.Dash(__name__, title="ProxProp studies", suppress_callback_exceptions=True,
                     update_title="")
     app.layout = html.Div(
@@ -184,14 +220,16 @@ def create_app(storage: str) -> dash.Dash:
 
     @app.callback(
         Output("page", "children"), Output("tick", "disabled"), Output("version", "data"),
-        Input("url", "pathname"), Input("tick", "n_intervals"), State("version", "data"),
+        Input("url", "pathname"), Input("tick", "n_intervals"), State("version", "data"), State("url", "search"),
     )
-    def render(pathname: str | None, _n: int | None, version: Any):
+    def render(pathname: str | None, _n: int | None, version: Any, search: str | None = None):
         pathname = pathname or "/"
         triggered = dash.ctx.triggered_id
         try:
+            if pathname in extra:
+                return extra[pathname].render(storage, search or ""), True, None
             if not pathname.startswith(STUDY_PREFIX):
-                return index_page(storage), True, None
+                return index_page(storage, tuple(extra.values())), True, None
             name = unquote(pathname[len(STUDY_PREFIX):])
             data = D.load_study_data(storage, name)
         except D.StudyNotFound as exc:
@@ -208,7 +246,7 @@ def create_app(storage: str) -> dash.Dash:
         if cached is not None and cached[0] == data.version:
             page = cached[1]
         else:
-            page = study_page(storage, data)
+            page = study_page(storage, data, study_sections)
             with built_lock:
                 built[name] = (data.version, page)
         return page, not data.live, token
@@ -271,4 +309,5 @@ def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow
     app.run(host=host, port=port, debug=False)
 
 
-__all__ = ["create_app", "index_page", "run_dashboard", "study_href", "study_page"]
+__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "create_app", "index_page", "run_dashboard", "study_href",
+           "study_page"]

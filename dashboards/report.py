@@ -8,7 +8,7 @@ directory and renamed, so a reader never sees half a report and a failure leaves
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from plotly.offline import get_plotlyjs
 
@@ -30,6 +30,11 @@ table.data td:first-child { text-align: left; }
 pre { white-space: pre-wrap; }
 #verdict { background: #f6f8fa; border: 1px solid #d0d7de; padding: 4px 16px; }
 """
+
+
+#: Sections appended to every report after the views: ``section(data)`` -> an HTML fragment
+#: (escape every text from the storage; figures with ``fig.to_html(include_plotlyjs=False)``).
+REPORT_SECTIONS: tuple[Callable[[D.StudyData], str], ...] = ()
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:
@@ -83,6 +88,7 @@ def render_report(data: D.StudyData, storage_shown: str = "") -> str:
     parts.append(f'<div class="grid">{fig_html["tunability"]}{fig_html["divergence"]}</div>')
     parts.append("<h2>Training curves of each method's best point</h2>")
     parts.append(f'<div class="grid">{fig_html["training_epoch"]}{fig_html["training_seconds"]}</div>')
+    parts.extend(section(data) for section in REPORT_SECTIONS)
     columns, trows = trial_rows(data.records)
     parts.append(f"<details><summary>All {len(trows)} trials</summary>")
     parts.append(_table(columns, [[_cell(r.get(c)) for c in columns] for r in trows], "trials"))
