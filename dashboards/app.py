@@ -127,6 +127,19 @@ def _graph(fig, graph_id: str) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=fig, config={"displaylogo": False}, className="study-graph")
 
 
+def notes_box(notes: list[str]) -> html.Div | str:
+    """What could not be read of a study (written by another tool, or damaged), shown on top."""
+    if not notes:
+        return ""
+    return html.Div(
+        [html.H2("Not everything in this study could be read"),
+         html.P("The page shows what could be read; these parts are left out:"),
+         html.Ul([html.Li(note) for note in notes])],
+        id="study-notes",
+        style={"background": "#fff8c5", "border": "1px solid #d4a72c", "padding": "4px 16px"},
+    )
+
+
 def study_page(
     storage: str, data: D.StudyData, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
 ) -> html.Div:
@@ -145,6 +158,7 @@ def study_page(
             html.P(f"Storage: {D.redact(storage)} | objective: {data.objective} ({data.direction}) | "
                    f"trials: {_counts_text(data.counts)}", id="study-counts"),
             html.P("Live: refreshing every 5 s while trials run." if data.live else "", id="live-note"),
+            notes_box(data.notes),
             html.Div(
                 [
                     html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
@@ -246,7 +260,13 @@ def create_app(
         if cached is not None and cached[0] == data.version:
             page = cached[1]
         else:
-            page = study_page(storage, data, study_sections)
+            try:
+                page = study_page(storage, data, study_sections)
+            except Exception as exc:  # a view that cannot be built must not become an HTTP 500
+                shown = scrub_secrets(f"{type(exc).__name__}: {exc}", storage)
+                return html.Div([html.H1(data.name), html.P(f"This study's page cannot be built: {shown}",
+                                                             className="error"),
+                                 dcc.Link("All studies", href="/")]), True, None
             with built_lock:
                 built[name] = (data.version, page)
         return page, not data.live, token
