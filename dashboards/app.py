@@ -33,6 +33,7 @@ from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
+from proxstudy.dashboards.server import DEFAULT_THREADS, ServerOptions, check_options, serve
 from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows, verdict
 from proxstudy.study.storage import scrub_secrets
 
@@ -310,23 +311,38 @@ def create_app(
     return app
 
 
-def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow_remote: bool = False) -> None:
-    """Serve the dashboard until interrupted (blocking).
+def run_dashboard(
+    storage: str,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    allow_remote: bool = False,
+    *,
+    threads: int = DEFAULT_THREADS,
+    debug: bool = False,
+) -> None:
+    """Serve the dashboard until interrupted (blocking), on waitress with ``threads`` worker
+    threads (``dashboards.server`` says why), or on Flask's development server with ``debug``.
 
     Binding to a non-local address exposes every study in the storage to the network, so it
     needs ``allow_remote=True`` and prints a warning; otherwise a ValueError names the argument.
+    ``debug`` (Flask's interactive debugger) is refused beyond localhost.
     """
+    options = ServerOptions(host=host, port=port, threads=threads, debug=debug)
+    check_options(options)
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ValueError(f"--host {host}: serving beyond this machine needs allow_remote=True "
                          "(the dashboard has no authentication)")
+    if host not in LOCAL_HOSTS and debug:
+        raise ValueError(f"--debug: Flask's debugger runs code sent to it; not with --host {host}")
     if host not in LOCAL_HOSTS:
         print(f"WARNING: the dashboard listens on {host}:{port} without authentication; anyone who "
               "can reach this address can read every study in the storage.", file=sys.stderr)
     D.list_studies(storage)  # fail fast on a bad storage, before the server starts
     app = create_app(storage)
     threading.Thread(target=D.warm_cache, args=(storage,), daemon=True, name="dashboard-warm-cache").start()
-    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/", file=sys.stderr)
-    app.run(host=host, port=port, debug=False)
+    how = "Flask's development server (--debug)" if debug else f"waitress, {threads} threads"
+    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/ ({how})", file=sys.stderr, flush=True)
+    serve(app.server, options)
 
 
 __all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "create_app", "index_page", "run_dashboard", "study_href",

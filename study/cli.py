@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--port", type=int, default=8050)
     dash.add_argument("--allow-remote", action="store_true",
                       help="allow a --host other than localhost (the dashboard has no login)")
+    dash.add_argument("--threads", type=int, default=8, metavar="N",
+                      help="worker threads of the waitress server (default 8; requests beyond wait)")
+    dash.add_argument("--debug", action="store_true",
+                      help="serve with Flask's development server and debugger instead (localhost only)")
     return parser
 
 
@@ -236,7 +240,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise UsageError(f"--host {args.host}: the dashboard has no login; "
                          "add --allow-remote to serve beyond localhost")
-    run_dashboard(url, args.host, args.port, args.allow_remote)
+    try:
+        run_dashboard(url, args.host, args.port, args.allow_remote, threads=args.threads, debug=args.debug)
+    except ValueError as exc:  # an option out of range, named in the message
+        raise UsageError(str(exc)) from None
     return 0
 
 

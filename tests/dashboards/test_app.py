@@ -192,7 +192,8 @@ def test_run_dashboard_serves_on_localhost(storage, tmp_path):
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    if requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
+                    response = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+                    if response.status_code == 200:
                         break
                 except requests.ConnectionError:
                     pass
@@ -201,7 +202,22 @@ def test_run_dashboard_serves_on_localhost(storage, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=20)
-    assert f"http://127.0.0.1:{port}/" in log.read_text()
+    assert f"http://127.0.0.1:{port}/ (waitress, 8 threads)" in log.read_text()
+    assert response.headers["Server"] == "waitress"  # the production server, not werkzeug's
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--port", "99999"], "--port 99999"),
+    (["--threads", "0"], "--threads 0"),
+    (["--debug", "--host", "0.0.0.0", "--allow-remote"], "--debug"),
+])
+def test_dashboard_options_out_of_range_exit_2_naming_the_option(storage, argv, named):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "proxstudy.study.cli", "dashboard", "--storage", storage, *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
 
 
 def test_extra_pages_and_study_sections_are_served(storage):
