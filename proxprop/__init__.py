@@ -11,9 +11,9 @@ from .linear import ProxPropLinear
 from .modes import check_tau_prox, parse_mode
 
 __all__ = [
-    "ProxPropLinear",
     "ProxPropConv2d",
-    "proxprop_module_generator",
-    "parse_mode",
+    "ProxPropLinear",
     "check_tau_prox",
+    "parse_mode",
+    "proxprop_module_generator",
 ]
