@@ -165,10 +165,11 @@ def test_password_not_on_index_page_with_real_postgres():
 
 
 def test_export_download_equals_proxstudy_export(server, storage):
+    from proxstudy.dashboards.exported import study_export_document
     from proxstudy.study import export as study_export
 
     r = requests.get(server.base + "/download/export.yaml", params={"study": "digits"}, timeout=60)
-    expected = study_export.render(study_export.export_document(storage, "digits"), "yaml")
+    expected = study_export.render(study_export_document(storage, "digits"), "yaml")
     assert r.status_code == 200 and r.text == expected
     assert set(yaml.safe_load(r.text)["methods"])  # at least one method exported
 
