@@ -27,10 +27,12 @@ from torch import Tensor
 
 __all__ = ["fft_gram_applies", "fft_gram_flops", "gram_fft", "window_column_sums"]
 
-#: The model's flops (products and transforms) in GEMM-flop equivalents: single-threaded CPU
-#: time of the paper's three convolutions (batch 500) against the shift method's measured in
-#: the same run (24/46/22 ms vs 34/75/34 ms) puts them at 2.3-2.6x GEMM cost.
-_FFT_SLOWDOWN = 5.0
+#: The transform and the transpose to frequency-major order per padded input point, in
+#: GEMM-flop equivalents (rfft2 of these small sizes runs at 3-4 ns per point on one core).
+_TRANSFORM_FLOPS = 700.0
+#: Measured single-threaded CPU time of the paper's three convolutions (batch 500) over the
+#: model: 1.6x, where the shift method's model (gram.py) fits its own measured time.
+_FFT_SLOWDOWN = 1.6
 
 
 def _band(kernel: int, padding: int) -> int:
@@ -49,19 +51,16 @@ def _fft_length(size: int) -> int:
 
 
 def fft_gram_flops(x_shape: tuple[int, ...], kernel_size: tuple[int, ...], padding: tuple[int, ...]) -> float:
-    """GEMM-flop-equivalent cost of gram_fft."""
+    """GEMM-flop-equivalent cost of gram_fft (see _TRANSFORM_FLOPS and _FFT_SLOWDOWN)."""
     batch, channels, h, w = x_shape
     kh, kw = kernel_size
     lh, lw = _fft_length(h + kh - 1), _fft_length(w + kw - 1)
-    fw = lw // 2 + 1
-    transforms = 2.0 * batch * channels * (h * w * 2 * fw + 2 * h * 2 * lh * fw)
-    main = 8.0 * batch * channels**2 * lh * fw
-    bands = 0.0
-    for beta, size, k in ((_band(kh, padding[0]), w, kw), (_band(kw, padding[1]), h, kh)):
-        half = _fft_length(size + k - 1) // 2 + 1
-        bands += 2 * (2.0 * batch * channels * beta * size * 2 * half + 8.0 * batch * (channels * beta) ** 2 * half)
-    corners = 4 * 2.0 * batch * (channels * _band(kh, padding[0]) * _band(kw, padding[1])) ** 2
-    return _FFT_SLOWDOWN * (transforms + main + bands + corners)
+    transforms = _TRANSFORM_FLOPS * batch * channels * lh * lw
+    products = 12.0 * batch * channels**2 * lh * (lw // 2 + 1)  # 6 B C^2 per frequency, at half speed
+    bh, bw = _band(kh, padding[0]), _band(kw, padding[1])
+    bands = 2 * 2.0 * batch * (kw * w * (channels * bh) ** 2 + kh * h * (channels * bw) ** 2)
+    corners = 4 * 2.0 * batch * (channels * bh * bw) ** 2
+    return _FFT_SLOWDOWN * (transforms + products + bands + corners)
 
 
 @functools.lru_cache(maxsize=64)
@@ -109,10 +108,18 @@ def _inverse_at_shifts(spectra: Tensor, table: Tensor) -> Tensor:
     return (gram.reshape(gram.shape[0], a * a).T @ table).reshape(a, a, -1)
 
 
-def _correlation_1d(values: Tensor, length: int, kernel: int) -> Tensor:
-    """values (batch, a, n) -> (a, a, 2 kernel - 1): sum_b sum_j v_a(j) v_a'(j + d), |d| < kernel."""
-    spectra = _frequency_major(torch.fft.rfft(values, n=length))
-    return _inverse_at_shifts(spectra, _inverse_table(1, 1, length, kernel, values.dtype, values.device))
+def _correlation_1d(values: Tensor, kernel: int) -> Tensor:
+    """values (n, batch, a) -> (a, a, 2 kernel - 1): sum_b sum_j v_a(j) v_a'(j + d), |d| < kernel.
+
+    Direct: one GEMM over (positions x batch) per shift d >= 0 (the edge bands are narrow, so
+    these are few and large); d < 0 is the transpose of -d."""
+    n, _, a = values.shape
+    corr = values.new_zeros(a, a, 2 * kernel - 1)
+    for d in range(min(kernel, n)):
+        product = values[:n - d].reshape(-1, a).T @ values[d:].reshape(-1, a)
+        corr[:, :, kernel - 1 + d] = product
+        corr[:, :, kernel - 1 - d] = product.T
+    return corr
 
 
 def _correlation_2d(x: Tensor, lengths: tuple[int, int], kernels: tuple[int, int]) -> Tensor:
@@ -163,29 +170,32 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
     bh, bw = _band(kh, padding[0]), _band(kw, padding[1])
     lengths = (_fft_length(h + kh - 1), _fft_length(w + kw - 1))
     dy, dx = _shift_index(kh, x.device), _shift_index(kw, x.device)
-    # gram[c, c', ki, ki', kj, kj'] starts as the full correlation R_cc'(k' - k)
-    gram = _correlation_2d(x, lengths, (kh, kw))[:, :, dy[:, :, None, None], dx[None, None, :, :]]
-    row_masks = [m.to(x.device, x.dtype) for m in _band_masks(kh, padding[0])]
-    col_masks = [m.to(x.device, x.dtype) for m in _band_masks(kw, padding[1])]
-    row_bands, col_bands = (slice(0, bh), slice(h - bh, h)), (slice(0, bw), slice(w - bw, w))
-    if bh > 0:  # output rows outside the window: pairs of rows of one edge band
-        for mask, rows in zip(row_masks, row_bands, strict=True):
-            values = x[:, :, rows].reshape(batch, channels * bh, w)
-            corr = _correlation_1d(values, lengths[1], kw).reshape(channels, bh, channels, bh, -1)
-            gram -= torch.einsum("abrs,crdsjl->cdabjl", mask, corr[..., dx])
+    # gram[c, ki, kj, c', ki', kj'] starts as the full correlation R_cc'(k' - k)
+    full = _correlation_2d(x, lengths, (kh, kw))
+    gram = full[:, :, dy[:, None, :, None], dx[None, :, None, :]].permute(0, 2, 3, 1, 4, 5)
+    row_masks = torch.stack(_band_masks(kh, padding[0])).to(x.device, x.dtype)  # (2, kh, kh, bh, bh)
+    col_masks = torch.stack(_band_masks(kw, padding[1])).to(x.device, x.dtype)
+    if bh > 0:  # output rows outside the window: pairs of rows within one edge band
+        corr = torch.stack([
+            _correlation_1d(x[:, :, rows].permute(3, 0, 1, 2).reshape(w, batch, channels * bh), kw)
+            for rows in (slice(0, bh), slice(h - bh, h))
+        ]).reshape(2, channels, bh, channels, bh, -1)[..., dx]  # (2, c, r, c', r', kj, kj')
+        gram = gram - torch.einsum("nabrs,ncrdsjl->cajdbl", row_masks, corr)
     if bw > 0:  # output columns outside the window
-        for mask, cols in zip(col_masks, col_bands, strict=True):
-            values = x[:, :, :, cols].transpose(2, 3).reshape(batch, channels * bw, h)
-            corr = _correlation_1d(values, lengths[0], kh).reshape(channels, bw, channels, bw, -1)
-            gram -= torch.einsum("jlqt,cqdtab->cdabjl", mask, corr[..., dy])
-    if bh > 0 and bw > 0:  # both outside: counted twice above, the corners' own Gram matrices
-        for row_mask, rows in zip(row_masks, row_bands, strict=True):
-            for col_mask, cols in zip(col_masks, col_bands, strict=True):
-                pixels = x[:, :, rows, cols].reshape(batch, channels * bh * bw)
-                corner = (pixels.T @ pixels).reshape(channels, bh, bw, channels, bh, bw)
-                gram += torch.einsum("abrs,jlqt,crqdst->cdabjl", row_mask, col_mask, corner)
+        corr = torch.stack([
+            _correlation_1d(x[..., cols].permute(2, 0, 1, 3).reshape(h, batch, channels * bw), kh)
+            for cols in (slice(0, bw), slice(w - bw, w))
+        ]).reshape(2, channels, bw, channels, bw, -1)[..., dy]  # (2, c, q, c', q', ki, ki')
+        gram = gram - torch.einsum("njlqt,ncqdtab->cajdbl", col_masks, corr)
+    if bh > 0 and bw > 0:  # both outside: subtracted twice above; the corners' own Gram matrices
+        pixels = torch.stack([
+            x[:, :, rows, cols].reshape(batch, channels * bh * bw)
+            for rows in (slice(0, bh), slice(h - bh, h)) for cols in (slice(0, bw), slice(w - bw, w))
+        ])  # (4, B, C bh bw): corners (top, left), (top, right), (bottom, left), (bottom, right)
+        corners = (pixels.mT @ pixels).reshape(2, 2, channels, bh, bw, channels, bh, bw)
+        gram = gram + torch.einsum("nabrs,mjlqt,nmcrqdst->cajdbl", row_masks, col_masks, corners)
     p0 = channels * kh * kw
-    return gram.permute(0, 2, 4, 1, 3, 5).reshape(p0, p0)
+    return gram.reshape(p0, p0)
 
 
 def window_column_sums(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) -> Tensor:
