@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="retries of a trial whose worker or node died (default 2)")
     run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
+    run.add_argument("--fuse", default="1", metavar="K|auto",
+                     help="train up to K points of the grid together as one fused trial (auto: K from "
+                          "the model's memory and the device; default 1: one point per trial)")
     run.add_argument("--force-new", action="store_true",
                      help="the study exists with another search space: start a new, suffixed study")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -127,6 +130,19 @@ def _out_directory_exists(out: str) -> None:
         raise UsageError(f"--out {out}: directory {directory} does not exist")
 
 
+def _fuse_option(text: str) -> int | None:
+    """--fuse: an integer K >= 1, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--fuse must be an integer >= 1 or auto, got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--fuse must be an integer >= 1 or auto, got {text!r}")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxstudy.study.runner import SweepOptions, run_sweep
 
@@ -142,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         max_retries=args.max_retries,
         device=args.device,
+        fuse=_fuse_option(args.fuse),
     )
     summary = run_sweep(args.space, options)
     shown = summary.storage
