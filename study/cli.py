@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="retries of a trial whose worker or node died (default 2)")
     run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
+    run.add_argument("--wait-for-resources", action="store_true",
+                     help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
     run.add_argument("--force-new", action="store_true",
                      help="the study exists with another search space: start a new, suffixed study")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -119,6 +121,8 @@ def _readable_storage(url: str | None) -> str:
 
 def _out_directory_exists(out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out}: is a directory; give the name of the file to write")
     if not os.path.isdir(directory):
         raise UsageError(f"--out {out}: directory {directory} does not exist")
 
@@ -138,6 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         max_retries=args.max_retries,
         device=args.device,
+        wait_for_resources=args.wait_for_resources,
     )
     summary = run_sweep(args.space, options)
     shown = summary.storage
@@ -238,8 +243,21 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise UsageError(f"--host {args.host}: the dashboard has no login; "
                          "add --allow-remote to serve beyond localhost")
+    _check_listen_address(args.host, args.port)
     run_dashboard(url, args.host, args.port, args.allow_remote)
     return 0
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """A port out of range or a host name that does not resolve fails before the server starts."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be between 1 and 65535")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: cannot be resolved to an address of this machine ({exc})") from None
 
 
 _COMMANDS = {
