@@ -70,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="the studies in the storage")
     _storage_arg(lst)
 
-    export = sub.add_parser("export", help="the best configuration of each method")
+    export = sub.add_parser("export", help="the best and the most robust configuration of each method")
     export.add_argument("study", metavar="STUDY")
     _storage_arg(export)
+    export.add_argument("--pick", choices=("best", "robust", "both"), default="both",
+                        help="which configuration(s) of each method to write (default: both)")
     export.add_argument("--format", choices=("yaml", "json"), default=None,
                         help="default: from --out's suffix, else yaml")
     export.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="one run of a trial config or an export file")
     train.add_argument("config", metavar="CONFIG.yaml")
     train.add_argument("--method", default=None, help="the method of an export file to run")
+    train.add_argument("--pick", choices=("best", "robust"), default=None,
+                       help="which configuration of an export file to run (needed when it has both)")
     train.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N")
 
     report = sub.add_parser("report", help="self-contained HTML report of a study")
@@ -185,7 +189,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from proxstudy.study.export import export_study
+    from proxstudy.dashboards.exported import study_export_document
+    from proxstudy.study.export import write_export
 
     fmt = args.format
     if fmt is None:
@@ -193,10 +198,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.out:
         _out_directory_exists(args.out)
     url = _readable_storage(args.storage)
-    document = export_study(url, args.study, fmt, args.out)
+    document = study_export_document(url, args.study, args.pick)
+    write_export(document, fmt, args.out)
     if args.out:
+        pick = "" if args.pick != "both" else " --pick best|robust"
         print(f"exported {len(document['methods'])} method(s) of {args.study} to {args.out}; "
-              f"run one with: proxstudy train {args.out} --method NAME", file=sys.stderr)
+              f"run one with: proxstudy train {args.out} --method NAME{pick}", file=sys.stderr)
     return 0
 
 
@@ -212,7 +219,11 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
     data = study_summary_data(_readable_storage(args.storage), args.study, delta=delta)
     if args.format == "json":
-        print(json.dumps(summary_document(data.metrics, args.study, data.objective), indent=2))
+        from proxstudy.dashboards.importance import log_params_of_document, study_importance
+
+        importance = study_importance(data.metrics, log_params_of_document(data.space))
+        shares = {name: found.shares for name, found in importance.items()}
+        print(json.dumps(summary_document(data.metrics, args.study, data.objective, shares), indent=2))
     else:
         print(summary_text(data.metrics, args.study, data.objective))
     return 0
@@ -221,7 +232,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from proxstudy.workers.train_command import train_main
 
-    return int(train_main(args.config, method=args.method, device=args.device) or 0)
+    return int(train_main(args.config, method=args.method, device=args.device, pick=args.pick) or 0)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

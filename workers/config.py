@@ -545,9 +545,37 @@ def _read_document(path: Path) -> Any:
                                json_file=path.suffix.lower() == ".json")
 
 
-def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[TrialConfig]:
+EXPORT_PICKS = ("best", "robust")
+
+
+def _export_pick(entry: Mapping, pick: str | None, source: str, field: str) -> tuple[Mapping, str]:
+    """The chosen configuration of one method of an export file, and its field path.
+
+    A method entry holds ``best`` and/or ``robust`` (each with a ``trial_config``); an entry
+    with a ``trial_config`` of its own (files of earlier versions) is its best configuration.
+    """
+    if "trial_config" in entry:
+        if pick not in (None, "best"):
+            raise ConfigError(source, "--pick", f"{field} has only its best configuration, not {pick!r}")
+        return entry, field
+    present = [kind for kind in EXPORT_PICKS if kind in entry]
+    if not present:
+        raise ConfigError(source, field, "has neither a best nor a robust configuration")
+    if pick is None:
+        if len(present) > 1:
+            raise ConfigError(source, "--pick", f"{field} has the best and the most robust configuration; "
+                                                "choose one with --pick best or --pick robust")
+        pick = present[0]
+    if pick not in present:
+        raise ConfigError(source, "--pick", f"{field} has no {pick} configuration (it has: {', '.join(present)})")
+    return require_mapping(entry[pick], source, join_field(field, pick)), join_field(field, pick)
+
+
+def load_train_file(path: str | os.PathLike, method: str | None = None,
+                    pick: str | None = None) -> list[TrialConfig]:
     """Trial configs to run from a bare trial config or an export file (every method in the
-    file's order when `method` is None)."""
+    file's order when `method` is None; of each, the configuration `pick` -- "best" or
+    "robust" -- which may be left out only where the file has one; see :func:`_export_pick`)."""
     path = Path(path)
     source = str(path)
     doc = _read_document(path)
@@ -556,6 +584,8 @@ def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[
         config = validate_trial_config(doc, source)
         if method is not None and method != config.method:
             raise ConfigError(source, "method", f"the file runs method {config.method!r}, not {method!r}")
+        if pick is not None:
+            raise ConfigError(source, "--pick", "a trial config has one configuration; --pick is for export files")
         return [config]
     methods = require_mapping(doc["methods"], source, "methods")
     if not methods:
@@ -568,9 +598,10 @@ def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[
         names = list(methods)
     configs = []
     for name in names:
-        entry = require_mapping(methods[name], source, join_field("methods", name))
-        field = join_field(join_field("methods", name), "trial_config")
-        trial = require_mapping(_require(entry, "trial_config", source, join_field("methods", name)), source, field)
+        entry, where = _export_pick(require_mapping(methods[name], source, join_field("methods", name)),
+                                    pick, source, join_field("methods", name))
+        field = join_field(where, "trial_config")
+        trial = require_mapping(_require(entry, "trial_config", source, where), source, field)
         try:
             configs.append(validate_trial_config(trial, source))
         except ConfigError as exc:  # re-anchor the field inside the export file

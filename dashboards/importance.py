@@ -1,0 +1,137 @@
+"""Which parameter explains a method's objective: fANOVA on capped values, log parameters in log.
+
+Per method, every completed or diverged seed of every point is one observation: its capped
+value from the robustness analysis (``metrics.PointRobustness.capped``: min(final, l0), a
+diverged seed counts as l0 -- mirrored for maximised objectives), so diverged runs are data,
+not missing. Optuna's own evaluators would drop them (no finite value) and read lr and
+tau_prox on a linear axis, where a grid 1e-3 ... 10 is one point near 0 and a few far away.
+
+The observations become FrozenTrials of an in-memory Optuna study whose parameters are
+log10(value) for log-scale parameters (lr, tau_prox, and any range declared ``log: true``)
+and the value itself otherwise, with plain (non-log) distributions over the transformed
+range; non-numeric parameters (e.g. optimizer.nesterov) stay categorical. Only parameters
+that vary within the method enter. Optuna's ``FanovaImportanceEvaluator`` (a random forest
+with a fixed seed, so the same study gives the same shares) then gives each parameter's share
+of the objective's variance (normalised to sum to 1). fANOVA is chosen over PED-ANOVA because
+the question is "share of the variance explained", which is what fANOVA decomposes; PED-ANOVA
+asks which parameters separate the top quantile from the rest.
+
+A method with no varying parameter, fewer than two observations, or a constant capped value
+has nothing to explain: its shares are ``{}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from proxstudy.dashboards.metrics import PointRobustness, Robustness
+from proxstudy.errors import ConfigError
+from proxstudy.study.records import PARAM_LR, PARAM_TAU
+from proxstudy.study.space import SearchSpace, parse_space
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
+__all__ = [
+    "DEFAULT_LOG_PARAMS",
+    "FANOVA_SEED",
+    "MethodImportance",
+    "log_params_of",
+    "log_params_of_document",
+    "method_importance",
+    "study_importance",
+]
+
+FANOVA_SEED = 0
+#: Parameters on a log axis when the study's search space is unknown (as recorded by the runner).
+DEFAULT_LOG_PARAMS = frozenset({PARAM_LR, PARAM_TAU})
+
+
+@dataclass(frozen=True)
+class MethodImportance:
+    method: str
+    shares: dict[str, float]  # param -> share of the variance, summing to 1 (empty: nothing to explain)
+    n_observations: int  # seeds used, diverged ones included
+    log_params: tuple[str, ...]  # the params transformed to log10
+
+
+def log_params_of(space: SearchSpace | None) -> dict[str, frozenset[str]]:
+    """Per method, the parameters on a log scale in the search space (``{}`` without one:
+    then :data:`DEFAULT_LOG_PARAMS` applies to every method)."""
+    if space is None:
+        return {}
+    return {name: frozenset(p for p, param in method.params.items() if param.log)
+            for name, method in space.methods.items()}
+
+
+def log_params_of_document(document: Mapping[str, Any] | None) -> dict[str, frozenset[str]]:
+    """:func:`log_params_of` the study's stored search-space document (``{}`` when there is
+    none or it does not parse with this version)."""
+    if document is None:
+        return {}
+    try:
+        return log_params_of(parse_space(dict(document), "<stored document>"))
+    except ConfigError:
+        return {}
+
+
+def _columns(points: list[PointRobustness], log_params: Collection[str]) -> dict[str, list]:
+    """Per varying parameter, its (transformed) value for every observation."""
+    names = sorted({name for p in points for name in p.params})
+    out: dict[str, list] = {}
+    for name in names:
+        values = [p.params.get(name) for p in points for _ in p.capped]
+        if len(set(map(repr, values))) < 2:
+            continue
+        numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) == len(values):
+            log = name in log_params and all(v > 0 for v in numbers)
+            out[name] = [math.log10(v) for v in numbers] if log else numbers
+        else:
+            out[name] = [str(v) for v in values]
+    return out
+
+
+def method_importance(points: list[PointRobustness], method: str, log_params: Collection[str] = DEFAULT_LOG_PARAMS,
+                      seed: int = FANOVA_SEED) -> MethodImportance:
+    """fANOVA shares of one method's points (see the module docstring)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+    from optuna.trial import create_trial
+
+    mine = [p for p in points if p.method == method]
+    values = [c for p in mine for c in p.capped]
+    columns = _columns(mine, log_params)
+    used_log = tuple(sorted(name for name in columns if name in log_params))
+    if len(values) < 2 or not columns or max(values) - min(values) <= 1e-12 * max(1.0, abs(max(values))):
+        return MethodImportance(method, {}, len(values), used_log)
+    distributions: dict[str, BaseDistribution] = {}
+    for name, column in columns.items():
+        if isinstance(column[0], str):
+            distributions[name] = CategoricalDistribution(sorted(set(column)))
+        else:
+            distributions[name] = FloatDistribution(min(column), max(column))
+    trials = [
+        create_trial(params={name: column[i] for name, column in columns.items()},
+                     distributions=distributions, value=values[i])
+        for i in range(len(values))
+    ]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()  # in memory; the direction does not matter for variance shares
+    study.add_trials(trials)
+    shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), normalize=True)
+    return MethodImportance(method, {name: float(shares.get(name, 0.0)) for name in columns}, len(values), used_log)
+
+
+def study_importance(robustness: Robustness, log_params: Mapping[str, Collection[str]] | None = None,
+                     seed: int = FANOVA_SEED) -> dict[str, MethodImportance]:
+    """:func:`method_importance` of every method of the analysis, in its method order."""
+    log_params = log_params or {}
+    return {
+        name: method_importance(robustness.points, name, log_params.get(name, DEFAULT_LOG_PARAMS), seed)
+        for name in robustness.methods
+    }
