@@ -524,11 +524,48 @@ def yaml_problem(exc: Exception) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
+#: Brackets deeper than this are refused before parsing: PyYAML's scanner takes time quadratic
+#: in the depth of flow collections (a 6 KB "[[[[..." takes seconds), and no input here needs
+#: more than a handful of levels.
+MAX_NESTING = 100
+
+
+def _flow_depth_over(text: str, limit: int) -> bool:
+    """Whether ``[``/``{`` nest deeper than ``limit`` outside quotes and comments (one pass)."""
+    depth = 0
+    quote = ""
+    previous = "\n"
+    index, end = 0, len(text)
+    while index < end:
+        char = text[index]
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        elif char in "'\"" and (previous in " \t\n[{,:"):
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            newline = text.find("\n", index)
+            index = end if newline < 0 else newline
+            previous = "\n"
+            continue
+        previous = char
+        index += 1
+    return False
+
+
 def parse_document_text(text: str, source: str, *, json_file: bool = False,
                         loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
     """YAML (or JSON) text into plain data; ConfigError naming ``source`` with the line and
     column of a syntax error, or for nesting too deep to parse."""
     kind = "JSON" if json_file else "YAML"
+    if _flow_depth_over(text, MAX_NESTING):
+        raise ConfigError(source, "", f"the {kind} is nested too deeply (more than {MAX_NESTING} levels of brackets)")
     try:
         if json_file:
             return json.loads(text)
