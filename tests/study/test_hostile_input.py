@@ -167,3 +167,17 @@ def test_an_immutable_sqlite_file_is_refused_before_writing(space, tmp_path, cap
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", str(db)], check=False)
     assert db.stat().st_size == 0
+
+
+def test_train_names_the_file_and_dataset_root(tmp_path, capsys):
+    a_file = tmp_path / "plain-file"
+    a_file.write_text("x")
+    config = {"dataset": {"name": "cifar10", "root": str(a_file), "download": True},
+              "model": {"name": "mlp", "hidden": [8]}, "training": {"epochs": 1, "batch_size": 32},
+              "objective": "train_loss", "method": "bp", "mode": "gradient", "lr": 0.1,
+              "optimizer": {"name": "sgd"}, "seed": 0}
+    path = write_space(tmp_path / "trial.yaml", config)
+    _refused(["train", str(path)], capsys, f"{path}: dataset.root: {a_file} is a file, not a directory")
+    config["seed"] = 2**64
+    write_space(path, config)
+    _refused(["train", str(path)], capsys, f"{path}: seed: a seed must be < 2**64")
