@@ -101,6 +101,7 @@ from proxstudy.workers.config import (
     CG_MODES,
     MODE_GRADIENT,
     MODES,
+    FastSafeLoader,
     TrialConfig,
     check_keys,
     check_model_fits_data,
@@ -274,7 +275,7 @@ def load_space(path: str | os.PathLike[str]) -> SearchSpace:
         raise ConfigError(source, "", "the document is nested too deeply") from None
 
 
-class _UniqueKeySafeLoader(yaml.SafeLoader):
+class _UniqueKeySafeLoader(FastSafeLoader):
     """yaml.SafeLoader that refuses repeated mapping keys.
 
     Plain safe_load keeps the last of two equal keys, so a copied method block whose name was
