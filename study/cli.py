@@ -301,7 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # a bug, not the user's input: one line unless debugging
         if os.environ.get("PROXSTUDY_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        from proxstudy.study.redaction import redact_text
+
+        first = redact_text((str(exc).strip().splitlines() or [""])[0])
         print(f"proxstudy: internal error: {type(exc).__name__}: {first} "
               "(set PROXSTUDY_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
         code = 1

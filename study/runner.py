@@ -158,7 +158,11 @@ def run_sweep(space: SearchSpace | str | os.PathLike[str] | Mapping,
         if not options.verbose:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(url)
-        with acquire_lease(storage_engine(url), name) as lease:
+        try:
+            lease = acquire_lease(storage_engine(url), name)
+        except SQLAlchemyError as exc:  # no right to create or write the lease table
+            raise write_failure(url, exc) from None
+        with lease:
             if lease.took_over and options.progress:
                 sys.stderr.write(f"proxstudy: taking over study {name!r} from driver {lease.took_over}, "
                                  "which is gone\n")
