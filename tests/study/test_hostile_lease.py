@@ -141,3 +141,18 @@ def test_two_proxstudy_runs_started_together_record_every_point_once(tmp_path):
         leases = conn.execute(sa.text(f"SELECT count(*) FROM {LEASE_TABLE}")).scalar_one()
     engine.dispose()
     assert trials == 7 and leases == 0  # 3 + 2 x 2 grid points, one seed; the lease given back
+
+
+def test_the_heartbeat_thread_renews_the_lease_until_released(tmp_path):
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    lease = acquire_lease(storage_engine(url), "s", ttl_s=0.3)  # beats every 0.1 s
+    first = lease_holder(lease.engine, "s")[1]
+    deadline = time.monotonic() + 60
+    while lease_holder(lease.engine, "s")[1] == first:  # waits for a renewal, however slow
+        assert time.monotonic() < deadline, "the heartbeat never renewed the lease"
+        time.sleep(0.05)
+    assert not lease.lost
+    observer = storage_engine(url)
+    lease.release()
+    assert lease_holder(observer, "s") is None
+    observer.dispose()
