@@ -1,10 +1,12 @@
 """Which parameter explains a method's objective: fANOVA on capped values, log parameters in log.
 
-Per method, every completed or diverged seed of every point is one observation: its capped
-value from the robustness analysis (``metrics.PointRobustness.capped``: min(final, l0), a
-diverged seed counts as l0 -- mirrored for maximised objectives), so diverged runs are data,
-not missing. Optuna's own evaluators would drop them (no finite value) and read lr and
-tau_prox on a linear axis, where a grid 1e-3 ... 10 is one point near 0 and a few far away.
+Per method, every point (method and parameters but the seed) is one observation: its value v
+from the robustness analysis, the mean of its seeds' capped values (min(final, l0), a diverged
+seed counts as l0 -- mirrored for maximised objectives), so diverged runs are data, not
+missing. Optuna's own evaluators would drop them (no finite value) and read lr and tau_prox
+on a linear axis, where a grid 1e-3 ... 10 is one point near 0 and a few far away. (Seed
+means rather than single seeds: the seed-to-seed spread is no parameter's share anyway, and
+the forest fits in half the time.) A single varying parameter gets share 1 without a forest.
 
 The observations become FrozenTrials of an in-memory Optuna study whose parameters are
 log10(value) for log-scale parameters (lr, tau_prox, and any range declared ``log: true``)
@@ -54,7 +56,7 @@ DEFAULT_LOG_PARAMS = frozenset({PARAM_LR, PARAM_TAU})
 class MethodImportance:
     method: str
     shares: dict[str, float]  # param -> share of the variance, summing to 1 (empty: nothing to explain)
-    n_observations: int  # seeds used, diverged ones included
+    n_observations: int  # points used, those with diverged seeds included
     log_params: tuple[str, ...]  # the params transformed to log10
 
 
@@ -83,7 +85,7 @@ def _columns(points: list[PointRobustness], log_params: Collection[str]) -> dict
     names = sorted({name for p in points for name in p.params})
     out: dict[str, list] = {}
     for name in names:
-        values = [p.params.get(name) for p in points for _ in p.capped]
+        values = [p.params.get(name) for p in points]
         if len(set(map(repr, values))) < 2:
             continue
         numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -104,11 +106,13 @@ def method_importance(points: list[PointRobustness], method: str, log_params: Co
     from optuna.trial import create_trial
 
     mine = [p for p in points if p.method == method]
-    values = [c for p in mine for c in p.capped]
+    values = [p.value for p in mine]
     columns = _columns(mine, log_params)
     used_log = tuple(sorted(name for name in columns if name in log_params))
     if len(values) < 2 or not columns or max(values) - min(values) <= 1e-12 * max(1.0, abs(max(values))):
         return MethodImportance(method, {}, len(values), used_log)
+    if len(columns) == 1:  # what fANOVA gives a single parameter, without fitting a forest
+        return MethodImportance(method, {next(iter(columns)): 1.0}, len(values), used_log)
     distributions: dict[str, BaseDistribution] = {}
     for name, column in columns.items():
         if isinstance(column[0], str):
