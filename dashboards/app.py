@@ -26,6 +26,7 @@ import dash
 from dash import Input, Output, State, dash_table, dcc, html
 from flask import Response, request
 
+from proxstudy.dashboards import analysis_pages
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
@@ -62,6 +63,7 @@ def index_page(storage: str) -> html.Div:
         [
             html.H1("ProxProp robustness studies"),
             html.P(f"Storage: {D.redact(storage)}", className="storage"),
+            html.P(dcc.Link("Compare the studies", href=analysis_pages.compare_href(), id="compare-link")),
             html.Table([html.Thead(header), html.Tbody(rows)], id="study-index")
             if studies else html.P("No studies in this storage yet."),
         ]
@@ -126,6 +128,9 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
                     " | ",
                     html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
                     " | ",
+                    dcc.Link("Parameter importance", href=analysis_pages.importance_href(data.name),
+                             id="importance-link"),
+                    " | ",
                     dcc.Link("All studies", href="/"),
                 ]
             ),
@@ -188,6 +193,9 @@ def create_app(storage: str) -> dash.Dash:
         pathname = pathname or "/"
         triggered = dash.ctx.triggered_id
         try:
+            extra = analysis_pages.route(storage, pathname)  # compare, importance
+            if extra is not None:
+                return extra, True, None
             if not pathname.startswith(STUDY_PREFIX):
                 return index_page(storage), True, None
             name = unquote(pathname[len(STUDY_PREFIX):])

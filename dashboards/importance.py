@@ -35,12 +35,14 @@ from proxstudy.study.records import PARAM_LR, PARAM_TAU
 from proxstudy.study.space import SearchSpace, parse_space
 
 if TYPE_CHECKING:
+    import plotly.graph_objects as go
     from optuna.distributions import BaseDistribution
 
 __all__ = [
     "DEFAULT_LOG_PARAMS",
     "FANOVA_SEED",
     "MethodImportance",
+    "importance_figure",
     "log_params_of",
     "log_params_of_document",
     "method_importance",
@@ -139,3 +141,27 @@ def study_importance(robustness: Robustness, log_params: Mapping[str, Collection
         name: method_importance(robustness.points, name, log_params.get(name, DEFAULT_LOG_PARAMS), seed)
         for name in robustness.methods
     }
+
+
+def importance_figure(importances: Mapping[str, MethodImportance]) -> go.Figure:
+    """Per method, each parameter's share of the variance as grouped horizontal bars."""
+    import plotly.graph_objects as go
+
+    params = sorted({p for found in importances.values() for p in found.shares})
+    fig = go.Figure()
+    for method, found in importances.items():
+        if not found.shares:
+            continue
+        shown = [p for p in params if p in found.shares]
+        labels = [f"log10 {p}" if p in found.log_params else p for p in shown]
+        fig.add_trace(go.Bar(y=labels, x=[found.shares[p] for p in shown], name=method, orientation="h",
+                             hovertemplate=f"{method}<br>%{{y}}: %{{x:.1%}} of the variance"
+                                           f" ({found.n_observations} points)<extra></extra>"))
+    empty = [m for m, found in importances.items() if not found.shares]
+    note = f" (nothing to explain: {', '.join(empty)})" if empty else ""
+    fig.update_layout(
+        title={"text": "Parameter importance: share of the capped objective's variance (fANOVA)" + note},
+        xaxis={"title": "share of variance", "range": [0, 1], "tickformat": ".0%"},
+        barmode="group", margin={"l": 140, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h"},
+    )
+    return fig

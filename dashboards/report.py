@@ -14,6 +14,7 @@ from plotly.offline import get_plotlyjs
 
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.figures import study_figures
+from proxstudy.dashboards.importance import importance_figure, log_params_of_document, study_importance
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
 from proxstudy.dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows, verdict
 from proxstudy.files import write_atomically
@@ -80,6 +81,9 @@ def render_report(data: D.StudyData, storage_shown: str = "") -> str:
     parts.append("<h2>Capped objective over lr x tau_prox, per method (log colour scale)</h2>")
     parts.append('<div class="grid">' + "".join(v for k, v in fig_html.items() if k.startswith("heatmap:")) + "</div>")
     parts.append(f'<div class="grid">{fig_html["tunability"]}{fig_html["divergence"]}</div>')
+    importance = importance_figure(study_importance(data.metrics, log_params_of_document(data.space)))
+    parts.append('<h2>Parameter importance</h2><div id="importance">' + importance.to_html(
+        full_html=False, include_plotlyjs=False, config={"displaylogo": False, "responsive": True}) + "</div>")
     parts.append("<h2>Training curves of each method's best point</h2>")
     parts.append(f'<div class="grid">{fig_html["training_epoch"]}{fig_html["training_seconds"]}</div>')
     columns, trows = trial_rows(data.records)
