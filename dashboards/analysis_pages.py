@@ -1,16 +1,22 @@
 """Dashboard pages beyond one study's: several studies compared, and parameter importance.
 
-``/compare`` compares every study in the storage, ``/compare/<name>/<name>...`` (each name
-URL-encoded) the named ones: the same methods' lr sensitivity and trained lr range side by
-side (``dashboards.compare``) and the performance profile. ``/importance/<name>`` shows a
-study's parameter importance (``dashboards.importance``; fANOVA takes seconds on large
-studies, so it has its own page and the study page stays quick). The app asks :func:`route`
-for every path first; ``None`` means "not one of these pages".
+Registered in ``app.EXTRA_PAGES`` (each gets ``storage`` and the URL's query string) and
+``app.STUDY_SECTIONS`` (a line of links on every study page):
+
+* ``/compare`` compares every study in the storage, ``/compare?study=A&study=B`` the named
+  ones: the same methods' lr sensitivity and trained lr range side by side
+  (``dashboards.compare``) and the performance profile.
+* ``/importance?study=A`` shows a study's parameter importance (``dashboards.importance``);
+  fANOVA takes seconds on large studies, so it has its own page and the study page stays
+  quick. Without ``study`` it lists the studies to choose from.
+
+Bad input (an unknown study, a storage that cannot be read) is shown on the page, never raised.
 """
 
 from __future__ import annotations
 
-from urllib.parse import quote, unquote
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
 
 from dash import dcc, html
 
@@ -20,20 +26,34 @@ from proxstudy.dashboards.compare import compare_document, profile_figure
 from proxstudy.dashboards.importance import __doc__ as IMPORTANCE_DOC
 from proxstudy.dashboards.importance import importance_figure, log_params_of_document, study_importance
 from proxstudy.dashboards.metrics import summary_document
+from proxstudy.study.storage import scrub_secrets
 
-__all__ = ["COMPARE_PREFIX", "IMPORTANCE_PREFIX", "compare_href", "compare_page", "importance_href",
-           "importance_page", "route"]
+__all__ = ["COMPARE_PATH", "IMPORTANCE_PATH", "compare_href", "compare_page", "importance_href",
+           "importance_page", "study_links"]
 
-COMPARE_PREFIX = "/compare"
-IMPORTANCE_PREFIX = "/importance/"
+COMPARE_PATH = "/compare"
+IMPORTANCE_PATH = "/importance"
 
 
 def compare_href(names: list[str] | None = None) -> str:
-    return COMPARE_PREFIX + "".join("/" + quote(n, safe="") for n in names or [])
+    return COMPARE_PATH + (("?" + urlencode([("study", n) for n in names])) if names else "")
 
 
 def importance_href(name: str) -> str:
-    return IMPORTANCE_PREFIX + quote(name, safe="")
+    return IMPORTANCE_PATH + "?" + urlencode({"study": name})
+
+
+def _study_href(name: str) -> str:
+    return "/study/" + quote(name, safe="")
+
+
+def _studies(search: str) -> list[str]:
+    return parse_qs(search.lstrip("?")).get("study", [])
+
+
+def _problem(title: str, exc: Exception, storage: str) -> html.Div:
+    text = str(exc) if isinstance(exc, D.StudyNotFound) else scrub_secrets(f"{type(exc).__name__}: {exc}", storage)
+    return html.Div([html.H1(title), html.P(text, className="error"), dcc.Link("All studies", href="/")])
 
 
 def _number(value: float | None, digits: int = 2) -> str:
@@ -53,16 +73,18 @@ def _cell(entry: dict | None) -> html.Td:
     ])
 
 
-def compare_page(storage: str, names: list[str] | None = None) -> html.Div:
-    """The comparison of ``names`` (every study in the storage when None or empty)."""
-    names = names or [s.name for s in D.list_studies(storage)]
-    summaries = []
-    for name in names:
-        data = D.load_study_data(storage, name)  # StudyNotFound: the caller shows it
-        summaries.append(summary_document(data.metrics, name, data.objective))
+def compare_page(storage: str, search: str = "") -> html.Div:
+    """The comparison of the studies named in ``search`` (every study in the storage if none)."""
+    try:
+        names = _studies(search) or [s.name for s in D.list_studies(storage)]
+        summaries = []
+        for name in names:
+            data = D.load_study_data(storage, name)
+            summaries.append(summary_document(data.metrics, name, data.objective))
+    except Exception as exc:  # shown on the page, never raised
+        return _problem("Cannot compare", exc, storage)
     document = compare_document(summaries)
-    header = html.Tr([html.Th("method")] + [html.Th(dcc.Link(n, href="/study/" + quote(n, safe="")))
-                                            for n in document["studies"]])
+    header = html.Tr([html.Th("method")] + [html.Th(dcc.Link(n, href=_study_href(n))) for n in document["studies"]])
     rows = [html.Tr([html.Td(method)] + [_cell(by_study.get(n)) for n in document["studies"]])
             for method, by_study in document["methods"].items()]
     return html.Div([
@@ -76,10 +98,22 @@ def compare_page(storage: str, names: list[str] | None = None) -> html.Div:
     ])
 
 
-def importance_page(storage: str, name: str) -> html.Div:
-    """The parameter importance of one study, per method."""
-    data = D.load_study_data(storage, name)
-    found = study_importance(data.metrics, log_params_of_document(data.space))
+def importance_page(storage: str, search: str = "") -> html.Div:
+    """The parameter importance of the study named in ``search``, per method."""
+    names = _studies(search)
+    try:
+        if not names:
+            studies = D.list_studies(storage)
+            return html.Div([
+                html.H1("Parameter importance", id="importance-title"),
+                html.P("Choose a study:"),
+                html.Ul([html.Li(dcc.Link(s.name, href=importance_href(s.name))) for s in studies]),
+            ])
+        name = names[0]
+        data = D.load_study_data(storage, name)
+        found = study_importance(data.metrics, log_params_of_document(data.space))
+    except Exception as exc:  # shown on the page, never raised
+        return _problem("Parameter importance", exc, storage)
     items = [html.Li(f"{method}: " + (", ".join(f"{p} {share:.0%}" for p, share in
                                                 sorted(f.shares.items(), key=lambda kv: -kv[1]))
                                       or "nothing to explain (no varying parameter or a constant value)"))
@@ -89,15 +123,12 @@ def importance_page(storage: str, name: str) -> html.Div:
         html.Ul(items, id="importance-list"),
         dcc.Graph(id="fig-importance", figure=importance_figure(found), config={"displaylogo": False}),
         html.Details([html.Summary("How importance is computed"), html.Pre(IMPORTANCE_DOC or "")]),
-        dcc.Link("Back to the study", href="/study/" + quote(name, safe="")), " | ", dcc.Link("All studies", href="/"),
+        dcc.Link("Back to the study", href=_study_href(name)), " | ", dcc.Link("All studies", href="/"),
     ])
 
 
-def route(storage: str, pathname: str) -> html.Div | None:
-    """The page for ``pathname`` if it is one of this module's (raises StudyNotFound)."""
-    if pathname == COMPARE_PREFIX or pathname.startswith(COMPARE_PREFIX + "/"):
-        parts = [unquote(p) for p in pathname[len(COMPARE_PREFIX):].split("/") if p]
-        return compare_page(storage, parts)
-    if pathname.startswith(IMPORTANCE_PREFIX):
-        return importance_page(storage, unquote(pathname[len(IMPORTANCE_PREFIX):]))
-    return None
+def study_links(data: D.StudyData) -> list[Any]:
+    """The study page's section: links to its importance and to the comparison of all studies."""
+    return [html.P([dcc.Link("Parameter importance of this study", href=importance_href(data.name),
+                             id="importance-link"),
+                    " | ", dcc.Link("Compare all studies", href=compare_href())], id="analysis-links")]

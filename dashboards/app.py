@@ -19,11 +19,14 @@ import re
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
 import dash
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dcc, html
+from dash.dash_table.DataTable import DataTable
 from flask import Response, request
 
 from proxstudy.dashboards import analysis_pages
@@ -39,6 +42,30 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STUDY_PREFIX = "/study/"
 
 
+@dataclass(frozen=True)
+class ExtraPage:
+    """A page beyond the index and the study pages (e.g. a comparison of studies).
+
+    Served at ``path`` (exact match) and linked from the index as ``title``; ``render(storage,
+    search)`` returns the page's Dash content, ``search`` being the URL's query string
+    (``"?study=a&study=b"`` or ``""``). It must not raise for bad input: show a message instead.
+    """
+
+    path: str
+    title: str
+    render: Callable[[str, str], Any]
+
+
+#: Pages other modules add to the app (one line each here; create_app(pages=...) overrides).
+EXTRA_PAGES: tuple[ExtraPage, ...] = (
+    ExtraPage(analysis_pages.COMPARE_PATH, "Compare the studies", analysis_pages.compare_page),
+    ExtraPage(analysis_pages.IMPORTANCE_PATH, "Parameter importance", analysis_pages.importance_page),
+)
+
+#: Sections appended to every study page, after the views: ``section(data)`` -> Dash components.
+STUDY_SECTIONS: tuple[Callable[[D.StudyData], list[Any]], ...] = (analysis_pages.study_links,)
+
+
 def study_href(name: str) -> str:
     """The study page's path; the name is fully URL-encoded (slashes, quotes, <, > ...)."""
     return STUDY_PREFIX + quote(name, safe="")
@@ -48,8 +75,8 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
 
 
-def index_page(storage: str) -> html.Div:
-    """The list of studies with counts by status and links to their pages."""
+def index_page(storage: str, pages: tuple[ExtraPage, ...] = ()) -> html.Div:
+    """The list of studies with counts by status and links to their pages (and the extra pages)."""
     studies = D.list_studies(storage)
     header = html.Tr([html.Th("study"), html.Th("trials")] + [html.Th(s) for s in D.STATUS_ORDER])
     rows = [
@@ -63,17 +90,17 @@ def index_page(storage: str) -> html.Div:
         [
             html.H1("ProxProp robustness studies"),
             html.P(f"Storage: {D.redact(storage)}", className="storage"),
-            html.P(dcc.Link("Compare the studies", href=analysis_pages.compare_href(), id="compare-link")),
             html.Table([html.Thead(header), html.Tbody(rows)], id="study-index")
             if studies else html.P("No studies in this storage yet."),
+            html.Ul([html.Li(dcc.Link(p.title, href=p.path)) for p in pages], id="extra-pages") if pages else "",
         ]
     )
 
 
-NUMERIC_TRIAL_COLUMNS = {"value", "final_train_loss", "lr", "tau_prox"}
+NUMERIC_TRIAL_COLUMNS = frozenset({"value", "final_train_loss", "lr", "tau_prox"})
 
 
-def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> dash_table.DataTable:
+def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> DataTable:
     # Dash 4 announces DataTable's future removal on every construction; it is still the
     # built-in table with native filter/sort/CSV export, which is what the page needs.
     with warnings.catch_warnings():
@@ -82,12 +109,13 @@ def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], 
 
 
 def _make_datatable(
-    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: set[str] = frozenset(), **kwargs: Any
-) -> dash_table.DataTable:
+    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: frozenset[str] = frozenset(),
+    **kwargs: Any,
+) -> DataTable:
     from dash.dash_table.Format import Format, Scheme
 
-    short = Format(precision=4, scheme=Scheme.decimal_or_exponent)  # display only; CSV keeps full
-    return dash_table.DataTable(
+    short = Format(precision=4, scheme=Scheme.decimal_or_exponent).to_plotly_json()  # display only; CSV: full
+    return DataTable(
         id=table_id,
         columns=[{"name": title, "id": cid, "type": "numeric", "format": short} if cid in numeric
                  else {"name": title, "id": cid} for cid, title in columns],
@@ -103,8 +131,10 @@ def _graph(fig, graph_id: str) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=fig, config={"displaylogo": False}, className="study-graph")
 
 
-def study_page(storage: str, data: D.StudyData) -> html.Div:
-    """The study page's content for one snapshot of its data."""
+def study_page(
+    storage: str, data: D.StudyData, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
+) -> html.Div:
+    """The study page's content for one snapshot of its data (``sections``: appended views)."""
     figs = study_figures(data)
     methods = list(data.metrics.methods) or sorted({p.method for p in data.points})
     answer = verdict(data.metrics, data.objective)
@@ -127,9 +157,6 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
                            id="download-export"),
                     " | ",
                     html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
-                    " | ",
-                    dcc.Link("Parameter importance", href=analysis_pages.importance_href(data.name),
-                             id="importance-link"),
                     " | ",
                     dcc.Link("All studies", href="/"),
                 ]
@@ -160,6 +187,7 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
             html.H2("Training curves of each method's best point"),
             html.Div([_graph(figs["training_epoch"], "fig-training-epoch"),
                       _graph(figs["training_seconds"], "fig-training-seconds")], style=side),
+            *[component for section in sections for component in section(data)],
             html.H2("Trials"),
             _datatable("trials-table", [(c, c) for c in columns], trows, numeric=NUMERIC_TRIAL_COLUMNS,
                        filter_action="native",
@@ -169,10 +197,19 @@ def study_page(storage: str, data: D.StudyData) -> html.Div:
     )
 
 
-def create_app(storage: str) -> dash.Dash:
-    """The Dash app for one storage URL (not started; see :func:`run_dashboard`)."""
+def create_app(
+    storage: str,
+    pages: tuple[ExtraPage, ...] | None = None,
+    sections: tuple[Callable[[D.StudyData], list[Any]], ...] | None = None,
+) -> dash.Dash:
+    """The Dash app for one storage URL (not started; see :func:`run_dashboard`).
+
+    ``pages`` and ``sections`` default to :data:`EXTRA_PAGES` and :data:`STUDY_SECTIONS`.
+    """
+    extra = {p.path: p for p in (EXTRA_PAGES if pages is None else pages)}
+    study_sections = STUDY_SECTIONS if sections is None else sections
     app = dash.Dash(__name__, title="ProxProp studies", suppress_callback_exceptions=True,
-                    update_title=None)
+                    update_title="")
     app.layout = html.Div(
         [
             dcc.Location(id="url"),
@@ -187,25 +224,24 @@ def create_app(storage: str) -> dash.Dash:
 
     @app.callback(
         Output("page", "children"), Output("tick", "disabled"), Output("version", "data"),
-        Input("url", "pathname"), Input("tick", "n_intervals"), State("version", "data"),
+        Input("url", "pathname"), Input("tick", "n_intervals"), State("version", "data"), State("url", "search"),
     )
-    def render(pathname: str | None, _n: int | None, version: Any):
+    def render(pathname: str | None, _n: int | None, version: Any, search: str | None = None):
         pathname = pathname or "/"
         triggered = dash.ctx.triggered_id
         try:
-            extra = analysis_pages.route(storage, pathname)  # compare, importance
-            if extra is not None:
-                return extra, True, None
+            if pathname in extra:
+                return extra[pathname].render(storage, search or ""), True, None
             if not pathname.startswith(STUDY_PREFIX):
-                return index_page(storage), True, None
+                return index_page(storage, tuple(extra.values())), True, None
             name = unquote(pathname[len(STUDY_PREFIX):])
             data = D.load_study_data(storage, name)
         except D.StudyNotFound as exc:
             return html.Div([html.H1("Study not found"), html.P(str(exc), className="error"),
                              dcc.Link("All studies", href="/")]), True, None
         except Exception as exc:  # show, never crash the page; no password in the text
-            return html.Div([html.H1("Cannot read the storage"),
-                             html.P(scrub_secrets(f"{type(exc).__name__}: {exc}", storage), className="error")]), True, None
+            shown = scrub_secrets(f"{type(exc).__name__}: {exc}", storage)
+            return html.Div([html.H1("Cannot read the storage"), html.P(shown, className="error")]), True, None
         token = [name, data.version]
         if triggered == "tick" and version == token:
             return dash.no_update, not data.live, dash.no_update
@@ -214,7 +250,7 @@ def create_app(storage: str) -> dash.Dash:
         if cached is not None and cached[0] == data.version:
             page = cached[1]
         else:
-            page = study_page(storage, data)
+            page = study_page(storage, data, study_sections)
             with built_lock:
                 built[name] = (data.version, page)
         return page, not data.live, token
@@ -229,6 +265,9 @@ def create_app(storage: str) -> dash.Dash:
     def _filename(name: str, ext: str) -> str:
         return (re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "study") + ext
 
+    def _attachment(filename: str) -> dict[str, str]:
+        return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
     @app.server.route("/download/trials.csv")
     def download_trials():
         data = _study_arg()
@@ -236,7 +275,7 @@ def create_app(storage: str) -> dash.Dash:
             return data
         columns, rows = trial_rows(data.records)
         return Response(csv_text(columns, rows), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-trials.csv")}"'})
+                        headers=_attachment(_filename(data.name, "-trials.csv")))
 
     @app.server.route("/download/export.<fmt>")
     def download_export(fmt: str):
@@ -250,8 +289,7 @@ def create_app(storage: str) -> dash.Dash:
         except NothingToExport as exc:
             return Response(str(exc), status=404, mimetype="text/plain")
         mimetype = "application/json" if fmt == "json" else "application/x-yaml"
-        return Response(text, mimetype=mimetype,
-                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-best." + fmt)}"'})
+        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-best." + fmt)))
 
     return app
 
@@ -275,4 +313,5 @@ def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow
     app.run(host=host, port=port, debug=False)
 
 
-__all__ = ["create_app", "run_dashboard", "study_href", "index_page", "study_page"]
+__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "create_app", "index_page", "run_dashboard", "study_href",
+           "study_page"]

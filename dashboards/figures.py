@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.colors
 import plotly.graph_objects as go
@@ -71,17 +72,20 @@ def heatmap(robustness: Robustness, method: str, objective: str = "objective") -
     other swept parameters exist, a cell shows the best point sharing its lr, tau and cg.
     """
     r = robustness
-    pts = [p for p in r.method_points(method) if p.lr is not None]
+    with_lr = [(lr, p) for p in r.method_points(method) if (lr := p.lr) is not None]
+    pts = [p for _, p in with_lr]
     log = _log_scale(r)
     cgs = sorted({p.params.get(PARAM_CG) for p in pts}, key=lambda c: (c is None, c or 0)) or [None]
     titles = [f"cg_iterations={c}" if c is not None else method for c in cgs]
     fig = make_subplots(rows=1, cols=len(cgs), subplot_titles=titles, shared_yaxes=True)
-    lrs = sorted({p.lr for p in pts})
+    lrs = sorted({lr for lr, _ in with_lr})
     taus = sorted({p.params.get(PARAM_TAU) for p in pts}, key=lambda t: (t is None, t or 0))
     xs = [format_lr(lr) for lr in lrs]
     ys = [_tau_label(t) for t in taus]
     sign = 1.0 if r.direction == MINIMIZE else -1.0
     ends = [v for v in (r.initial_value, r.best_value) if v is not None]
+    zmin: float | None
+    zmax: float | None
     if log and ends:
         zmin, zmax = math.log10(min(ends)), math.log10(max(ends))
         tickvals, ticktext = _log_ticks(zmin, zmax)
@@ -93,28 +97,30 @@ def heatmap(robustness: Robustness, method: str, objective: str = "objective") -
         zmin, zmax = None, None
     for col, cg in enumerate(cgs, start=1):
         cell: dict[tuple[float, object], PointRobustness] = {}
-        for p in pts:
+        for point_lr, p in with_lr:
             if p.params.get(PARAM_CG) != cg:
                 continue
-            key = (p.lr, p.params.get(PARAM_TAU))
+            key = (point_lr, p.params.get(PARAM_TAU))
             if key not in cell or sign * p.value < sign * cell[key].value:
                 cell[key] = p
         z, text, custom, div_x, div_y = [], [], [], [], []
         for tau in taus:
-            zr, tr, cr = [], [], []
+            zr: list[float | None] = []
+            tr: list[str] = []
+            cr: list[list[Any]] = []
             for lr in lrs:
-                p = cell.get((lr, tau))
-                if p is None:
+                here = cell.get((lr, tau))
+                if here is None:
                     zr.append(None)
                     tr.append("")
                     cr.append(["no data", "", "", 0, 0, ""])
                     continue
-                zr.append(math.log10(p.value) if log else p.value)
-                tr.append(format_value(p.value))
-                cr.append([format_value(p.value), format_value(p.seed_median),
-                           f"{format_value(min(p.capped))} to {format_value(max(p.capped))}",
-                           p.n_completed, p.n_diverged, f"{p.progress:.2f}"])
-                if p.diverged:
+                zr.append(math.log10(here.value) if log else here.value)
+                tr.append(format_value(here.value))
+                cr.append([format_value(here.value), format_value(here.seed_median),
+                           f"{format_value(min(here.capped))} to {format_value(max(here.capped))}",
+                           here.n_completed, here.n_diverged, f"{here.progress:.2f}"])
+                if here.diverged:
                     div_x.append(format_lr(lr))
                     div_y.append(_tau_label(tau))
             z.append(zr)
@@ -163,12 +169,13 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
     for index, (method, m) in enumerate(r.methods.items()):
         if m.sensitivity_params is None:
             continue
-        row = sorted((p for p in r.method_points(method) if p.lr is not None and p.theta == m.sensitivity_params),
-                     key=lambda p: p.lr)
-        if not row:
+        at_theta = sorted(((lr, p) for p in r.method_points(method)
+                           if (lr := p.lr) is not None and p.theta == m.sensitivity_params), key=lambda pair: pair[0])
+        if not at_theta:
             continue
+        row = [p for _, p in at_theta]
         color = METHOD_COLORS[index % len(METHOD_COLORS)]
-        x = [p.lr for p in row]
+        x = [lr for lr, _ in at_theta]
         label = method
         extra = params_label(m.sensitivity_params)
         if extra:
@@ -213,16 +220,16 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
 def sensitivity_bars(robustness: Robustness) -> go.Figure:
     """lr sensitivity per method (0 = as good as the best everywhere, 1 = no progress) with its
     95% bootstrap interval as error bars."""
-    methods = [m for m in robustness.methods.values() if m.lr_sensitivity is not None]
+    methods = [(m.lr_sensitivity, m) for m in robustness.methods.values() if m.lr_sensitivity is not None]
     fig = go.Figure()
-    for index, m in enumerate(methods):
-        lo, hi = m.lr_sensitivity_ci or (m.lr_sensitivity, m.lr_sensitivity)
+    for index, (sens, m) in enumerate(methods):
+        lo, hi = m.lr_sensitivity_ci or (sens, sens)
         fig.add_trace(go.Bar(
-            x=[m.method], y=[m.lr_sensitivity], name=m.method,
+            x=[m.method], y=[sens], name=m.method,
             marker={"color": METHOD_COLORS[index % len(METHOD_COLORS)]},
-            error_y={"type": "data", "symmetric": False, "array": [hi - m.lr_sensitivity],
-                     "arrayminus": [m.lr_sensitivity - lo], "thickness": 2, "width": 10},
-            text=[f"{m.lr_sensitivity:.2f}"], textposition="inside", insidetextanchor="middle",
+            error_y={"type": "data", "symmetric": False, "array": [hi - sens],
+                     "arrayminus": [sens - lo], "thickness": 2, "width": 10},
+            text=[f"{sens:.2f}"], textposition="inside", insidetextanchor="middle",
             customdata=[[f"{lo:.2f}", f"{hi:.2f}", params_label(m.sensitivity_params) or "(no other parameter)"]],
             hovertemplate="%{x}<br>lr sensitivity %{y:.3f}<br>95% CI [%{customdata[0]}, %{customdata[1]}]"
             "<br>at %{customdata[2]}<extra></extra>",
@@ -285,7 +292,8 @@ def training_curves(
                                  name=f"{method} ({params_label(m.best_params)}, n={len(runs)})"))
     fig.update_xaxes(title_text="epoch" if x == "epoch" else "wall-clock seconds")
     fig.update_yaxes(title_text=objective)
-    fig.update_layout(title={"text": f"Training curves of each method's best point vs {'epoch' if x == 'epoch' else 'seconds'}"})
+    axis = "epoch" if x == "epoch" else "seconds"
+    fig.update_layout(title={"text": f"Training curves of each method's best point vs {axis}"})
     return fig
 
 
@@ -339,8 +347,10 @@ def divergence_view(points: Sequence[PointSummary]) -> go.Figure:
         ys = [div[lr] / tot[lr] for lr in lrs if tot.get(lr)]
         fig.add_trace(go.Bar(x=xs, y=ys, name=method,
                              customdata=[[div[lr], tot[lr]] for lr in lrs if tot.get(lr)],
-                             hovertemplate="lr=%{x}<br>%{customdata[0]} of %{customdata[1]} seeds diverged<extra></extra>"))
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[format_lr(lr) for lr in lrs], title_text="lr")
+                             hovertemplate="lr=%{x}<br>%{customdata[0]} of %{customdata[1]} seeds diverged"
+                             "<extra></extra>"))
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[format_lr(lr) for lr in lrs],
+                     title_text="lr")
     fig.update_yaxes(title_text="share of seeds diverged", range=[0, 1.05], tickformat=".0%")
     fig.update_layout(barmode="group", title={"text": "Divergence: share of diverged seeds per learning rate"})
     return fig

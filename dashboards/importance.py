@@ -46,6 +46,7 @@ __all__ = [
     "log_params_of",
     "log_params_of_document",
     "method_importance",
+    "report_section",
     "study_importance",
 ]
 
@@ -165,3 +166,12 @@ def importance_figure(importances: Mapping[str, MethodImportance]) -> go.Figure:
         barmode="group", margin={"l": 140, "r": 20, "t": 50, "b": 50}, legend={"orientation": "h"},
     )
     return fig
+
+
+def report_section(data: Any) -> str:
+    """The report's importance section (an HTML fragment) of a study's data (``StudyData``:
+    its ``metrics`` and stored search-space document ``space``)."""
+    figure = importance_figure(study_importance(data.metrics, log_params_of_document(data.space)))
+    config = {"displaylogo": False, "responsive": True}
+    return ('<h2>Parameter importance</h2><div id="importance">'
+            + figure.to_html(full_html=False, include_plotlyjs=False, config=config) + "</div>")

@@ -16,7 +16,7 @@ Two ways, both exact:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,8 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 def _unfold_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
     batch, channels, h, w = x.shape
     kh, kw = kernel_size
-    n = batch * _out_size(h, kh, stride[0], padding[0], dilation[0]) * _out_size(w, kw, stride[1], padding[1], dilation[1])
+    out_h = _out_size(h, kh, stride[0], padding[0], dilation[0])
+    n = batch * out_h * _out_size(w, kw, stride[1], padding[1], dilation[1])
     p = channels * kh * kw
     return _UNFOLD_SLOWDOWN * 2.0 * n * p * p
 
@@ -174,7 +175,7 @@ def _gram_shift(x: Tensor, kernel_size, padding, has_bias: bool) -> Tensor:
     plane = xt[kw - 1:kw - 1 + pos].sum(dim=2) if has_bias else None  # (positions, C)
     with single_threaded(x.device):
         gram = _assemble_shift(products, masks, pos, wp, kh, kw, width, reach, channels)
-        if not has_bias:
+        if plane is None:
             return gram
         col = masks @ plane  # (kh*kw, C)
         return _with_bias(gram, col.T.reshape(-1), batch * ho * wo)

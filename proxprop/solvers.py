@@ -44,11 +44,11 @@ from .threads import single_threaded
 
 __all__ = [
     "FactoredRows",
-    "exact_solve",
-    "gram_solve_factored",
-    "gram_solve_cost",
     "cg_strategy_for",
     "eigh_flops_per_n3",
+    "exact_solve",
+    "gram_solve_cost",
+    "gram_solve_factored",
 ]
 
 
@@ -318,6 +318,6 @@ def gram_solve_factored(
     if dual:
         return FactoredRows(_dual_direct_cg(gram, rhs, cfg, tol), None)
     inv_tau = cfg.inv_tau
-    solved = batched_cg(lambda v: v @ gram + inv_tau * v, rhs, cfg.cg_iterations, tol=tol,
-                        reference_variant=cfg.kind == "prox_cg_ref")
-    return FactoredRows(solved, None)
+    direction = batched_cg(lambda v: v @ gram + inv_tau * v, rhs, cfg.cg_iterations, tol=tol,
+                           reference_variant=cfg.kind == "prox_cg_ref")
+    return FactoredRows(direction, None)

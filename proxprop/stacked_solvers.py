@@ -173,6 +173,7 @@ def stacked_cg(
         x.addcmul_(alpha, p)
         if last:
             break
+        assert m_p is not None  # only the last iteration skips M p
         r.addcmul_(alpha, m_p, value=-1.0)
         if dual:
             wr.addcmul_(alpha, apply_gram(wp).addcmul_(inv_tau_full, wp), value=-1.0)

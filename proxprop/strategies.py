@@ -22,10 +22,10 @@ changes what is computed, only how.
 from __future__ import annotations
 
 __all__ = [
-    "SOLVER_FORMS",
     "CG_STRATEGIES",
     "CONV_STRATEGIES",
     "GRAM_METHODS",
+    "SOLVER_FORMS",
     "check_choice",
 ]
 

@@ -22,7 +22,9 @@ EXIT_USAGE = 2
 
 
 def _error(message: str) -> int:
-    text = " ".join(str(message).split("\n")[0].split())  # one line, always
+    from proxstudy.study.redaction import redact_text
+
+    text = redact_text(" ".join(str(message).split("\n")[0].split()))  # one line, no password
     print(f"proxstudy: error: {text}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 

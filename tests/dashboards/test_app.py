@@ -203,3 +203,29 @@ def test_run_dashboard_serves_on_localhost(storage, tmp_path):
             proc.terminate()
             proc.wait(timeout=20)
     assert f"http://127.0.0.1:{port}/" in log.read_text()
+
+
+def test_extra_pages_and_study_sections_are_served(storage):
+    """The hook other page modules use: a page at its own path (with the URL's query) and a
+    section at the end of every study page."""
+    seen: list[str] = []
+
+    def render(url: str, search: str):
+        seen.append(search)
+        return A.html.Div([A.html.H1("Compare"), A.html.P(f"query {search}")], id="compare-page")
+
+    def section(data: D.StudyData):
+        return [A.html.H2(f"Extra for {data.name}", id="extra-section")]
+
+    page = A.ExtraPage("/compare", "Compare studies", render)
+    with F.RunningServer(A.create_app(storage, pages=(page,), sections=(section,))) as srv:
+        payload = F.page_callback_payload("/compare")
+        payload["state"][1]["value"] = "?study=digits"
+        r = requests.post(srv.base + "/_dash-update-component", json=payload, timeout=60)
+        assert "query ?study=digits" in _texts(r.json()["response"]["page"]["children"])
+        assert seen == ["?study=digits"]
+        index = _render(srv, "/")["page"]["children"]
+        (link,) = _find(index, lambda n: n.get("props", {}).get("href") == "/compare")
+        assert link["props"]["children"] == "Compare studies"
+        study = _render(srv, "/study/digits")["page"]["children"]
+        assert "Extra for digits" in _texts(study)

@@ -125,8 +125,9 @@ def test_compare_and_importance_pages_render_in_chromium(storage):
         browser = browser_module.Browser()
         try:
             browser.navigate(server.base + "/")
-            browser.wait_for("!!document.querySelector('#compare-link')")
-            browser.eval("document.querySelector('#compare-link').click()")
+            browser.wait_for("!!document.querySelector('#extra-pages a')")
+            browser.eval("[...document.querySelectorAll('#extra-pages a')]"
+                         ".find(a => a.textContent === 'Compare the studies').click()")
             browser.wait_for("document.querySelectorAll('#fig-profile .scatterlayer .trace').length === 2", timeout=45)
             heads = browser.eval("[...document.querySelectorAll('#compare-table th')].map(t => t.textContent)")
             assert heads == ["method", "narrow", "wide"]  # every study, in the index's order
@@ -135,7 +136,7 @@ def test_compare_and_importance_pages_render_in_chromium(storage):
             layout = "document.querySelector('#fig-profile .js-plotly-plot')._fullLayout"
             assert browser.eval(layout + ".xaxis.type") == "log"
 
-            browser.navigate(server.base + "/compare/wide")
+            browser.navigate(server.base + "/compare?study=wide")
             browser.wait_for("document.querySelectorAll('#compare-table th').length === 2", timeout=45)
 
             browser.navigate(server.base + "/study/wide")
@@ -145,7 +146,8 @@ def test_compare_and_importance_pages_render_in_chromium(storage):
             items = browser.eval("[...document.querySelectorAll('#importance-list li')].map(li => li.textContent)")
             assert items[0] == "backprop: lr 100%" and items[1].startswith("proxprop-cg: lr ")
 
-            browser.navigate(server.base + "/compare/absent")
-            browser.wait_for("document.body.innerText.includes(\"no study 'absent'\")", timeout=30)
+            browser.navigate(server.base + "/compare?study=wide&study=absent")
+            browser.wait_for("!!document.querySelector('.error') && document.querySelector('.error').textContent"
+                             ".includes(\"no study 'absent'\")", timeout=30)
         finally:
             browser.close()

@@ -45,7 +45,7 @@ def conv_matrix(x: np.ndarray, kernel: tuple, stride: tuple, padding: tuple, dil
             for c in range(x.shape[1]):
                 for k in itertools.product(*[range(s) for s in kernel]):
                     idx = tuple(pos[d] * stride[d] + k[d] * dilation[d] for d in range(dims))
-                    row.append(xp[(b, c) + idx])
+                    row.append(xp[(b, c, *idx)])
             rows.append(row)
     a = np.array(rows)
     return np.hstack([a, np.ones((a.shape[0], 1))]) if bias else a
@@ -127,7 +127,7 @@ def grads_matrix(layer) -> np.ndarray:
 def conv_g_matrix(out_grad: torch.Tensor) -> np.ndarray:
     """dL/dZ with one row per (sample, output position), one column per output channel."""
     dims = out_grad.dim()
-    perm = (0,) + tuple(range(2, dims)) + (1,)
+    perm = (0, *tuple(range(2, dims)), 1)
     return out_grad.permute(perm).reshape(-1, out_grad.shape[1]).double().numpy()
 
 
@@ -184,10 +184,10 @@ def test_linear_batched_leading_dims():
 # ----------------------------------------------------------------------------- conv2d
 
 GEOMETRIES = [
-    dict(stride=1, padding=0, dilation=1),
-    dict(stride=2, padding=1, dilation=1),
-    dict(stride=1, padding=2, dilation=2),
-    dict(stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
+    {"stride": 1, "padding": 0, "dilation": 1},
+    {"stride": 2, "padding": 1, "dilation": 1},
+    {"stride": 1, "padding": 2, "dilation": 2},
+    {"stride": (2, 1), "padding": (0, 1), "dilation": (1, 2)},
 ]
 
 
@@ -243,7 +243,7 @@ def test_conv2d_groups_are_independent_problems(mode):
 @pytest.mark.parametrize("padding,padding_mode", [("same", "zeros"), (1, "reflect"), (1, "circular")])
 def test_conv2d_string_padding_and_padding_modes(padding, padding_mode):
     torch.manual_seed(5)
-    kw = dict(padding=padding, padding_mode=padding_mode, dilation=1)
+    kw = {"padding": padding, "padding_mode": padding_mode, "dilation": 1}
     layer = ProxPropConv2d(2, 2, 3, tau_prox=0.5, optimization_mode="prox_exact", **kw).double()
     plain = nn.Conv2d(2, 2, 3, **kw).double()
     plain.load_state_dict(layer.state_dict())
@@ -263,8 +263,8 @@ def test_conv2d_string_padding_and_padding_modes(padding, padding_mode):
 
 @pytest.mark.parametrize("mode", ["gradient", "prox_exact", "prox_cg1", "prox_cg4", "prox_cg3_ref"])
 @pytest.mark.parametrize("base,shape,kwargs", [
-    (nn.Conv1d, (3, 2, 9), dict(kernel_size=3, stride=2, padding=1)),
-    (nn.Conv3d, (2, 2, 4, 4, 3), dict(kernel_size=(2, 3, 2), padding=(0, 1, 1), dilation=(1, 1, 2))),
+    (nn.Conv1d, (3, 2, 9), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    (nn.Conv3d, (2, 2, 4, 4, 3), {"kernel_size": (2, 3, 2), "padding": (0, 1, 1), "dilation": (1, 1, 2)}),
 ])
 @pytest.mark.parametrize("bias", [True, False])
 def test_generator_convnd_matches_reference(base, shape, kwargs, mode, bias):

@@ -233,6 +233,7 @@ def page_callback_payload(pathname: str, version=None, n_intervals=None, trigger
             {"id": "url", "property": "pathname", "value": pathname},
             {"id": "tick", "property": "n_intervals", "value": n_intervals},
         ],
-        "state": [{"id": "version", "property": "data", "value": version}],
+        "state": [{"id": "version", "property": "data", "value": version},
+                  {"id": "url", "property": "search", "value": ""}],
         "changedPropIds": [trigger],
     }
