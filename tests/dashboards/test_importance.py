@@ -111,3 +111,19 @@ def test_log_params_from_the_search_space():
     assert log_params_of(space) == {"backprop": frozenset({"lr"}), "proxprop-cg": frozenset({"lr", "tau_prox"})}
     assert log_params_of_document(F.SyntheticSpace().document("s")) == log_params_of(space)
     assert log_params_of_document(None) == {} and log_params_of_document({"study": 3}) == {}
+
+
+def test_summary_json_has_importance_per_method(tmp_path, capsys):
+    import json
+
+    from tests.support.cli import run_main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    F.build_study(url, "s")  # BackProp diverges above lr 0.1, ProxProp's bowl moves with tau and cg
+    code, out, err = run_main(["summary", "s", "--storage", url, "--format", "json"], capsys)
+    assert code == 0, err
+    methods = json.loads(out)["methods"]
+    assert methods["backprop"]["importance"] == {"lr": 1.0}  # its only swept parameter
+    shares = methods["proxprop-cg"]["importance"]
+    assert set(shares) == {"lr", "tau_prox", "cg_iterations"} and sum(shares.values()) == pytest.approx(1.0)
+    assert max(shares, key=shares.get) == "lr"
