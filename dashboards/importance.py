@@ -19,12 +19,15 @@ the question is "share of the variance explained", which is what fANOVA decompos
 asks which parameters separate the top quantile from the rest.
 
 A method with no varying parameter, fewer than two observations, or a constant capped value
-has nothing to explain: its shares are ``{}``.
+has nothing to explain: its shares are ``{}``. A method with more than ``MAX_POINTS`` points
+is estimated on a sample of that many, drawn with the same fixed seed (the forest's time grows
+faster than linearly: about 5 s for 2,600 points on this machine).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LOG_PARAMS",
     "FANOVA_SEED",
+    "MAX_POINTS",
     "MethodImportance",
     "importance_figure",
     "log_params_of",
@@ -51,6 +55,8 @@ __all__ = [
 ]
 
 FANOVA_SEED = 0
+#: At most this many points enter the forest (a seeded sample of the method's points beyond it).
+MAX_POINTS = 2000
 #: Parameters on a log axis when the study's search space is unknown (as recorded by the runner).
 DEFAULT_LOG_PARAMS = frozenset({PARAM_LR, PARAM_TAU})
 
@@ -59,7 +65,7 @@ DEFAULT_LOG_PARAMS = frozenset({PARAM_LR, PARAM_TAU})
 class MethodImportance:
     method: str
     shares: dict[str, float]  # param -> share of the variance, summing to 1 (empty: nothing to explain)
-    n_observations: int  # points used, those with diverged seeds included
+    n_observations: int  # points used (at most MAX_POINTS), those with diverged seeds included
     log_params: tuple[str, ...]  # the params transformed to log10
 
 
@@ -122,16 +128,19 @@ def method_importance(points: list[PointRobustness], method: str, log_params: Co
             distributions[name] = CategoricalDistribution(sorted(set(column)))
         else:
             distributions[name] = FloatDistribution(min(column), max(column))
+    rows: list[int] | range = range(len(values))
+    if len(values) > MAX_POINTS:  # a fixed sample: the forest's cost grows faster than the points
+        rows = sorted(random.Random(seed).sample(range(len(values)), MAX_POINTS))
     trials = [
         create_trial(params={name: column[i] for name, column in columns.items()},
                      distributions=distributions, value=values[i])
-        for i in range(len(values))
+        for i in rows
     ]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()  # in memory; the direction does not matter for variance shares
     study.add_trials(trials)
     shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), normalize=True)
-    return MethodImportance(method, {name: float(shares.get(name, 0.0)) for name in columns}, len(values), used_log)
+    return MethodImportance(method, {name: float(shares.get(name, 0.0)) for name in columns}, len(trials), used_log)
 
 
 def study_importance(robustness: Robustness, log_params: Mapping[str, Collection[str]] | None = None,

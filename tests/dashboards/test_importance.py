@@ -127,3 +127,14 @@ def test_summary_json_has_importance_per_method(tmp_path, capsys):
     shares = methods["proxprop-cg"]["importance"]
     assert set(shares) == {"lr", "tau_prox", "cg_iterations"} and sum(shares.values()) == pytest.approx(1.0)
     assert max(shares, key=shares.get) == "lr"
+
+
+def test_large_methods_are_sampled_deterministically(monkeypatch):
+    from proxstudy.dashboards import importance
+
+    records = grid(lambda lr, tau, cg, seed: 0.05 + 0.3 * (math.log10(lr) + 1) ** 2 + 1e-4 * seed)
+    r = compute_robustness(records, n_resamples=0)
+    monkeypatch.setattr(importance, "MAX_POINTS", 30)  # of 45 points
+    first = study_importance(r)["P"]
+    assert first.n_observations == 30 and first.shares["lr"] > 0.9
+    assert study_importance(r)["P"].shares == first.shares
