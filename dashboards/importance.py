@@ -20,8 +20,11 @@ asks which parameters separate the top quantile from the rest.
 
 A method with no varying parameter, fewer than two observations, or a constant capped value
 has nothing to explain: its shares are ``{}``. A method with more than ``MAX_POINTS`` points
-is estimated on a sample of that many, drawn with the same fixed seed (the forest's time grows
-faster than linearly: about 5 s for 2,600 points on this machine).
+is estimated on a sample of that many, drawn with the same fixed seed. The forest has
+``N_TREES`` trees of depth at most ``MAX_DEPTH`` (Optuna's defaults, 64 trees of depth 64,
+took 264 s for 2,000 points of a random-search study here: the marginal variances walk every
+split of every tree); this one takes about 2 s for 2,000 points and still gives lr 0.9999 on
+a loss that depends on lr alone.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_LOG_PARAMS",
     "FANOVA_SEED",
+    "MAX_DEPTH",
     "MAX_POINTS",
+    "N_TREES",
     "MethodImportance",
     "importance_figure",
     "log_params_of",
@@ -57,6 +62,9 @@ __all__ = [
 FANOVA_SEED = 0
 #: At most this many points enter the forest (a seeded sample of the method's points beyond it).
 MAX_POINTS = 2000
+#: The random forest of fANOVA: few shallow trees keep the marginal variances quick.
+N_TREES = 32
+MAX_DEPTH = 6
 #: Parameters on a log axis when the study's search space is unknown (as recorded by the runner).
 DEFAULT_LOG_PARAMS = frozenset({PARAM_LR, PARAM_TAU})
 
@@ -139,7 +147,8 @@ def method_importance(points: list[PointRobustness], method: str, log_params: Co
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study()  # in memory; the direction does not matter for variance shares
     study.add_trials(trials)
-    shares = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed), normalize=True)
+    evaluator = FanovaImportanceEvaluator(n_trees=N_TREES, max_depth=MAX_DEPTH, seed=seed)
+    shares = get_param_importances(study, evaluator=evaluator, normalize=True)
     return MethodImportance(method, {name: float(shares.get(name, 0.0)) for name in columns}, len(trials), used_log)
 
 
