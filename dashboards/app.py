@@ -153,8 +153,8 @@ def study_page(
                 [
                     html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
                     " | ",
-                    html.A("Download best configuration (YAML)", href=f"/download/export.yaml?study={q}",
-                           id="download-export"),
+                    html.A("Download best and most robust configurations (YAML)",
+                           href=f"/download/export.yaml?study={q}", id="download-export"),
                     " | ",
                     html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
                     " | ",
@@ -289,7 +289,7 @@ def create_app(
         except NothingToExport as exc:
             return Response(str(exc), status=404, mimetype="text/plain")
         mimetype = "application/json" if fmt == "json" else "application/x-yaml"
-        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-best." + fmt)))
+        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-export." + fmt)))
 
     return app
 

@@ -167,7 +167,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("see the results" + (" (password hidden)" if "***" in storage_opt else "") + ":")
     print(f"  proxstudy dashboard{storage_opt}")
     print(f"  proxstudy report {summary.study_name}{storage_opt} --out report.html")
-    print(f"  proxstudy export {summary.study_name}{storage_opt} --out best.yaml")
+    print(f"  proxstudy export {summary.study_name}{storage_opt} --out export.yaml")
     return 0 if summary.left == 0 else 1
 
 
