@@ -154,14 +154,17 @@ def profile_figure(document: Mapping[str, Any]) -> go.Figure:
     """The performance profile as step curves on a log tau axis (one per method)."""
     import plotly.graph_objects as go
 
+    from proxstudy.dashboards.figures import plot_text
+
     profile = document["profile"]
     taus = list(profile["taus"])
     top = max(taus) * 1.5 if taus and max(taus) > 1.0 else 2.0
     fig = go.Figure()
     for method, shares in profile["share_within"].items():
-        fig.add_trace(go.Scatter(x=[*taus, top], y=[*list(shares), shares[-1] if shares else 0.0], name=method,
+        name = plot_text(method)
+        fig.add_trace(go.Scatter(x=[*taus, top], y=[*list(shares), shares[-1] if shares else 0.0], name=name,
                                  mode="lines+markers", line={"shape": "hv"},
-                                 hovertemplate=f"{method}<br>tau %{{x:.3g}}: share %{{y:.2f}}<extra></extra>"))
+                                 hovertemplate=f"{name}<br>tau %{{x:.3g}}: share %{{y:.2f}}<extra></extra>"))
     fig.update_layout(
         title=f"Performance profile over {len(document['studies'])} studies (lr sensitivity)",
         xaxis={"title": "tau: within this factor of the best lr sensitivity", "type": "log"},

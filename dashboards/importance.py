@@ -166,6 +166,8 @@ def importance_figure(importances: Mapping[str, MethodImportance]) -> go.Figure:
     """Per method, each parameter's share of the variance as grouped horizontal bars."""
     import plotly.graph_objects as go
 
+    from proxstudy.dashboards.figures import plot_text
+
     params = sorted({p for found in importances.values() for p in found.shares})
     fig = go.Figure()
     for method, found in importances.items():
@@ -173,10 +175,12 @@ def importance_figure(importances: Mapping[str, MethodImportance]) -> go.Figure:
             continue
         shown = [p for p in params if p in found.shares]
         labels = [f"log10 {p}" if p in found.log_params else p for p in shown]
-        fig.add_trace(go.Bar(y=labels, x=[found.shares[p] for p in shown], name=method, orientation="h",
-                             hovertemplate=f"{method}<br>%{{y}}: %{{x:.1%}} of the variance"
+        name = plot_text(method)
+        fig.add_trace(go.Bar(y=[plot_text(label) for label in labels], x=[found.shares[p] for p in shown],
+                             name=name, orientation="h",
+                             hovertemplate=f"{name}<br>%{{y}}: %{{x:.1%}} of the variance"
                                            f" ({found.n_observations} points)<extra></extra>"))
-    empty = [m for m, found in importances.items() if not found.shares]
+    empty = [plot_text(m) for m, found in importances.items() if not found.shares]
     note = f" (nothing to explain: {', '.join(empty)})" if empty else ""
     fig.update_layout(
         title={"text": "Parameter importance: share of the capped objective's variance (fANOVA)" + note},

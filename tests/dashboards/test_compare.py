@@ -151,3 +151,8 @@ def test_compare_and_importance_pages_render_in_chromium(storage):
                              ".includes(\"no study 'absent'\")", timeout=30)
         finally:
             browser.close()
+
+
+def test_names_from_the_storage_show_literally_in_the_figure():
+    doc = compare_document([_summary("s", {"<b>bp</b>": 0.5, "cg": 0.25})])
+    assert [t.name for t in profile_figure(doc).data] == ["&lt;b&gt;bp&lt;/b&gt;", "cg"]

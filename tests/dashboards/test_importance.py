@@ -138,3 +138,12 @@ def test_large_methods_are_sampled_deterministically(monkeypatch):
     first = study_importance(r)["P"]
     assert first.n_observations == 30 and first.shares["lr"] > 0.9
     assert study_importance(r)["P"].shares == first.shares
+
+
+def test_importance_figure_shows_names_literally():
+    from proxstudy.dashboards.importance import importance_figure
+
+    records = [rec("<i>m</i>", {"lr": lr, "tau_prox": tau}, 0, 0.1 + lr / 10) for lr in LRS for tau in TAUS]
+    found = study_importance(compute_robustness(records, n_resamples=0))
+    (trace,) = importance_figure(found).data
+    assert trace.name == "&lt;i&gt;m&lt;/i&gt;" and set(trace.y) == {"log10 lr", "log10 tau_prox"}
