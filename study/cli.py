@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="retries of a trial whose worker or node died (default 2)")
     run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
+    run.add_argument("--fuse", default="1", metavar="K|auto",
+                     help="train up to K points of the grid together as one fused trial (auto: K from "
+                          "the model's memory and the device; default 1: one point per trial)")
+    run.add_argument("--wait-for-resources", action="store_true",
+                     help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
     run.add_argument("--force-new", action="store_true",
                      help="the study exists with another search space: start a new, suffixed study")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -141,8 +146,23 @@ def _readable_storage(url: str | None) -> str:
 
 def _out_directory_exists(out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out}: is a directory; give the name of the file to write")
     if not os.path.isdir(directory):
         raise UsageError(f"--out {out}: directory {directory} does not exist")
+
+
+def _fuse_option(text: str) -> int | None:
+    """--fuse: an integer K >= 1, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--fuse must be an integer >= 1 or auto, got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--fuse must be an integer >= 1 or auto, got {text!r}")
+    return value
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -160,6 +180,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         max_retries=args.max_retries,
         device=args.device,
+        fuse=_fuse_option(args.fuse),
+        wait_for_resources=args.wait_for_resources,
     )
     summary = run_sweep(args.space, options)
     shown = summary.storage
@@ -324,11 +346,24 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise UsageError(f"--host {args.host}: the dashboard has no login; "
                          "add --allow-remote to serve beyond localhost")
+    _check_listen_address(args.host, args.port)
     try:
         run_dashboard(url, args.host, args.port, args.allow_remote, threads=args.threads, debug=args.debug)
     except ValueError as exc:  # an option out of range, named in the message
         raise UsageError(str(exc)) from None
     return 0
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """A port out of range or a host name that does not resolve fails before the server starts."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be between 1 and 65535")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: cannot be resolved to an address of this machine ({exc})") from None
 
 
 _COMMANDS = {
@@ -363,7 +398,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except Exception as exc:  # a bug, not the user's input: one line unless debugging
         if os.environ.get("PROXSTUDY_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        from proxstudy.study.redaction import redact_text
+
+        first = redact_text((str(exc).strip().splitlines() or [""])[0])
         print(f"proxstudy: internal error: {type(exc).__name__}: {first} "
               "(set PROXSTUDY_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
         code = 1

@@ -17,7 +17,7 @@ import torch
 
 from proxstudy.errors import ConfigError
 from proxstudy.workers.config import MODE_GRADIENT, TrialConfig, load_train_file, validate_device
-from proxstudy.workers.data import load_dataset
+from proxstudy.workers.data import check_available, load_dataset
 from proxstudy.workers.training import TrialOutcome, resolve_device, run_trial
 from proxstudy.workers.vocabulary import (
     EPOCH,
@@ -100,6 +100,7 @@ def _run_one(config: TrialConfig, source: str, stream: TextIO, progress_stream: 
             raise RuntimeError(f"there is no {device} (this machine has {torch.cuda.device_count()} CUDA devices)")
     except RuntimeError as exc:
         raise ConfigError(source, "device", str(exc)) from None
+    check_available(config.dataset, source, "dataset")  # names the file and dataset.root
     load_dataset(config.dataset, device)  # DataError here, before any training
     print(f"== {_describe(config)}", file=stream)
     print(TABLE_HEADER, file=stream, flush=True)
