@@ -6,9 +6,10 @@ send tens of MB of JSON); the table sends back what the user typed in its filter
 (``sort_by``) and the page it shows. Pure functions of the rows.
 
 Filter grammar (what DataTable writes): clauses joined by ``&&``, each ``{column} OP value``
-with OP one of ``= eq != ne < lt <= le > gt >= ge contains icontains datestartswith`` (a value
-in quotes is text; unquoted, a number where it reads as one), or ``{column} is blank`` /
-``is not blank``. Numbers compare as numbers; text compares as text. A clause that does not
+with OP one of ``= eq != ne < lt <= le > gt >= ge contains datestartswith``, the relational ones
+and ``contains`` optionally prefixed ``s`` (case-sensitive, the default) or ``i`` (insensitive):
+``scontains``, ``i=``... (a value in quotes is text; unquoted, a number where it reads as one),
+or ``{column} is blank`` / ``is not blank``. Numbers compare as numbers; text compares as text. A clause that does not
 parse, or names no column, matches nothing, so a typo shows an empty table rather than
 everything.
 """
@@ -24,8 +25,8 @@ from typing import Any
 Row = Mapping[str, Any]
 
 _CLAUSE = re.compile(
-    r"^\{(?P<column>[^}]+)\}\s+(?P<op>is not blank|is blank|icontains|contains|datestartswith|"
-    r"eq|ne|lt|le|gt|ge|!=|<=|>=|=|<|>)\s*(?P<value>.*)$", re.DOTALL)
+    r"^\{(?P<column>[^}]+)\}\s+(?P<op>is not blank|is blank|datestartswith|"
+    r"(?P<case>[si]?)(?:contains|eq|ne|lt|le|gt|ge|!=|<=|>=|=|<|>))\s*(?P<value>.*)$", re.DOTALL)
 _SYNONYMS = {"eq": "=", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 
 
@@ -58,24 +59,24 @@ def _clause(part: str) -> Callable[[Row], bool]:
     match = _CLAUSE.match(part.strip())
     if match is None:
         return lambda row: False
-    column, op = match["column"], _SYNONYMS.get(match["op"], match["op"])
+    column, case = match["column"], match["case"] or ""
+    op = match["op"][len(case):]
+    op = _SYNONYMS.get(op, op)
+    insensitive = case == "i"
     if op in ("is blank", "is not blank"):
         want_blank = op == "is blank"
         return lambda row: (row.get(column) in (None, "")) == want_blank
     text, number = _literal(match["value"])
-    if op in ("contains", "icontains", "datestartswith"):
-        folded = text.lower()
+    if insensitive:
+        text = text.lower()
+    if op in ("contains", "datestartswith"):
 
         def contains(row: Row) -> bool:
             cell = row.get(column)
             if cell is None:
                 return False
-            cell_text = str(cell)
-            if op == "contains":
-                return text in cell_text
-            if op == "icontains":
-                return folded in cell_text.lower()
-            return cell_text.startswith(text)
+            cell_text = str(cell).lower() if insensitive else str(cell)
+            return text in cell_text if op == "contains" else cell_text.startswith(text)
 
         return contains
 
@@ -89,7 +90,7 @@ def _clause(part: str) -> Callable[[Row], bool]:
         if cell_number is not None and number is not None:
             left, right = cell_number, number
         else:
-            left, right = str(cell), text
+            left, right = (str(cell).lower() if insensitive else str(cell)), text
         if op == "=":
             return bool(left == right)
         if op == "!=":

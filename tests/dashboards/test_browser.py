@@ -7,6 +7,7 @@ and a live study's page updates in place when a trial finishes (no reload).
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 
@@ -69,7 +70,7 @@ def test_study_page_renders_figures_and_csv_export(site):
     assert heatmaps[0] == 1 and heatmaps[1] == 2  # BackProp: one facet; ProxProp: cg1 and cg3
     # Diverged cells are marked with x markers in the heatmaps.
     assert browser.eval("document.querySelectorAll('#fig-heatmap-0 .scatterlayer .point').length") >= 1
-    assert browser.eval("!!document.querySelector('#trials-table button.export')")
+    assert browser.eval("document.querySelectorAll('#trials-table td[data-dash-column=\"number\"]').length") == 25
     # Error messages are shown as text: the literal tags, no <b> element.
     assert browser.eval("[...document.querySelectorAll('#trials-table td')]"
                         ".some(td => td.textContent.includes('<b>synthetic</b>'))")
@@ -103,14 +104,38 @@ def test_script_named_study_stays_text_and_page_updates_live(site):
     time.sleep(0.5)
     assert browser.dialogs() == []
     assert not browser.eval("[...document.scripts].some(s => s.textContent.includes('alert(1)'))")
-    # Live: finish one more trial in the storage; the counts update in place (no page reload).
+    # The trial table: filter the method column, sort by lr (descending), scroll to the table.
+    method_filter = "document.querySelector('#trials-table th.dash-filter[data-dash-column=\"method\"] input')"
+    browser.wait_for(f"!!{method_filter}")
+    browser.eval(method_filter + ".focus()")
+    browser.call("Input.insertText", text=live.backprop)
+    for kind in ("keyDown", "keyUp"):
+        browser.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13)
+    rows = "[...document.querySelectorAll('#trials-table td[data-dash-column=\"method\"]')].map(td => td.textContent)"
+    # BackProp: 2 finished trials and the running one.
+    browser.wait_for(f"{rows}.length === 3 && {rows}.every(m => m === {json.dumps(live.backprop)})")
+    sort = "document.querySelector('#trials-table th.dash-header[data-dash-column=\"lr\"] .column-header--sort')"
+    browser.eval(sort + ".click()")
+    browser.eval(sort + ".click()")
+    lrs = "[...document.querySelectorAll('#trials-table td[data-dash-column=\"lr\"]')].map(td => td.textContent)"
+    browser.wait_for(f"JSON.stringify({lrs}) === JSON.stringify(['0.1000', '0.01000', '0.01000'])")
+    browser.eval("window.scrollTo(0, document.querySelector('#trials-table').getBoundingClientRect().top"
+                 " + window.scrollY - 40)")
+    scrolled = browser.eval("window.scrollY")
+    assert scrolled > 100
+    # Live: finish one more trial in the storage; the counts update in place (no page reload),
+    # and the table shows the new trial under the same filter and order, at the same scroll.
     browser.eval("window.__not_reloaded = true")
     before = browser.eval("document.querySelector('#study-counts').textContent")
     assert "1 running" in before
     study = optuna.load_study(study_name=XSS, storage=url)
     F.add_trial(study, live, live.backprop, {"lr": 0.01}, 7, status="completed")
     browser.wait_for("document.querySelector('#study-counts').textContent.includes('5 completed')", timeout=25)
+    browser.wait_for(f"{rows}.length === 4", timeout=15)
+    assert browser.eval(lrs) == ["0.1000", "0.01000", "0.01000", "0.01000"]
+    assert browser.eval(method_filter + ".value") == live.backprop
     assert browser.eval("window.__not_reloaded === true")
+    assert abs(browser.eval("window.scrollY") - scrolled) < 5
 
 
 def test_static_report_renders_every_figure_offline(site, tmp_path):

@@ -20,6 +20,8 @@ def numbers(rows):
 def test_filters_as_datatable_writes_them():
     assert numbers(filter_rows(ROWS, '{method} contains "cg3"')) == [1, 2]
     assert numbers(filter_rows(ROWS, "{method} icontains pp")) == [1, 2, 3]
+    assert numbers(filter_rows(ROWS, "{method} scontains pp")) == [1, 2]  # what the table sends for text
+    assert numbers(filter_rows(ROWS, "{method} i= PP CG1")) == [3] and numbers(filter_rows(ROWS, "{lr} s> 0.5")) == [1]
     assert numbers(filter_rows(ROWS, "{lr} >= 0.1")) == [0, 1]  # text and empty cells never compare
     assert numbers(filter_rows(ROWS, "{lr} lt 0.1")) == [2]
     assert numbers(filter_rows(ROWS, "{lr} = 1")) == [1]
