@@ -15,6 +15,7 @@ Bad input (an unknown study, a storage that cannot be read) is shown on the page
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -23,8 +24,13 @@ from dash import dcc, html
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.compare import __doc__ as COMPARE_DOC
 from proxstudy.dashboards.compare import compare_document, profile_figure
+from proxstudy.dashboards.importance import (
+    MethodImportance,
+    importance_figure,
+    log_params_of_document,
+    study_importance,
+)
 from proxstudy.dashboards.importance import __doc__ as IMPORTANCE_DOC
-from proxstudy.dashboards.importance import importance_figure, log_params_of_document, study_importance
 from proxstudy.dashboards.metrics import summary_document
 from proxstudy.study.storage import scrub_secrets
 
@@ -98,6 +104,23 @@ def compare_page(storage: str, search: str = "") -> html.Div:
     ])
 
 
+_importance_cache: dict[tuple[str, str], tuple[int, dict[str, MethodImportance]]] = {}
+_importance_lock = threading.Lock()
+
+
+def _importance(storage: str, data: D.StudyData) -> dict[str, MethodImportance]:
+    """The study's importance, computed once per snapshot of its data (``data.version``)."""
+    key = (storage, data.name)
+    with _importance_lock:
+        cached = _importance_cache.get(key)
+    if cached is not None and cached[0] == data.version:
+        return cached[1]
+    found = study_importance(data.metrics, log_params_of_document(data.space))
+    with _importance_lock:
+        _importance_cache[key] = (data.version, found)
+    return found
+
+
 def importance_page(storage: str, search: str = "") -> html.Div:
     """The parameter importance of the study named in ``search``, per method."""
     names = _studies(search)
@@ -110,8 +133,7 @@ def importance_page(storage: str, search: str = "") -> html.Div:
                 html.Ul([html.Li(dcc.Link(s.name, href=importance_href(s.name))) for s in studies]),
             ])
         name = names[0]
-        data = D.load_study_data(storage, name)
-        found = study_importance(data.metrics, log_params_of_document(data.space))
+        found = _importance(storage, D.load_study_data(storage, name))
     except Exception as exc:  # shown on the page, never raised
         return _problem("Parameter importance", exc, storage)
     items = [html.Li(f"{method}: " + (", ".join(f"{p} {share:.0%}" for p, share in

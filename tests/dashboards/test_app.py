@@ -91,20 +91,53 @@ def test_study_page_has_every_figure_and_table(server, storage):
     order = [n["props"]["id"] for n in _find(page, lambda n: n.get("props", {}).get("id") in ("verdict", *ids))]
     assert order[0] == "verdict"
     tables = {t["props"]["id"]: t["props"] for t in _find(page, lambda n: n.get("type") == "DataTable")}
-    assert len(tables["trials-table"]["data"]) == 50
-    assert tables["trials-table"]["filter_action"] == "native" and tables["trials-table"]["export_format"] == "csv"
+    trials = tables["trials-table"]
+    assert len(trials["data"]) == 25 and trials["page_count"] == 2  # the first page of 50 trials only
+    assert trials["filter_action"] == trials["sort_action"] == trials["page_action"] == "custom"
     assert [r["method"] for r in tables["metrics-table"]["data"]] == ["backprop", "proxprop-cg"]
     assert tables["table1"]["data"][0]["method"] == "backprop" and tables["table1"]["data"][0]["5"] == "-"
     # Finished study: live refresh off.
-    assert response["tick"]["disabled"] is True
+    assert _prop(page, "tick", "disabled") is True
+
+
+def _prop(page, component_id, prop):
+    (node,) = _find(page, lambda n: n.get("props", {}).get("id") == component_id)
+    return node["props"].get(prop)
+
+
+def _post(server, payload):
+    r = requests.post(server.base + "/_dash-update-component", json=payload, timeout=60)
+    if r.status_code == 204:  # every output "no update"
+        return {}
+    r.raise_for_status()
+    return r.json()["response"]
 
 
 def test_live_study_polls_and_tick_without_change_is_no_update(server):
-    first = _render(server, f"/study/{XSS}")
-    assert first["tick"]["disabled"] is False  # a running trial -> refresh on
-    again = _render(server, f"/study/{XSS}", version=first["version"]["data"], n_intervals=1,
-                    trigger="tick.n_intervals")
-    assert "page" not in again  # nothing changed: the page is left as it is
+    page = _render(server, f"/study/{XSS}")["page"]["children"]
+    assert _prop(page, "tick", "disabled") is False  # a running trial -> refresh on
+    again = _post(server, F.refresh_callback_payload(XSS, _prop(page, "version", "data")))
+    assert "study-body" not in again and "version" not in again  # nothing changed: left as it is
+    stale = _post(server, F.refresh_callback_payload(XSS, -1))  # the page shows an older snapshot
+    assert "study-body" in stale and stale["version"]["data"] == _prop(page, "version", "data")
+
+
+def test_trial_table_is_filtered_sorted_and_paged_on_the_server(server):
+    page = _render(server, "/study/digits")["page"]["children"]
+    version = _prop(page, "version", "data")
+    first = _post(server, F.trials_callback_payload("digits", version, filter_query='{method} contains "backprop"',
+                                                    sort_by=[{"column_id": "lr", "direction": "desc"}], page_size=4))
+    rows = first["trials-table"]["data"]
+    assert len(rows) == 4 and first["trials-table"]["page_count"] == 3  # 10 backprop trials, 4 a page
+    assert {r["method"] for r in rows} == {"backprop"} and [r["lr"] for r in rows] == sorted(
+        (r["lr"] for r in rows), reverse=True)
+    assert rows[0]["lr"] == 5.0 and first["trials-note"]["children"].startswith("10 of 50 trials match")
+    last = _post(server, F.trials_callback_payload("digits", version, page_current=2, page_size=4,
+                                                   filter_query='{method} contains "backprop"'))
+    assert len(last["trials-table"]["data"]) == 2
+    numeric = _post(server, F.trials_callback_payload("digits", version, filter_query="{lr} >= 0.5 && {seed} = 1"))
+    assert numeric["trials-table"]["data"] and all(r["lr"] >= 0.5 and r["seed"] == 1
+                                                   for r in numeric["trials-table"]["data"])
 
 
 def test_csv_download_has_every_trial(server):
@@ -235,10 +268,8 @@ def test_extra_pages_and_study_sections_are_served(storage):
 
     page = A.ExtraPage("/compare", "Compare studies", render)
     with F.RunningServer(A.create_app(storage, pages=(page,), sections=(section,))) as srv:
-        payload = F.page_callback_payload("/compare")
-        payload["state"][1]["value"] = "?study=digits"
-        r = requests.post(srv.base + "/_dash-update-component", json=payload, timeout=60)
-        assert "query ?study=digits" in _texts(r.json()["response"]["page"]["children"])
+        response = _post(srv, F.page_callback_payload("/compare", "?study=digits"))
+        assert "query ?study=digits" in _texts(response["page"]["children"])
         assert seen == ["?study=digits"]
         index = _render(srv, "/")["page"]["children"]
         (link,) = _find(index, lambda n: n.get("props", {}).get("href") == "/compare")
@@ -266,7 +297,6 @@ def test_study_written_by_another_tool_is_shown_with_notes(tmp_path):
         text_lr = _render(srv, "/study/" + FS.TEXT_LR_STUDY)["page"]["children"]
         (notes,) = _find(text_lr, lambda n: n.get("props", {}).get("id") == "study-notes")
         assert any("param 'lr' is str, not a finite number" in t for t in _texts(notes))
-        trials = next(_find(text_lr, lambda n: n.get("props", {}).get("id") == "trials-table"))
-        assert [r["lr"] for r in trials["props"]["data"]] == ["fast", "slow", "<i>mid</i>"]
+        assert [r["lr"] for r in _prop(text_lr, "trials-table", "data")] == ["fast", "slow", "<i>mid</i>"]
         csv_rows = requests.get(srv.base + "/download/trials.csv", params={"study": FS.TEXT_LR_STUDY}, timeout=60)
         assert csv_rows.status_code == 200 and "fast" in csv_rows.text

@@ -117,12 +117,14 @@ def test_compare_and_importance_pages_render_in_chromium(storage):
     from proxstudy.dashboards import app as A
     from proxstudy.dashboards import data as D
 
-    browser_module = pytest.importorskip("tests.dashboards.test_browser")
-    if shutil.which(browser_module.CHROMIUM) is None:
-        pytest.skip(f"no Chromium at {browser_module.CHROMIUM}")
+    pytest.importorskip("websocket")
+    from tests.support.browser import CHROMIUM, Browser
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"no Chromium at {CHROMIUM}")
     D.clear_cache()
     with F.RunningServer(A.create_app(storage)) as server:
-        browser = browser_module.Browser()
+        browser = Browser()
         try:
             browser.navigate(server.base + "/")
             browser.wait_for("!!document.querySelector('#extra-pages a')")
