@@ -30,15 +30,15 @@ import importlib.util
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import proxprop  # noqa: E402
+import proxprop
 
 MODES = ["gradient", "prox_cg1", "prox_cg3", "prox_cg10", "prox_exact"]
 

@@ -620,8 +620,11 @@ def _json_pair(pair: tuple[float, float] | None) -> list[float | None] | None:
     return None if pair is None else [_json_number(pair[0]), _json_number(pair[1])]
 
 
-def summary_document(robustness: Robustness, study: str, objective: str) -> dict[str, Any]:
-    """The ``proxstudy summary --format json`` document (DESIGN.md; its keys are a contract)."""
+def summary_document(robustness: Robustness, study: str, objective: str,
+                     importance: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """The ``proxstudy summary --format json`` document (DESIGN.md; its keys are a contract).
+    ``importance``: per method, each parameter's share of the variance (``dashboards.importance``);
+    given, every method gets an ``importance`` key (``{}`` where nothing is known)."""
     methods = {}
     for name, m in robustness.methods.items():
         methods[name] = {
@@ -645,6 +648,8 @@ def summary_document(robustness: Robustness, study: str, objective: str) -> dict
             "trained_decades_ci": _json_pair(m.trained_decades_ci),
             "robust_params": None if m.robust_params is None else dict(m.robust_params),
         }
+        if importance is not None:
+            methods[name]["importance"] = {k: _json_number(v) for k, v in importance.get(name, {}).items()}
     return {
         "study": study,
         "objective": objective,

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .cg import EARLY_STOP_TOL, batched_cg
 
-__all__ = ["moment_cg_polynomial", "orthonormal_basis", "MAX_ITERATIONS"]
+__all__ = ["MAX_ITERATIONS", "moment_cg_polynomial", "orthonormal_basis"]
 
 #: Largest N for which solvers.py picks this path automatically (float32).  Measured worst
 #: case (rows whose measures live on disjoint halves of a 6-decade spectrum, float32 inputs,
@@ -68,7 +68,8 @@ def orthonormal_basis(mu: Tensor, weight: Tensor, degree: int) -> tuple[Tensor, 
     total = weight.sum(dim=-1, keepdim=True)
     q0 = torch.rsqrt(torch.where(total > 0, total, torch.ones_like(total))) * (total > 0)
     basis = [q0.expand_as(mu)]
-    diag, off = [], []  # a_k and b_{k+1}
+    diag: list[Tensor] = []  # a_k
+    off: list[Tensor] = []  # b_{k+1}
     scale = mu.abs().amax(dim=-1, keepdim=True)
     for k in range(degree):
         qk = basis[k]

@@ -237,7 +237,8 @@ def read_study(storage: StorageLike, study_name: str) -> StudyRead:
         try:
             space = stored_space(settings)
         except ConfigError as exc:
-            notes.append(f"the stored search space cannot be read by this version ({_clip(exc.message)})")
+            where = f"{exc.field}: " if exc.field else ""
+            notes.append(f"the stored search space cannot be read by this version ({_clip(where + exc.message)})")
     elif STUDY_ATTR_SPACE in settings.user_attrs:
         notes.append("the stored search space is not a mapping; it is left out")
     else:

@@ -269,7 +269,7 @@ def _series(attrs: Mapping[str, Any], name: str, notes: list[str]) -> list[float
     if value is None:
         return []
     if not isinstance(value, list):
-        notes.append(f"user attribute {name!r} is a {_kind(value)}, not a list of numbers; left out")
+        notes.append(f"user attribute {name!r} is of type {_kind(value)}, not a list of numbers; left out")
         return []
     out: list[float | None] = []
     bad = 0
@@ -286,7 +286,7 @@ def _text(attrs: Mapping[str, Any], name: str, notes: list[str]) -> str | None:
     value = attrs.get(name)
     if value is None or isinstance(value, str):
         return value
-    notes.append(f"user attribute {name!r} is a {_kind(value)}, not text; left out")
+    notes.append(f"user attribute {name!r} is of type {_kind(value)}, not text; left out")
     return None
 
 
@@ -297,7 +297,7 @@ def _integer(value: Any, what: str, notes: list[str], default: int | None) -> in
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    notes.append(f"{what} is a {_kind(value)}, not an integer; read as {default}")
+    notes.append(f"{what} is of type {_kind(value)}, not an integer; read as {default}")
     return default
 
 

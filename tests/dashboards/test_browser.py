@@ -7,108 +7,25 @@ and a live study's page updates in place when a trial finishes (no reload).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import optuna
 import pytest
-import requests
 
 from proxstudy.dashboards import app as A
 from proxstudy.dashboards import data as D
 from tests.support import study_fixtures as F
 
-websocket = pytest.importorskip("websocket")
+pytest.importorskip("websocket")
+from tests.support.browser import CHROMIUM, Browser
+
 XSS = "<script>alert(1)</script>"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None, reason=f"no Chromium at {CHROMIUM} (run scripts/install_chromium.sh)"
 )
-
-
-class Browser:
-    """A headless Chromium with one page, over CDP (Runtime.evaluate, Page.navigate)."""
-
-    def __init__(self) -> None:
-        self.profile = tempfile.mkdtemp(prefix="chromium-profile-")
-        self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", "--window-size=1400,1000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        port_file = Path(self.profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.close()
-                raise RuntimeError("Chromium did not start")
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
-        page = next(t for t in targets if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
-        self._id = 0
-        self.events: list[dict] = []
-        self.call("Page.enable")
-        self.call("Runtime.enable")
-
-    def call(self, method: str, **params):
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.ws.recv())
-            if message.get("id") == self._id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-            self.events.append(message)
-            if message.get("method") == "Page.javascriptDialogOpening":  # never leave it blocking
-                self._id += 1
-                self.ws.send(json.dumps({"id": self._id, "method": "Page.handleJavaScriptDialog",
-                                         "params": {"accept": True}}))
-
-    def eval(self, expression: str, await_promise: bool = False):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=await_promise)
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"JS error in {expression!r}: {result['exceptionDetails']}")
-        return result["result"].get("value")
-
-    def navigate(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-
-    def wait_for(self, expression: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.eval(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {expression}")
-            time.sleep(0.2)
-
-    def dialogs(self) -> list[dict]:
-        return [e for e in self.events if e.get("method") == "Page.javascriptDialogOpening"]
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        shutil.rmtree(self.profile, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +146,10 @@ def test_static_report_renders_every_figure_offline(site, tmp_path):
     write_report(url, "digits", str(out))
     browser.events.clear()
     browser.navigate(out.as_uri())  # a file: URL, no server and no network: plotly.js is inline
-    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 8", timeout=45)
-    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 8
+    # the study page's 8 figures and the parameter importance
+    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 9", timeout=45)
+    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 9
+    assert browser.eval("document.querySelectorAll('#importance .bars .point').length") >= 4
     errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
     assert errors == []
     verdict = browser.eval("document.querySelector('#verdict').innerText")

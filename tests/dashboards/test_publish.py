@@ -122,7 +122,7 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="no Chromium (run scripts/install_chromium.sh)")
 def test_published_note_and_figures_render_in_optuna_dashboard(storage, optuna_dashboard):
-    from tests.dashboards.test_browser import Browser
+    from tests.support.browser import Browser
 
     assert _run_cli("publish", "digits", "--storage", storage).returncode == 0
     study_id = _detail(optuna_dashboard, "digits")["study_id"]

@@ -44,9 +44,9 @@ def _check(read: reader.StudyRead) -> None:
     assert first.seed == 0 and first.diverged_epoch is None and first.device is None
     notes = "\n".join(read.notes)
     assert read.space is None and "search space cannot be read" in notes
-    assert "3 trials (first: 0): user attribute 'train_loss' is a str" in notes
+    assert "3 trials (first: 0): user attribute 'train_loss' is of type str" in notes
     assert "'val_loss' holds entries that are not numbers" in notes
-    assert "param 'seed' is a str" in notes and "'diverged_epoch'" in notes and "'device'" in notes
+    assert "param 'seed' is of type str" in notes and "'diverged_epoch'" in notes and "'device'" in notes
     assert all("\n" not in note for note in read.notes)
     # aggregation works on what was read
     (point,) = R.aggregate_points(read.records)
@@ -80,3 +80,17 @@ def test_study_of_proxstudy_has_no_notes_on_trials(tmp_path):
     read = reader.read_study(url, "plain")
     assert read.records[0].notes == [] and read.records[0].train_loss == [2.0, 1.0]
     assert read.notes == ["the study stores no search space (not made by `proxstudy run`)"]
+
+
+def test_status_shows_the_notes_of_a_foreign_study(tmp_path):
+    from proxstudy.study.status import MAX_NOTES, format_status, study_status
+
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    _foreign_study(url)
+    reader.clear_cache()
+    text = format_status(study_status(url, "foreign"))
+    notes = [line for line in text.splitlines() if line.startswith("note: ")]
+    assert notes[0] == ("note: the stored search space cannot be read by this version (version: unknown key "
+                        "(allowed: dataset, methods, model, objective, sampler, study, training))")
+    assert len(notes) == MAX_NOTES + 1 and notes[-1] == "note: and 1 more"
+    assert "bp         3          3" in text  # the counts are there all the same
