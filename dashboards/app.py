@@ -33,6 +33,7 @@ from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
+from proxstudy.dashboards.server import DEFAULT_THREADS, ServerOptions, check_options, serve
 from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows, verdict
 from proxstudy.study.storage import scrub_secrets
 
@@ -127,6 +128,19 @@ def _graph(fig, graph_id: str) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=fig, config={"displaylogo": False}, className="study-graph")
 
 
+def notes_box(notes: list[str]) -> html.Div | str:
+    """What could not be read of a study (written by another tool, or damaged), shown on top."""
+    if not notes:
+        return ""
+    return html.Div(
+        [html.H2("Not everything in this study could be read"),
+         html.P("The page shows what could be read; these parts are left out:"),
+         html.Ul([html.Li(note) for note in notes])],
+        id="study-notes",
+        style={"background": "#fff8c5", "border": "1px solid #d4a72c", "padding": "4px 16px"},
+    )
+
+
 def study_page(
     storage: str, data: D.StudyData, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
 ) -> html.Div:
@@ -145,6 +159,7 @@ def study_page(
             html.P(f"Storage: {D.redact(storage)} | objective: {data.objective} ({data.direction}) | "
                    f"trials: {_counts_text(data.counts)}", id="study-counts"),
             html.P("Live: refreshing every 5 s while trials run." if data.live else "", id="live-note"),
+            notes_box(data.notes),
             html.Div(
                 [
                     html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
@@ -246,7 +261,13 @@ def create_app(
         if cached is not None and cached[0] == data.version:
             page = cached[1]
         else:
-            page = study_page(storage, data, study_sections)
+            try:
+                page = study_page(storage, data, study_sections)
+            except Exception as exc:  # a view that cannot be built must not become an HTTP 500
+                shown = scrub_secrets(f"{type(exc).__name__}: {exc}", storage)
+                return html.Div([html.H1(data.name), html.P(f"This study's page cannot be built: {shown}",
+                                                             className="error"),
+                                 dcc.Link("All studies", href="/")]), True, None
             with built_lock:
                 built[name] = (data.version, page)
         return page, not data.live, token
@@ -290,23 +311,38 @@ def create_app(
     return app
 
 
-def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow_remote: bool = False) -> None:
-    """Serve the dashboard until interrupted (blocking).
+def run_dashboard(
+    storage: str,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    allow_remote: bool = False,
+    *,
+    threads: int = DEFAULT_THREADS,
+    debug: bool = False,
+) -> None:
+    """Serve the dashboard until interrupted (blocking), on waitress with ``threads`` worker
+    threads (``dashboards.server`` says why), or on Flask's development server with ``debug``.
 
     Binding to a non-local address exposes every study in the storage to the network, so it
     needs ``allow_remote=True`` and prints a warning; otherwise a ValueError names the argument.
+    ``debug`` (Flask's interactive debugger) is refused beyond localhost.
     """
+    options = ServerOptions(host=host, port=port, threads=threads, debug=debug)
+    check_options(options)
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ValueError(f"--host {host}: serving beyond this machine needs allow_remote=True "
                          "(the dashboard has no authentication)")
+    if host not in LOCAL_HOSTS and debug:
+        raise ValueError(f"--debug: Flask's debugger runs code sent to it; not with --host {host}")
     if host not in LOCAL_HOSTS:
         print(f"WARNING: the dashboard listens on {host}:{port} without authentication; anyone who "
               "can reach this address can read every study in the storage.", file=sys.stderr)
     D.list_studies(storage)  # fail fast on a bad storage, before the server starts
     app = create_app(storage)
     threading.Thread(target=D.warm_cache, args=(storage,), daemon=True, name="dashboard-warm-cache").start()
-    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/", file=sys.stderr)
-    app.run(host=host, port=port, debug=False)
+    how = "Flask's development server (--debug)" if debug else f"waitress, {threads} threads"
+    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/ ({how})", file=sys.stderr, flush=True)
+    serve(app.server, options)
 
 
 __all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "create_app", "index_page", "run_dashboard", "study_href",

@@ -28,6 +28,7 @@ table.data td:first-child { text-align: left; }
 .grid { display: grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap: 8px; }
 @media (max-width: 1100px) { .grid { grid-template-columns: minmax(0, 1fr); } }
 pre { white-space: pre-wrap; }
+#study-notes { background: #fff8c5; border: 1px solid #d4a72c; padding: 4px 16px; }
 #verdict { background: #f6f8fa; border: 1px solid #d0d7de; padding: 4px 16px; }
 """
 
@@ -68,6 +69,10 @@ def render_report(data: D.StudyData, storage_shown: str = "") -> str:
     parts.append(f"<h1>{esc(data.name)}</h1>")
     parts.append(f"<p>Storage: {esc(storage_shown)} | objective: {esc(data.objective)} ({esc(data.direction)}) "
                  f"| trials: {esc(counts)}</p>")
+    if data.notes:
+        parts.append('<section id="study-notes"><h2>Not everything in this study could be read</h2>'
+                     "<p>The report shows what could be read; these parts are left out:</p><ul>"
+                     + "".join(f"<li>{esc(note)}</li>" for note in data.notes) + "</ul></section>")
     parts.append('<section id="verdict"><h2>Verdict: how sensitive is each method to its learning rate?</h2>')
     parts.append(f'<p class="scale">{esc(answer.scale)}</p>')
     parts.append('<ul class="methods">' + "".join(f"<li>{esc(t)}</li>" for t in answer.methods) + "</ul>")

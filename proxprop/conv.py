@@ -5,7 +5,7 @@ position, C_in*k_h*k_w columns plus a ones column for the bias) and each output 
 column of X.  The direction is solved per output channel (per group for grouped convolutions)
 with one of three strategies picked by a flop model from the shapes:
 
-* Gram: form S = A^T A (p x p) once (gram.py: shift/prefix-sum method for stride-1 convs,
+* Gram: form S = A^T A (p x p) once (gram.py: Fourier or shift method for stride-1 convs,
   chunked im2col GEMM otherwise), then exact Cholesky or CG on S for all channels at once
   (solvers.py).  The right-hand side is the ordinary weight gradient.
 * matrix-free CG: each iteration applies A (a convolution with the candidate weights) and A^T
@@ -260,8 +260,8 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
       conv_strategy: "gram" (form A^T A, p x p with p = in_channels/groups * k_h * k_w + bias),
         "matrix_free" (CG with one convolution and one weight gradient per iteration; exact
         solves still form A^T A) or "dual" (A A^T from an explicit im2col; tiny batches).
-      gram_method: "unfold" (chunked im2col GEMM) or "shift" (shifted products, stride-1
-        undilated convolutions only; see gram.py).
+      gram_method: "unfold" (chunked im2col GEMM), "shift" (shifted products) or "fft"
+        (Fourier transforms); the last two for stride-1 undilated convolutions (gram.py).
       cg_strategy: "direct", "spectral" or "moments" (solvers.py).
     """
 

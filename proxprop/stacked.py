@@ -16,7 +16,7 @@ In ProxProp modes the backward writes each member's own direction (its own A_k, 
 tau_k; ALGORITHM.md sections 2-3) into the stacked .grad through a custom autograd Function,
 so .grad[k] equals what the unfused layer of member k would hold after its own backward.  The
 input gradient is ordinary backprop.  In "gradient" mode the layers use plain autograd.
-The batched solves live in stacked_solvers.py.
+The batched solves are the unfused layers' (stacked_solvers.py adapts the calls).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def stacked_linear_direction(
             return torch.bmm(v, a_rows).square().sum(dim=2)
 
         direction = stacked_cg(
-            apply_gram, rhs, solve.inv_tau, solve.iterations, dual=False,
+            apply_gram, rhs, solve.inv_tau, solve.iterations,
             reference=solve.kind == "prox_cg_ref", last_curvature=last_curvature,
         )
     if has_bias:
@@ -281,7 +281,7 @@ def _matrix_free_cg(
         return apply_a(v).square().sum(dim=(0, 2, 3)).reshape(members, m)
 
     return stacked_cg(
-        apply_gram, rhs, solve.inv_tau, solve.iterations, dual=False, joint=joint,
+        apply_gram, rhs, solve.inv_tau, solve.iterations, joint=joint,
         reference=solve.kind == "prox_cg_ref", last_curvature=last_curvature,
     )
 

@@ -58,10 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
     run.add_argument("--wait-for-resources", action="store_true",
                      help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
+    run.add_argument("--fuse", default="1", metavar="K|auto",
+                     help="train up to K points of the grid together as one fused trial (auto: K from "
+                          "the model's memory and the device; default 1: one point per trial)")
     run.add_argument("--force-new", action="store_true",
                      help="the study exists with another search space: start a new, suffixed study")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own output")
+    run.add_argument("--no-publish", action="store_true",
+                     help="do not store the robustness figures and verdict in the study for optuna-dashboard")
 
     status = sub.add_parser("status", help="trials done / running / diverged / failed / left")
     status.add_argument("study", nargs="?", default=None, metavar="STUDY")
@@ -98,12 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(report)
     report.add_argument("--out", required=True, metavar="FILE")
 
+    publish = sub.add_parser("publish", help="store the robustness figures and verdict in the study "
+                                             "(shown by optuna-dashboard)")
+    publish.add_argument("study", metavar="STUDY")
+    _storage_arg(publish)
+
     dash = sub.add_parser("dashboard", help="the web dashboard")
     _storage_arg(dash)
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8050)
     dash.add_argument("--allow-remote", action="store_true",
                       help="allow a --host other than localhost (the dashboard has no login)")
+    dash.add_argument("--threads", type=int, default=8, metavar="N",
+                      help="worker threads of the waitress server (default 8; requests beyond wait)")
+    dash.add_argument("--debug", action="store_true",
+                      help="serve with Flask's development server and debugger instead (localhost only)")
     return parser
 
 
@@ -131,6 +145,19 @@ def _out_directory_exists(out: str) -> None:
         raise UsageError(f"--out {out}: directory {directory} does not exist")
 
 
+def _fuse_option(text: str) -> int | None:
+    """--fuse: an integer K >= 1, or auto (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--fuse must be an integer >= 1 or auto, got {text!r}") from None
+    if value < 1:
+        raise UsageError(f"--fuse must be an integer >= 1 or auto, got {text!r}")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from proxstudy.study.runner import SweepOptions, run_sweep
 
@@ -147,6 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         device=args.device,
         wait_for_resources=args.wait_for_resources,
+        fuse=_fuse_option(args.fuse),
     )
     summary = run_sweep(args.space, options)
     shown = summary.storage
@@ -166,7 +194,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"  proxstudy dashboard{storage_opt}")
     print(f"  proxstudy report {summary.study_name}{storage_opt} --out report.html")
     print(f"  proxstudy export {summary.study_name}{storage_opt} --out best.yaml")
+    if not args.no_publish:
+        _publish_after_run(args.storage, summary.study_name)
     return 0 if summary.left == 0 else 1
+
+
+def _publish_after_run(storage: str | None, study_name: str) -> None:
+    """`run` publishes its analysis for optuna-dashboard; a failure there is reported, and the
+    run's own result (its exit status) stands."""
+    from proxstudy.dashboards.publish import publish
+    from proxstudy.study.storage import redact, resolve_storage_url, scrub_secrets
+
+    url = resolve_storage_url(storage)
+    try:
+        published = publish(url, study_name)
+    except Exception as exc:  # the sweep's results are stored; publishing is an extra
+        print(f"proxstudy: publish {study_name}: not published ({type(exc).__name__}: "
+              f"{scrub_secrets(str(exc), url)[:300]}); run `proxstudy publish {study_name} "
+              f"--storage '{redact(url)}'` to retry", file=sys.stderr)
+        return
+    print(f"published {len(published.graph_ids)} figures and the verdict note for optuna-dashboard: "
+          f"optuna-dashboard '{redact(url)}'")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -247,6 +295,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from proxstudy.dashboards.publish import publish
+    from proxstudy.study.reader import require_study
+    from proxstudy.study.storage import redact
+
+    url = _readable_storage(args.storage)
+    require_study(url, args.study)
+    published = publish(url, args.study)
+    print(f"study {args.study}: published {len(published.graph_ids)} figures and the verdict note"
+          + (f" (removed {published.removed} figures of an earlier publish)" if published.removed else "")
+          + f"; see them with: optuna-dashboard '{redact(url)}'")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from proxstudy.dashboards.app import run_dashboard
 
@@ -255,7 +317,10 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         raise UsageError(f"--host {args.host}: the dashboard has no login; "
                          "add --allow-remote to serve beyond localhost")
     _check_listen_address(args.host, args.port)
-    run_dashboard(url, args.host, args.port, args.allow_remote)
+    try:
+        run_dashboard(url, args.host, args.port, args.allow_remote, threads=args.threads, debug=args.debug)
+    except ValueError as exc:  # an option out of range, named in the message
+        raise UsageError(str(exc)) from None
     return 0
 
 
@@ -280,6 +345,7 @@ _COMMANDS = {
     "train": _cmd_train,
     "report": _cmd_report,
     "dashboard": _cmd_dashboard,
+    "publish": _cmd_publish,
 }
 
 

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +27,12 @@ import ray
 from optuna.storages import BaseStorage
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.search import Searcher
 from sqlalchemy.exc import SQLAlchemyError
 
 from proxstudy.errors import SweepError, UsageError
 from proxstudy.study.driver_state import DriverState
+from proxstudy.study.fused_searcher import FusedPointSearcher
 from proxstudy.study.lease import Lease, acquire_lease
 from proxstudy.study.opening import close_interrupted, open_study
 from proxstudy.study.points import expected_total, point_source
@@ -61,6 +63,7 @@ from proxstudy.study.storage import (
 )
 from proxstudy.workers.config import check_device_present, validate_device
 from proxstudy.workers.data import check_available
+from proxstudy.workers.fused_trainable import fused_trainable
 from proxstudy.workers.trainable import proxprop_trainable
 
 __all__ = ["DEFAULT_MAX_RETRIES", "SweepError", "SweepOptions", "SweepSummary", "run_sweep"]
@@ -83,6 +86,7 @@ class SweepOptions:
     verbose: bool = False  # Ray's own output
     max_retries: int = DEFAULT_MAX_RETRIES  # of a trial whose worker or node died
     device: str = "auto"  # of every trial: auto | cpu | cuda | cuda:N
+    fuse: int | None = 1  # members per fused trial; None: from the model and device; 1: unfused
 
     wait_for_resources: bool = False  # an autoscaling cluster: wait for nodes that fit a trial
 
@@ -99,6 +103,8 @@ class SweepOptions:
         if self.study_name is not None:
             check_study_name(self.study_name, "<command line>", "--study-name")
         validate_device(self.device, "<command line>", "--device")
+        if self.fuse is not None and (isinstance(self.fuse, bool) or not isinstance(self.fuse, int) or self.fuse < 1):
+            raise SweepError(f"--fuse must be an integer >= 1 or auto, got {self.fuse!r}")
 
 
 @dataclass
@@ -212,10 +218,11 @@ def _run_trials(driver: DriverState, options: SweepOptions) -> float:
     tune_dir = Path(tempfile.mkdtemp(prefix="proxstudy-tune-"))
     try:
         recorder = OptunaRecorder(driver)
+        trainable, searcher = _trainable_and_searcher(driver, options)
         tuner = tune.Tuner(
-            tune.with_resources(proxprop_trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
+            tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
             tune_config=tune.TuneConfig(
-                search_alg=PointSearcher(driver),
+                search_alg=searcher,
                 num_samples=driver.source.planned,
                 max_concurrent_trials=options.max_concurrent,
                 trial_dirname_creator=_trial_dirname,
@@ -239,6 +246,13 @@ def _run_trials(driver: DriverState, options: SweepOptions) -> float:
         if started_ray:
             ray.shutdown()
     return time.monotonic() - t0
+
+
+def _trainable_and_searcher(driver: DriverState, options: SweepOptions) -> tuple[Callable, Searcher]:
+    """One point per Tune trial (``fuse`` 1), or fused trials of several points each."""
+    if options.fuse == 1:
+        return proxprop_trainable, PointSearcher(driver)
+    return fused_trainable, FusedPointSearcher(driver, options.fuse)
 
 
 def _fit(tuner: tune.Tuner, recorder: OptunaRecorder, pending: int) -> None:

@@ -193,7 +193,8 @@ def test_run_dashboard_serves_on_localhost(storage, tmp_path):
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    if requests.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
+                    response = requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+                    if response.status_code == 200:
                         break
                 except requests.ConnectionError:
                     pass
@@ -202,7 +203,22 @@ def test_run_dashboard_serves_on_localhost(storage, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=20)
-    assert f"http://127.0.0.1:{port}/" in log.read_text()
+    assert f"http://127.0.0.1:{port}/ (waitress, 8 threads)" in log.read_text()
+    assert response.headers["Server"] == "waitress"  # the production server, not werkzeug's
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--port", "99999"], "--port 99999"),
+    (["--threads", "0"], "--threads 0"),
+    (["--debug", "--host", "0.0.0.0", "--allow-remote"], "--debug"),
+])
+def test_dashboard_options_out_of_range_exit_2_naming_the_option(storage, argv, named):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "proxstudy.study.cli", "dashboard", "--storage", storage, *argv],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
 
 
 def test_extra_pages_and_study_sections_are_served(storage):
@@ -229,3 +245,28 @@ def test_extra_pages_and_study_sections_are_served(storage):
         assert link["props"]["children"] == "Compare studies"
         study = _render(srv, "/study/digits")["page"]["children"]
         assert "Extra for digits" in _texts(study)
+
+
+def test_study_written_by_another_tool_is_shown_with_notes(tmp_path):
+    """Issue 13, item 10: a study written straight through Optuna with damaged attributes and a
+    text lr is served (HTTP 200) with what can be read and a note on what cannot."""
+    from tests.support import foreign_study as FS
+
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    FS.build_foreign_study(url)
+    D.clear_cache()
+    with F.RunningServer(A.create_app(url)) as srv:
+        page = _render(srv, "/study/" + FS.STUDY)["page"]["children"]
+        (notes,) = _find(page, lambda n: n.get("props", {}).get("id") == "study-notes")
+        text = "\n".join(_texts(notes))
+        assert "user attribute 'train_loss' is a str, not a list of numbers" in text
+        assert "stores no search space" in text
+        tables = {t["props"]["id"]: t["props"] for t in _find(page, lambda n: n.get("type") == "DataTable")}
+        assert {r["method"] for r in tables["metrics-table"]["data"]} == {FS.PLAIN_METHOD, FS.MARKUP_METHOD}
+        text_lr = _render(srv, "/study/" + FS.TEXT_LR_STUDY)["page"]["children"]
+        (notes,) = _find(text_lr, lambda n: n.get("props", {}).get("id") == "study-notes")
+        assert any("param 'lr' is str, not a finite number" in t for t in _texts(notes))
+        trials = next(_find(text_lr, lambda n: n.get("props", {}).get("id") == "trials-table"))
+        assert [r["lr"] for r in trials["props"]["data"]] == ["fast", "slow", "<i>mid</i>"]
+        csv_rows = requests.get(srv.base + "/download/trials.csv", params={"study": FS.TEXT_LR_STUDY}, timeout=60)
+        assert csv_rows.status_code == 200 and "fast" in csv_rows.text

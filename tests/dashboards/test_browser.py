@@ -214,3 +214,38 @@ def test_static_report_renders_every_figure_offline(site, tmp_path):
     assert browser.eval("document.querySelectorAll('#verdict li').length") == 3  # 2 methods + 1 pair
     # The sensitivity bars (with their error bars) render in the offline file too.
     assert browser.eval("document.querySelectorAll('.errorbar').length") >= 2
+
+
+def test_study_written_by_another_tool_shows_notes_and_markup_names_literally(site, tmp_path):
+    """Issue 13, items 10 and 11: a study written straight through Optuna (damaged attributes,
+    a method named ``<b>X</b><br>``) renders with its notes, and Plotly shows the name as text
+    in legends, tick labels and titles (no bold, no line break), on the page and in the report."""
+    from proxstudy.dashboards.report import write_report
+    from tests.support import foreign_study as FS
+
+    _, browser, _, _ = site
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    FS.build_foreign_study(url)
+    D.clear_cache()
+    literal = FS.MARKUP_METHOD
+    svg_texts = ("[...document.querySelectorAll('.js-plotly-plot svg text')].map(t => t.textContent)")
+    bold = ("[...document.querySelectorAll('.js-plotly-plot svg tspan')]"
+            ".filter(t => (t.getAttribute('style') || '').includes('bold')).length")
+    with F.RunningServer(A.create_app(url)) as server:
+        browser.navigate(server.base + "/study/" + FS.STUDY)
+        browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 16", timeout=45)
+        notes = browser.eval("document.querySelector('#study-notes').innerText")
+        assert "'train_loss' is a str, not a list of numbers" in notes
+        texts = browser.eval(svg_texts)
+        assert any(literal in t for t in texts)  # legend entries and the bar chart's tick label
+        assert any(t.startswith(literal + ":") for t in texts)  # the heatmap's title
+        assert browser.eval(bold) == 0
+        assert browser.dialogs() == []
+    out = tmp_path / "report.html"
+    write_report(url, FS.STUDY, str(out))
+    browser.navigate(out.as_uri())
+    browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 16", timeout=45)
+    assert "'train_loss' is a str" in browser.eval("document.querySelector('#study-notes').innerText")
+    assert any(literal in t for t in browser.eval(svg_texts)) and browser.eval(bold) == 0
+    cells = browser.eval("[...document.querySelectorAll('#metrics td')].map(td => td.textContent)")
+    assert any(literal in c for c in cells)

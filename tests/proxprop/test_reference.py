@@ -195,7 +195,7 @@ GEOMETRIES = [
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("strategy,gram,cg", [(None, None, None), ("gram", "unfold", None), ("gram", "shift", None),
-                                              ("gram", None, "moments"), ("dual", None, None),
+                                              ("gram", "fft", None), ("gram", None, "moments"), ("dual", None, None),
                                               ("dual", None, "moments"), ("matrix_free", None, None)])
 def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
     torch.manual_seed(3)
@@ -211,10 +211,11 @@ def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("method", ["unfold", "shift"])
+@pytest.mark.parametrize("method", ["unfold", "shift", "fft"])
 @pytest.mark.parametrize("shape,kernel,padding", [
     ((3, 2, 7, 6), (3, 2), (1, 0)), ((2, 3, 5, 5), (5, 5), (2, 2)), ((4, 1, 6, 7), (3, 3), (0, 1)),
-    ((2, 2, 4, 4), (1, 1), (0, 0)), ((2, 9, 4, 5), (2, 3), (1, 2)),
+    ((2, 2, 4, 4), (1, 1), (0, 0)), ((2, 9, 4, 5), (2, 3), (1, 2)), ((2, 2, 6, 5), (5, 4), (0, 0)),
+    ((2, 2, 5, 6), (3, 3), (4, 3)),
 ])
 def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bias):
     torch.manual_seed(8)
@@ -222,6 +223,38 @@ def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bia
     got = gram_module.conv2d_gram(x, kernel, (1, 1), padding, (1, 1), bias, method=method).numpy()
     a = conv_matrix(x.numpy(), kernel, (1, 1), padding, (1, 1), bias)
     assert_close(got, a.T @ a, rtol=1e-12)
+
+
+def nearly_constant_input(shape: tuple[int, ...]) -> torch.Tensor:
+    """Inputs like a ReLU layer's: a large common level, tiny variations, and one channel
+    almost a copy of another, so that A^T A is nearly rank-deficient (condition ~1e12)."""
+    x = 3.0 + 1e-3 * torch.randn(*shape, dtype=torch.float64)
+    x[:, -1] = x[:, 0] + 1e-6 * torch.randn_like(x[:, 0])
+    return x
+
+
+@pytest.mark.parametrize("padding", [(0, 0), (1, 2), (2, 2), (4, 3)])
+def test_fft_gram_of_ill_conditioned_inputs_matches_explicit_im2col(padding):
+    torch.manual_seed(11)
+    x = nearly_constant_input((3, 3, 9, 8))
+    got = gram_module.conv2d_gram(x, (5, 4), (1, 1), padding, (1, 1), True, method="fft").numpy()
+    a = conv_matrix(x.numpy(), (5, 4), (1, 1), padding, (1, 1), True)
+    expected = a.T @ a
+    assert np.linalg.cond(expected) > 1e10
+    assert_close(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["prox_exact", "prox_cg5"])
+def test_fft_gram_direction_on_ill_conditioned_inputs_matches_reference(mode):
+    torch.manual_seed(12)
+    tau = 1.0
+    layer = ProxPropConv2d(3, 4, 5, padding=2, tau_prox=tau, optimization_mode=mode,
+                           conv_strategy="gram", gram_method="fft").double()
+    x = nearly_constant_input((3, 3, 8, 7))
+    _, g = run_layer(layer, x)
+    a = conv_matrix(x.numpy(), (5, 5), (1, 1), (2, 2), (1, 1), True)
+    expected = ref_direction(a, conv_g_matrix(g), params_matrix(layer), tau, mode)
+    assert_close(grads_matrix(layer), expected, rtol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["prox_exact", "prox_cg3"])
