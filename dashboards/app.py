@@ -29,6 +29,7 @@ from dash import Input, Output, State, dcc, html
 from dash.dash_table.DataTable import DataTable
 from flask import Response, request
 
+from proxstudy.dashboards import analysis_pages
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
@@ -57,10 +58,13 @@ class ExtraPage:
 
 
 #: Pages other modules add to the app (one line each here; create_app(pages=...) overrides).
-EXTRA_PAGES: tuple[ExtraPage, ...] = ()
+EXTRA_PAGES: tuple[ExtraPage, ...] = (
+    ExtraPage(analysis_pages.COMPARE_PATH, "Compare the studies", analysis_pages.compare_page),
+    ExtraPage(analysis_pages.IMPORTANCE_PATH, "Parameter importance", analysis_pages.importance_page),
+)
 
 #: Sections appended to every study page, after the views: ``section(data)`` -> Dash components.
-STUDY_SECTIONS: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
+STUDY_SECTIONS: tuple[Callable[[D.StudyData], list[Any]], ...] = (analysis_pages.study_links,)
 
 
 def study_href(name: str) -> str:
@@ -164,8 +168,8 @@ def study_page(
                 [
                     html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
                     " | ",
-                    html.A("Download best configuration (YAML)", href=f"/download/export.yaml?study={q}",
-                           id="download-export"),
+                    html.A("Download best and most robust configurations (YAML)",
+                           href=f"/download/export.yaml?study={q}", id="download-export"),
                     " | ",
                     html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
                     " | ",
@@ -306,7 +310,7 @@ def create_app(
         except NothingToExport as exc:
             return Response(str(exc), status=404, mimetype="text/plain")
         mimetype = "application/json" if fmt == "json" else "application/x-yaml"
-        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-best." + fmt)))
+        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-export." + fmt)))
 
     return app
 

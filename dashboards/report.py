@@ -14,6 +14,7 @@ from plotly.offline import get_plotlyjs
 
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.figures import study_figures
+from proxstudy.dashboards.importance import report_section as importance_section
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
 from proxstudy.dashboards.tables import METRIC_COLUMNS, format_lr, metrics_rows, table1, trial_rows, verdict
 from proxstudy.files import write_atomically
@@ -35,7 +36,7 @@ pre { white-space: pre-wrap; }
 
 #: Sections appended to every report after the views: ``section(data)`` -> an HTML fragment
 #: (escape every text from the storage; figures with ``fig.to_html(include_plotlyjs=False)``).
-REPORT_SECTIONS: tuple[Callable[[D.StudyData], str], ...] = ()
+REPORT_SECTIONS: tuple[Callable[[D.StudyData], str], ...] = (importance_section,)
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], table_id: str) -> str:

@@ -56,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="retries of a trial whose worker or node died (default 2)")
     run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
-    run.add_argument("--wait-for-resources", action="store_true",
-                     help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
     run.add_argument("--fuse", default="1", metavar="K|auto",
                      help="train up to K points of the grid together as one fused trial (auto: K from "
                           "the model's memory and the device; default 1: one point per trial)")
+    run.add_argument("--wait-for-resources", action="store_true",
+                     help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
     run.add_argument("--force-new", action="store_true",
                      help="the study exists with another search space: start a new, suffixed study")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(summary)
     summary.add_argument("--format", choices=("table", "json"), default="table")
     summary.add_argument("--delta", type=float, default=None, metavar="D",
+                         help="a point is trained when its progress is >= 1 - D (default 0.1)")
+
+    compare = sub.add_parser("compare", help="several studies' robustness numbers side by side")
+    compare.add_argument("studies", nargs="+", metavar="STUDY")
+    _storage_arg(compare)
+    compare.add_argument("--format", choices=("table", "json"), default="table")
+    compare.add_argument("--delta", type=float, default=None, metavar="D",
                          help="a point is trained when its progress is >= 1 - D (default 0.1)")
 
     train = sub.add_parser("train", help="one run of a trial config or an export file")
@@ -173,8 +180,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         max_retries=args.max_retries,
         device=args.device,
-        wait_for_resources=args.wait_for_resources,
         fuse=_fuse_option(args.fuse),
+        wait_for_resources=args.wait_for_resources,
     )
     summary = run_sweep(args.space, options)
     shown = summary.storage
@@ -193,7 +200,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("see the results" + (" (password hidden)" if "***" in storage_opt else "") + ":")
     print(f"  proxstudy dashboard{storage_opt}")
     print(f"  proxstudy report {summary.study_name}{storage_opt} --out report.html")
-    print(f"  proxstudy export {summary.study_name}{storage_opt} --out best.yaml")
+    print(f"  proxstudy export {summary.study_name}{storage_opt} --out export.yaml")
     if not args.no_publish:
         _publish_after_run(args.storage, summary.study_name)
     return 0 if summary.left == 0 else 1
@@ -277,6 +284,29 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from proxstudy.dashboards.compare import compare_document, compare_text
+    from proxstudy.dashboards.data import study_summary_data
+    from proxstudy.dashboards.metrics import DEFAULT_DELTA, summary_document
+
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    if not 0.0 < delta < 1.0:
+        raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
+    twice = sorted({name for name in args.studies if args.studies.count(name) > 1})
+    if twice:
+        raise UsageError(f"STUDY {twice[0]}: named more than once")
+    url = _readable_storage(args.storage)
+    summaries = []
+    for name in args.studies:
+        data = study_summary_data(url, name, delta=delta)
+        summaries.append(summary_document(data.metrics, name, data.objective))
+    document = compare_document(summaries)
+    print(json.dumps(document, indent=2) if args.format == "json" else compare_text(document))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from proxstudy.workers.train_command import train_main
 
@@ -342,6 +372,7 @@ _COMMANDS = {
     "list": _cmd_list,
     "export": _cmd_export,
     "summary": _cmd_summary,
+    "compare": _cmd_compare,
     "train": _cmd_train,
     "report": _cmd_report,
     "dashboard": _cmd_dashboard,

@@ -104,7 +104,7 @@ class SweepOptions:
             check_study_name(self.study_name, "<command line>", "--study-name")
         validate_device(self.device, "<command line>", "--device")
         if self.fuse is not None and (isinstance(self.fuse, bool) or not isinstance(self.fuse, int) or self.fuse < 1):
-            raise SweepError(f"--fuse must be an integer >= 1 or auto, got {self.fuse!r}")
+            raise UsageError(f"--fuse {self.fuse!r}: must be an integer >= 1 or auto")
 
 
 @dataclass

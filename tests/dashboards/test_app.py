@@ -121,11 +121,11 @@ def test_export_download_is_the_best_point_per_method(server):
     r = requests.get(server.base + "/download/export.yaml", params={"study": "digits"}, timeout=60)
     doc = yaml.safe_load(r.text)
     assert doc["study"] == "digits" and doc["direction"] == "minimize"
-    bp = doc["methods"]["backprop"]
+    bp = doc["methods"]["backprop"]["best"]
     assert bp["params"] == {"lr": 0.05} and bp["objective"]["n"] == 2 and bp["seeds"] == [0, 1]
     assert bp["trial_config"]["mode"] == "gradient" and bp["trial_config"]["lr"] == 0.05
     js = requests.get(server.base + "/download/export.json", params={"study": "digits"}, timeout=60)
-    assert json.loads(js.text)["methods"]["proxprop-cg"]["trial_config"]["cg_iterations"] in (1, 3)
+    assert json.loads(js.text)["methods"]["proxprop-cg"]["robust"]["trial_config"]["cg_iterations"] in (1, 3)
 
 
 def test_unknown_study_page_says_so(server):

@@ -205,8 +205,10 @@ def test_static_report_renders_every_figure_offline(site, tmp_path):
     write_report(url, "digits", str(out))
     browser.events.clear()
     browser.navigate(out.as_uri())  # a file: URL, no server and no network: plotly.js is inline
-    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 8", timeout=45)
-    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 8
+    # the study page's 8 figures and the parameter importance
+    browser.wait_for("document.querySelectorAll('.js-plotly-plot').length === 9", timeout=45)
+    assert browser.eval("document.querySelectorAll('.plotly-graph-div').length") == 9
+    assert browser.eval("document.querySelectorAll('#importance .bars .point').length") >= 4
     errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
     assert errors == []
     verdict = browser.eval("document.querySelector('#verdict').innerText")

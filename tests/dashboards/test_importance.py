@@ -47,7 +47,7 @@ def test_only_lr_matters():
     assert set(found.shares) == {"lr", "tau_prox", "cg_iterations"}
     assert found.shares["lr"] > 0.9
     assert sum(found.shares.values()) == pytest.approx(1.0)
-    assert found.n_observations == len(records)
+    assert found.n_observations == len(records) // 2  # points: seed means
     assert found.log_params == ("lr", "tau_prox")
 
 
@@ -64,7 +64,7 @@ def test_diverged_trials_are_data_not_dropped():
     records = grid(lambda lr, tau, cg, seed: None if lr >= 1.0 else 0.1)
     assert sum(r.status == "diverged" for r in records) == len(records) * 2 // 5
     found = study_importance(compute_robustness(records, n_resamples=0))["P"]
-    assert found.n_observations == len(records)
+    assert found.n_observations == len(records) // 2  # every point, the diverged ones too
     assert found.shares["lr"] > 0.9
     completed_only = [r for r in records if r.status == "completed"]
     assert study_importance(compute_robustness(completed_only, n_resamples=0))["P"].shares == {}
@@ -111,3 +111,39 @@ def test_log_params_from_the_search_space():
     assert log_params_of(space) == {"backprop": frozenset({"lr"}), "proxprop-cg": frozenset({"lr", "tau_prox"})}
     assert log_params_of_document(F.SyntheticSpace().document("s")) == log_params_of(space)
     assert log_params_of_document(None) == {} and log_params_of_document({"study": 3}) == {}
+
+
+def test_summary_json_has_importance_per_method(tmp_path, capsys):
+    import json
+
+    from tests.support.cli import run_main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    F.build_study(url, "s")  # BackProp diverges above lr 0.1, ProxProp's bowl moves with tau and cg
+    code, out, err = run_main(["summary", "s", "--storage", url, "--format", "json"], capsys)
+    assert code == 0, err
+    methods = json.loads(out)["methods"]
+    assert methods["backprop"]["importance"] == {"lr": 1.0}  # its only swept parameter
+    shares = methods["proxprop-cg"]["importance"]
+    assert set(shares) == {"lr", "tau_prox", "cg_iterations"} and sum(shares.values()) == pytest.approx(1.0)
+    assert max(shares, key=shares.get) == "lr"
+
+
+def test_large_methods_are_sampled_deterministically(monkeypatch):
+    from proxstudy.dashboards import importance
+
+    records = grid(lambda lr, tau, cg, seed: 0.05 + 0.3 * (math.log10(lr) + 1) ** 2 + 1e-4 * seed)
+    r = compute_robustness(records, n_resamples=0)
+    monkeypatch.setattr(importance, "MAX_POINTS", 30)  # of 45 points
+    first = study_importance(r)["P"]
+    assert first.n_observations == 30 and first.shares["lr"] > 0.9
+    assert study_importance(r)["P"].shares == first.shares
+
+
+def test_importance_figure_shows_names_literally():
+    from proxstudy.dashboards.importance import importance_figure
+
+    records = [rec("<i>m</i>", {"lr": lr, "tau_prox": tau}, 0, 0.1 + lr / 10) for lr in LRS for tau in TAUS]
+    found = study_importance(compute_robustness(records, n_resamples=0))
+    (trace,) = importance_figure(found).data
+    assert trace.name == "&lt;i&gt;m&lt;/i&gt;" and set(trace.y) == {"log10 lr", "log10 tau_prox"}

@@ -1,24 +1,21 @@
 """`proxstudy export --pick` and `proxstudy train --pick` end to end on a real SQLite study.
 
-The most robust configuration is recomputed here from the raw Optuna trials with the
-definitions of DESIGN.md ("Robustness metrics"), not through the product's functions.
+The best and most robust configurations are recomputed from the raw Optuna trials with the
+definitions of DESIGN.md ("Robustness metrics") by tests/support/robustness_reference.py, not
+through the product's functions.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
-from proxstudy.study import records as R
 from tests.support import study_fixtures as F
 from tests.support.cli import run_main
+from tests.support.robustness_reference import reference
 
 DELTA = 0.1
 
@@ -30,59 +27,14 @@ def storage(tmp_path_factory):
     return url
 
 
-def _independent_picks(url: str, study: str) -> dict[str, dict[str, dict]]:
-    """Per method, best and robust params from the raw trials (minimised objective)."""
-    trials = optuna.load_study(study_name=study, storage=url).trials
-    used = [t for t in trials if t.user_attrs.get(R.ATTR_STATUS) in ("completed", "diverged")]
-    l0 = statistics.fmean(t.intermediate_values[0] for t in used)
-    seeds: dict[tuple, list[float]] = defaultdict(list)
-    completed: dict[tuple, int] = defaultdict(int)
-    for t in used:
-        params = {k: v for k, v in t.params.items() if k not in ("method", "seed")}
-        key = (t.params["method"], tuple(sorted(params.items())))
-        if t.user_attrs[R.ATTR_STATUS] == "completed":
-            seeds[key].append(min(t.value, l0))
-            completed[key] += 1
-        else:
-            seeds[key].append(l0)
-    value = {key: statistics.fmean(v) for key, v in seeds.items()}
-    best_all = min(value.values())
-    progress = {key: (l0 - v) / (l0 - best_all) for key, v in value.items()}
-    out: dict[str, dict[str, dict]] = {}
-    for method in sorted({key[0] for key in value}):
-        keys = [key for key in value if key[0] == method]
-        best_key = min((k for k in keys if completed[k]), key=lambda k: (value[k], k[1]))
-        lrs = sorted({dict(k[1])["lr"] for k in keys})
-        by_theta: dict[tuple, dict[float, tuple]] = defaultdict(dict)
-        for k in keys:
-            p = dict(k[1])
-            by_theta[tuple(sorted((n, v) for n, v in p.items() if n != "lr"))][p["lr"]] = k
-        # every theta of this synthetic grid has every lr: sensitivity = mean of 1 - q
-        sens = {theta: statistics.fmean(1 - progress[by_theta[theta][lr]] for lr in lrs) for theta in by_theta}
-        theta = min(sens, key=lambda th: (round(sens[th], 12), th))
-        trained = [progress[by_theta[theta][lr]] >= 1 - DELTA - 1e-12 for lr in lrs]
-        runs = []  # (width in decades, points, -first index, first, last)
-        for i in range(len(lrs)):
-            for j in range(i, len(lrs)):
-                if all(trained[i:j + 1]):
-                    runs.append((round(math.log10(lrs[j] / lrs[i]), 9), j - i, -i, i, j))
-        entry = {"best": dict(best_key[1])}
-        if runs:
-            _, _, _, i, j = max(runs)
-            centre = (math.log10(lrs[i]) + math.log10(lrs[j])) / 2
-            lr = min(lrs[i:j + 1], key=lambda x: (round(abs(math.log10(x) - centre), 9), x))
-            entry["robust"] = {**dict(theta), "lr": lr}
-        out[method] = entry
-    return out
-
-
 def test_export_writes_best_and_robust_per_method(storage, tmp_path, capsys):
     out = tmp_path / "picks.yaml"
     code, _, err = run_main(["export", "digits", "--storage", storage, "--out", str(out)], capsys)
     assert code == 0, err
     assert "--pick best|robust" in err
     doc = yaml.safe_load(out.read_text())
-    expected = _independent_picks(storage, "digits")
+    expected = {method: {"best": ref.best, **({"robust": ref.robust} if ref.robust else {})}
+                for method, ref in reference(storage, "digits").items()}
     assert list(doc["methods"]) == ["backprop", "proxprop-cg"]
     for method, picks in expected.items():
         assert set(doc["methods"][method]) == set(picks)
