@@ -202,3 +202,17 @@ def test_a_damaged_database_is_exit_2_not_an_internal_error(tmp_path, capsys):
     db.write_bytes(bytes(data))
     line = _refused(["status", "--storage", f"sqlite:///{db}"], capsys, "storage: ")
     assert "internal error" not in line
+
+
+def test_the_trial_limit_is_raised_by_the_environment_and_checked_itself(tmp_path, capsys, monkeypatch):
+    doc = synthetic_space("big", seeds=(0,))
+    doc["methods"] = {"bp": {"mode": "gradient", "lr": {"low": 0.001, "high": 1.0, "points": 150_000}}}
+    path = str(write_space(tmp_path / "big.yaml", doc))
+    argv = ["run", path, "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--gpus-per-trial", "4096"]
+    _refused(argv, capsys, f"{path}: methods.bp.lr.points: points asks for 150,000 trials, over the limit of "
+                           "100,000 per study; split the study, or raise the limit with PROXSTUDY_MAX_TRIALS=150000")
+    monkeypatch.setenv("PROXSTUDY_MAX_TRIALS", "150000")
+    _refused(argv, capsys, "--gpus-per-trial 4096")  # valid now: refused only for the impossible request
+    monkeypatch.setenv("PROXSTUDY_MAX_TRIALS", "lots")
+    _refused(argv, capsys, "PROXSTUDY_MAX_TRIALS: must be a whole number >= 1, got 'lots'")
+    assert not (tmp_path / "x.db").exists()
