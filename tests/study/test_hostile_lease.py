@@ -166,3 +166,19 @@ def test_the_heartbeat_thread_renews_the_lease_until_released(tmp_path):
     lease.release()
     assert lease_holder(observer, "s") is None
     observer.dispose()
+
+
+def test_status_names_the_driver_that_holds_the_study(tmp_path):
+    from proxstudy.study.status import format_status, study_status
+    from tests.support.study_fixtures import SyntheticSpace, build_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    build_study(url, "s", SyntheticSpace(lrs=(0.05,), seeds=(0,)), n_trials=2)
+    reader.clear_cache()
+    assert study_status(url, "s").driver is None  # no lease table yet: nothing created by reading
+    assert not sa.inspect(sa.create_engine(url)).has_table(LEASE_TABLE)
+    lease = acquire_lease(storage_engine(url), "s", heartbeat=False)
+    first_line = format_status(study_status(url, "s")).splitlines()[0]
+    assert first_line == f"study s (minimize, being run by driver {lease.driver})"
+    lease.release()
+    assert study_status(url, "s").driver is None
