@@ -38,7 +38,7 @@ DEMO_SPACE = ROOT / "search_spaces" / "digits-table1-quick.yaml"
 CONVNET_SPACE = ROOT / "search_spaces" / "digits-convnet-quick.yaml"
 
 
-def space_configs(path: Path = DEMO_SPACE) -> list[dict]:
+def space_configs(path: Path = DEMO_SPACE) -> list:
     """Every grid point of a search space as a trial config on the CPU."""
     from proxstudy.study.space import grid_points, load_space, trial_config
 
@@ -46,7 +46,9 @@ def space_configs(path: Path = DEMO_SPACE) -> list[dict]:
     return [trial_config(space, p.method, p.params, p.seed, device="cpu") for p in grid_points(space)]
 
 
-def paper_configs(train: int, epochs: int) -> list[dict]:
+def paper_configs(train: int, epochs: int) -> list:
+    from proxstudy.workers.config import validate_trial_config
+
     base = {
         "dataset": {"name": "synthetic", "input_shape": [3, 32, 32], "num_classes": 10,
                     "n_train": train, "n_val": 200},
@@ -60,17 +62,16 @@ def paper_configs(train: int, epochs: int) -> list[dict]:
         "device": "cpu",
     }
     return [
-        {**base, "lr": lr, "tau_prox": tau, "seed": 0}
+        validate_trial_config({**base, "lr": lr, "tau_prox": tau, "seed": 0}, "<bench>")
         for lr in (0.3, 1.0, 3.0)
         for tau in (0.05, 0.5)
     ]
 
 
-def fused_groups(configs: list[dict], fuse: int | None) -> list[list[int]]:
-    from proxstudy.workers.config import validate_trial_config
+def fused_groups(configs: list, fuse: int | None) -> list[list[int]]:
     from proxstudy.workers.fused_plan import plan_groups
 
-    return plan_groups([validate_trial_config(c, "<bench>") for c in configs], fuse, "cpu")
+    return plan_groups(configs, fuse, "cpu")
 
 
 def agreement(fused, unfused) -> tuple[int, int]:
@@ -93,14 +94,14 @@ def agreement(fused, unfused) -> tuple[int, int]:
     return same_status, same_curve
 
 
-def measure(name: str, configs: list[dict], fuse: int | None, repeat: int) -> float:
+def measure(name: str, configs: list, fuse: int | None, repeat: int) -> float:
     """Per fused group, interleaved: its members one at a time, then the group fused; the best
     of ``repeat`` rounds each (the machine is shared: the minimum is the least disturbed)."""
     from proxstudy.workers.data import load_dataset
     from proxstudy.workers.fused_training import run_fused_trials
     from proxstudy.workers.training import run_trial
 
-    load_dataset(configs[0]["dataset"], "cpu")  # cached per process: load it outside both timings
+    load_dataset(configs[0].dataset, "cpu")  # cached per process: load it outside both timings
     groups = fused_groups(configs, fuse)
     unfused_wall = fused_wall = 0.0
     fused: list = [None] * len(configs)

@@ -259,12 +259,12 @@ def _dual_direct_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, tol: float) ->
 
 
 def _eigen_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, dual: bool, joint: bool, tol: float,
-              use_moments: bool) -> FactoredRows:
+              use_moments: bool, inv_tau: float | Tensor) -> FactoredRows:
     """CG in the eigenbasis K = U diag(lam) U^T: M is diag(lam + 1/tau); a row's coefficients
     are c = rhs @ U, weighted by lam in the dual (<A^T q, A^T q> = q^T K q)."""
     reference = cfg.kind == "prox_cg_ref"
     evals, evecs = _eigh(gram)
-    diag = evals + _column(cfg.inv_tau)
+    diag = evals + _column(inv_tau)
     coeffs = rhs @ evecs
     if use_moments:
         weight = coeffs.square()
@@ -294,6 +294,7 @@ def gram_solve_factored(
     joint: bool = False,
     tol: float = EARLY_STOP_TOL,
     cg_strategy: str | None = None,
+    inv_tau: Tensor | None = None,
 ) -> FactoredRows:
     """Solve every row of ``rhs`` (..., m, s) against the shared (..., s, s) Gram matrix.
 
@@ -301,26 +302,29 @@ def gram_solve_factored(
     dual (dual=True): rhs rows are g per output unit; returns g' rows (direction = A^T g').
     joint: one CG over all rows together (only used by the reference variant of conv layers).
     cg_strategy: None (flop model), "direct", "spectral" or "moments" (strategies.py).
+    inv_tau: 1/tau per problem, shape (...,), in place of cfg's one tau (stacked layers of
+        several models, proxprop/stacked.py).
     """
     if cfg.kind == "gradient":
         return FactoredRows(rhs, None)
     if gram.dtype in (torch.float16, torch.bfloat16):
         # factorisations need at least single precision; the result goes back to the layer dtype
         solved = gram_solve_factored(gram.float(), rhs.float(), cfg, dual, joint=joint, tol=tol,
-                                     cg_strategy=cg_strategy)
+                                     cg_strategy=cg_strategy, inv_tau=None if inv_tau is None else inv_tau.float())
         return FactoredRows(solved.dense().to(rhs.dtype), None)
+    shift: float | Tensor = cfg.inv_tau if inv_tau is None else inv_tau
     if cfg.kind == "prox_exact":
-        return exact_solve(gram, rhs, cfg.inv_tau)
+        return exact_solve(gram, rhs, shift)
     rows, size = rhs.shape[-2:]
     strategy = cg_strategy_for(size, rows, cfg, gram.dtype, gram.device, joint=joint,
                                cg_strategy=cg_strategy)
-    if strategy == "direct" and dual and rhs.dim() > 2:
+    if strategy == "direct" and dual and (rhs.dim() > 2 or inv_tau is not None):
         strategy = "spectral"  # the direct dual loop (row blocks) takes one problem at a time
     if strategy != "direct":
-        return _eigen_cg(gram, rhs, cfg, dual, joint, tol, use_moments=strategy == "moments")
+        return _eigen_cg(gram, rhs, cfg, dual, joint, tol, use_moments=strategy == "moments", inv_tau=shift)
     if dual:
         return FactoredRows(_dual_direct_cg(gram, rhs, cfg, tol), None)
-    inv_tau = cfg.inv_tau
-    direction = batched_cg(lambda v: v @ gram + inv_tau * v, rhs, cfg.cg_iterations, tol=tol,
-                           reference_variant=cfg.kind == "prox_cg_ref")
-    return FactoredRows(direction, None)
+    row_shift = shift if inv_tau is None else inv_tau[..., None, None]
+    rows_solved = batched_cg(lambda v: v @ gram + row_shift * v, rhs, cfg.cg_iterations, tol=tol,
+                             reference_variant=cfg.kind == "prox_cg_ref")
+    return FactoredRows(rows_solved, None)

@@ -16,7 +16,7 @@ In ProxProp modes the backward writes each member's own direction (its own A_k, 
 tau_k; ALGORITHM.md sections 2-3) into the stacked .grad through a custom autograd Function,
 so .grad[k] equals what the unfused layer of member k would hold after its own backward.  The
 input gradient is ordinary backprop.  In "gradient" mode the layers use plain autograd.
-The batched solves live in stacked_solvers.py.
+The batched solves are the unfused layers' (stacked_solvers.py adapts the calls).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _linear_form(n: int, k: int, m: int, has_bias: bool, solve: StackedSolve) ->
     }
     if solve.kind in ("prox_cg", "prox_cg_ref"):
         costs["matrix_free"] = 2.0 * n * p * m * (2 * solve.iterations)
-    return min(costs, key=costs.get)
+    return min(costs, key=costs.__getitem__)
 
 
 def stacked_linear_direction(
@@ -103,7 +103,7 @@ def stacked_linear_direction(
             return torch.bmm(v, a_rows).square().sum(dim=2)
 
         direction = stacked_cg(
-            apply_gram, rhs, solve.inv_tau, solve.iterations, dual=False,
+            apply_gram, rhs, solve.inv_tau, solve.iterations,
             reference=solve.kind == "prox_cg_ref", last_curvature=last_curvature,
         )
     if has_bias:
@@ -237,6 +237,7 @@ def stacked_conv2d_direction(
     p0 = weight[0, 0].numel()
     rhs = grad_w.reshape(members, m, p0)
     if has_bias:
+        assert grad_b is not None  # computed whenever the layer has a bias
         rhs = torch.cat([rhs, grad_b.reshape(members, m, 1)], dim=2)
     if solve.kind == "gradient":
         directions = rhs
@@ -273,14 +274,14 @@ def _matrix_free_cg(
 
     def apply_gram(v: Tensor) -> Tensor:  # A^T A v
         _, aw, ab = _conv_backward(apply_a(v), x, grouped, has_bias, geom, members, [False, True, has_bias])
-        rows = aw.reshape(members, m, p0)
-        return torch.cat([rows, ab.reshape(members, m, 1)], dim=2) if has_bias else rows
+        rows = _tensor(aw).reshape(members, m, p0)
+        return torch.cat([rows, ab.reshape(members, m, 1)], dim=2) if ab is not None else rows
 
     def last_curvature(v: Tensor) -> Tensor:  # per row |A v|^2
         return apply_a(v).square().sum(dim=(0, 2, 3)).reshape(members, m)
 
     return stacked_cg(
-        apply_gram, rhs, solve.inv_tau, solve.iterations, dual=False, joint=joint,
+        apply_gram, rhs, solve.inv_tau, solve.iterations, joint=joint,
         reference=solve.kind == "prox_cg_ref", last_curvature=last_curvature,
     )
 
@@ -303,6 +304,7 @@ class _StackedProxConv2dFunction(torch.autograd.Function):
         grad_x, grad_w, grad_b = _conv_backward(
             grad_out, x, _grouped_weight(weight), has_bias, ctx.geom, members, [need_x, True, has_bias]
         )
+        assert grad_w is not None  # asked for in the mask
         w_dir, b_dir = stacked_conv2d_direction(x, weight, has_bias, ctx.geom, ctx.solve, grad_w, grad_b, grad_out)
         return grad_x, w_dir, b_dir, None, None
 
@@ -311,8 +313,24 @@ class _StackedProxConv2dFunction(torch.autograd.Function):
 # modules
 
 
+def _tensor(value: object) -> Tensor:
+    """A layer attribute known to be a tensor (nn.Module's attribute type is wider)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"expected a tensor, got {type(value).__name__}")
+    return value
+
+
+def _pair(value: object) -> tuple[int, int]:
+    """A convolution's stride / padding / dilation as a pair of ints."""
+    if not isinstance(value, tuple) or len(value) != 2:
+        raise ValueError(f"stacked convolutions need 2-d geometry, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
 class _StackedLayer(nn.Module):
     """Common part: stacked weight/bias parameters, the mode, and per-member 1/tau_prox."""
+
+    inv_tau: Tensor  # (K,) buffer
 
     def __init__(self, weight: Tensor, bias: Tensor | None, kind: str, iterations: int, tau_prox: Sequence[float]):
         super().__init__()
@@ -341,11 +359,11 @@ class _StackedLayer(nn.Module):
             raise ValueError(f"stacked layers need one mode for all members, got {sorted(modes)}")
         kind, iterations = modes.pop()
         taus = [c.tau_prox if c is not None else 1.0 for c in configs]
-        weight = torch.stack([layer.weight.detach() for layer in layers]).clone()
+        weight = torch.stack([_tensor(layer.weight).detach() for layer in layers]).clone()
         has_bias = {layer.bias is not None for layer in layers}
         if len(has_bias) != 1:
             raise ValueError("stacked layers need bias on all members or on none")
-        bias = torch.stack([layer.bias.detach() for layer in layers]).clone() if has_bias.pop() else None
+        bias = torch.stack([_tensor(layer.bias).detach() for layer in layers]).clone() if has_bias.pop() else None
         return weight, bias, kind, iterations, taus
 
     def select_(self, index: Tensor) -> None:
@@ -393,7 +411,7 @@ class StackedConv2d(_StackedLayer):
         for layer in layers:
             if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
                 raise ValueError("stacked convolutions need groups=1 and numeric zero padding")
-            geometries.add(StackedConvGeometry(tuple(layer.stride), tuple(layer.padding), tuple(layer.dilation)))
+            geometries.add(StackedConvGeometry(_pair(layer.stride), _pair(layer.padding), _pair(layer.dilation)))
         if len(geometries) != 1:
             raise ValueError("stacked convolutions need one geometry for all members")
         return cls(*cls._stack_options(layers), geometry=geometries.pop())

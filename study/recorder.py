@@ -11,6 +11,7 @@ through a :class:`StorageWriter` so that they never hold up Tune's event loop.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -47,6 +48,7 @@ from proxstudy.study.records import (
 )
 from proxstudy.study.space import Point
 from proxstudy.study.storage_writer import StorageWriter
+from proxstudy.workers.fused_trainable import FUSED_MEMBERS_KEY, member_reports
 from proxstudy.workers.trainable import POINT_KEY
 from proxstudy.workers.vocabulary import (
     EPOCH,
@@ -105,6 +107,7 @@ class OptunaRecorder(Callback):
         self._d = driver
         self._w = StorageWriter()
         self.open: dict[str, _OpenTrial] = {}
+        self._members_started: dict[str, set[str]] = {}  # fused trial id -> its members' open ids
 
     # -- writes (run on the writer thread, in submission order)
     def _create(self, entry: _OpenTrial) -> None:
@@ -148,10 +151,10 @@ class OptunaRecorder(Callback):
         storage = self._d.storage
         return lambda: storage.set_trial_user_attr(_created(entry), name, value)
 
-    def _finish(self, trial: Trial, status: str, value: float | None, error: str | None,
+    def _finish(self, open_id: str, status: str, value: float | None, error: str | None,
                 extra: Mapping[str, Any]) -> None:
         d = self._d
-        entry = self.open.pop(trial.trial_id, None)
+        entry = self.open.pop(open_id, None)
         if entry is None:
             return
         if status == STATUS_COMPLETED and value is None:
@@ -178,14 +181,13 @@ class OptunaRecorder(Callback):
     # -- Tune hooks
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         d = self._d
+        if FUSED_MEMBERS_KEY in trial.config:
+            self._start_members(trial)
+            return
         with d.lock:
             entry = self.open.get(trial.trial_id)
             if entry is not None:  # a retry after a worker/node failure: same Optuna trial
-                entry.attempts += 1
-                entry.history.clear()
-                entry.worker = None
-                entry.started = time.monotonic()
-                self._w.submit(self._attr_job(entry, ATTR_ATTEMPTS, entry.attempts))
+                self._retry(entry)
                 return
             new = _OpenTrial(d.points_by_key[trial.config[POINT_KEY]])
             self.open[trial.trial_id] = new
@@ -194,28 +196,49 @@ class OptunaRecorder(Callback):
             d.concurrency = max(d.concurrency, d.progress.running)
             d.progress.show()
 
+    def _retry(self, entry: _OpenTrial) -> None:
+        """The trial runs again: same Optuna trial, one more attempt, its epochs anew."""
+        entry.attempts += 1
+        entry.history.clear()
+        entry.worker = None
+        entry.started = time.monotonic()
+        self._w.submit(self._attr_job(entry, ATTR_ATTEMPTS, entry.attempts))
+
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
                         **info: Any) -> None:
         d = self._d
+        if FUSED_MEMBERS_KEY in trial.config:
+            self._member_results(trial, result)
+            return
         with d.lock:
             entry = self.open.get(trial.trial_id)
-            if entry is None or result.get(EPOCH) is None:
-                return  # e.g. the final report of a trial that failed before epoch 0
-            epoch = int(result[EPOCH])
-            entry.history[epoch] = {k: result.get(k) for k in (EPOCH, *EPOCH_SERIES)}
-            if entry.worker is None:
-                entry.worker = f"{result.get('hostname')} {result.get('node_ip')} pid {result.get('pid')}"
-                self._w.submit(self._attr_job(entry, ATTR_WORKER, entry.worker))
-            objective = finite_or_none(result.get(OBJECTIVE))
-            if objective is not None:
-                storage = d.storage
-                self._w.submit(lambda: storage.set_trial_intermediate_value(_created(entry), epoch, objective))
-            final = result.get(REPORT_STATUS) in FINAL_STATUSES
-            if not final and time.monotonic() - entry.last_flush >= ATTR_FLUSH_S:
-                self._w.submit(self._series_job(entry))
+            if entry is None:
+                return
+            self._epoch(entry, result, result)
             d.progress.show()
 
+    def _epoch(self, entry: _OpenTrial, metrics: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+        """One reported epoch of a trial: its history, intermediate value and worker (from the
+        Tune result) and, at most every ATTR_FLUSH_S, the per-epoch lists."""
+        if metrics.get(EPOCH) is None:
+            return  # e.g. the final report of a trial that failed before epoch 0
+        epoch = int(metrics[EPOCH])
+        entry.history[epoch] = {k: metrics.get(k) for k in (EPOCH, *EPOCH_SERIES)}
+        if entry.worker is None:
+            entry.worker = f"{result.get('hostname')} {result.get('node_ip')} pid {result.get('pid')}"
+            self._w.submit(self._attr_job(entry, ATTR_WORKER, entry.worker))
+        objective = finite_or_none(metrics.get(OBJECTIVE))
+        if objective is not None:
+            storage = self._d.storage
+            self._w.submit(lambda: storage.set_trial_intermediate_value(_created(entry), epoch, objective))
+        final = metrics.get(REPORT_STATUS) in FINAL_STATUSES
+        if not final and time.monotonic() - entry.last_flush >= ATTR_FLUSH_S:
+            self._w.submit(self._series_job(entry))
+
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if FUSED_MEMBERS_KEY in trial.config:
+            self._end_members(trial, "the fused trial ended without reporting this member's final status")
+            return
         with self._d.lock:
             last = trial.last_result or {}
             status = last.get(REPORT_STATUS)
@@ -223,10 +246,15 @@ class OptunaRecorder(Callback):
             if status not in FINAL_STATUSES:
                 status = STATUS_FAILED
                 error = error or "the trial ended without reporting a final status"
-            self._finish(trial, status, finite_or_none(last.get(OBJECTIVE)), error, last)
+            self._finish(trial.trial_id, status, finite_or_none(last.get(OBJECTIVE)), error, last)
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         with self._d.lock:
+            if FUSED_MEMBERS_KEY in trial.config:
+                open_members = [self.open[i] for i in _member_ids(trial) if i in self.open]
+                self._d.progress.note(f"proxstudy: fused trial {trial.trial_id}: {_first_line(_trial_error(trial))}; "
+                                      f"retrying its {len(open_members)} unfinished member(s)")
+                return
             entry = self.open.get(trial.trial_id)
             label = entry.point.key if entry else trial.trial_id
             attempt = (entry.attempts if entry else 1) + 1
@@ -234,16 +262,69 @@ class OptunaRecorder(Callback):
                                   f"retrying (attempt {attempt})")
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        if FUSED_MEMBERS_KEY in trial.config:
+            error = _trial_error(trial)
+            self._d.progress.note(f"proxstudy: fused trial {trial.trial_id} failed: {_first_line(error)}")
+            self._end_members(trial, error)
+            return
         with self._d.lock:
             error = _trial_error(trial)
             entry = self.open.get(trial.trial_id)
             if entry is not None:
                 self._d.progress.note(f"proxstudy: trial {entry.point.key} failed: {_first_line(error)}")
-            self._finish(trial, STATUS_FAILED, None, error, trial.last_result or {})
+            self._finish(trial.trial_id, STATUS_FAILED, None, error, trial.last_result or {})
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         self._w.submit(lambda: None)  # surfaces a storage failure promptly
         self._d.progress.show()
+
+    # -- fused trials: each member (workers.fused_trainable) is a trial of its own, keyed
+    # "<tune trial id>:<point key>" in self.open, created when the fused trial starts, given
+    # its epochs from the member reports and finished as soon as its report is final
+    def _start_members(self, trial: Trial) -> None:
+        d = self._d
+        with d.lock:
+            for open_id, member in zip(_member_ids(trial), trial.config[FUSED_MEMBERS_KEY], strict=True):
+                entry = self.open.get(open_id)
+                if entry is not None:  # a retry: the members not finished yet run again
+                    self._retry(entry)
+                    continue
+                if self._started_before(trial, open_id):
+                    continue  # finished in an earlier attempt: recorded once, not re-opened
+                new = _OpenTrial(d.points_by_key[member[POINT_KEY]])
+                self.open[open_id] = new
+                self._w.submit(functools.partial(self._create, new))
+                d.progress.trial_started()
+            d.concurrency = max(d.concurrency, d.progress.running)
+            d.progress.show()
+
+    def _started_before(self, trial: Trial, open_id: str) -> bool:
+        started = self._members_started.setdefault(trial.trial_id, set())
+        if open_id in started:
+            return True
+        started.add(open_id)
+        return False
+
+    def _member_results(self, trial: Trial, result: Mapping[str, Any]) -> None:
+        with self._d.lock:
+            for report in member_reports(result):
+                open_id = _member_id(trial, str(report.get(POINT_KEY)))
+                entry = self.open.get(open_id)
+                if entry is None:
+                    continue  # finished in an earlier attempt of this fused trial
+                self._epoch(entry, report, result)
+                status = report.get(REPORT_STATUS)
+                if status in FINAL_STATUSES:
+                    self._finish(open_id, str(status), finite_or_none(report.get(OBJECTIVE)),
+                                 report.get(REPORT_ERROR), report)
+            self._d.progress.show()
+
+    def _end_members(self, trial: Trial, error: str) -> None:
+        """The fused trial is over: members still open failed with ``error``."""
+        with self._d.lock:
+            for open_id in _member_ids(trial):
+                if open_id in self.open:
+                    self._finish(open_id, STATUS_FAILED, None, error, {})
 
     @property
     def storage_failure(self) -> str | None:
@@ -274,6 +355,14 @@ class OptunaRecorder(Callback):
                 storage.set_trial_state_values(entry.optuna_id, TrialState.FAIL)
 
         return job
+
+
+def _member_id(trial: Trial, point_key: str) -> str:
+    return f"{trial.trial_id}:{point_key}"
+
+
+def _member_ids(trial: Trial) -> list[str]:
+    return [_member_id(trial, str(member[POINT_KEY])) for member in trial.config[FUSED_MEMBERS_KEY]]
 
 
 def _created(entry: _OpenTrial) -> int:

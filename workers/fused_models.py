@@ -1,7 +1,7 @@
 """The paper's models for K fused members: one stacked network instead of K small ones.
 
-Each member's initial weights are exactly its unfused trial's: `member_model` builds the unfused
-model with workers/models.py under the same seeding as workers/training.py, and `stack_models`
+Each member's initial weights are exactly its unfused trial's: workers.training.build_trial_model
+builds the unfused model (the same function run_trial uses), and `stack_models`
 copies the K models' parameters into stacked layers (proxprop/stacked.py).  Walking the built
 modules (rather than re-describing the architectures) keeps the fused MLP, ConvNet and
 autoencoder the same as the unfused ones by construction.
@@ -22,24 +22,15 @@ Layouts inside a StackedNet:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from proxprop.stacked import StackedConv2d, StackedLinear
-from proxstudy.workers.config import layer_mode
-from proxstudy.workers.models import Autoencoder, build_model
+from proxstudy.workers.models import Autoencoder
 
-__all__ = ["StackedNet", "member_model", "stack_models"]
-
-
-def member_model(config: Mapping, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The unfused model of one validated trial config, initialised exactly as run_trial does:
-    seeded with the trial's seed inside a forked RNG (the caller's RNG is not disturbed)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        return build_model(config["model"], input_shape, num_classes, layer_mode(config), config["tau_prox"])
+__all__ = ["StackedNet", "stack_models"]
 
 
 class _ToMembers(nn.Module):
@@ -80,7 +71,7 @@ class StackedNet(nn.Module):
         return self.stacked_layers[0].members
 
     @property
-    def stacked_layers(self) -> list[nn.Module]:
+    def stacked_layers(self) -> list[StackedLinear | StackedConv2d]:
         """The layers with stacked parameters, in order."""
         return [layer for layer in self.layers if isinstance(layer, (StackedLinear, StackedConv2d))]
 

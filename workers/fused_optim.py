@@ -33,7 +33,7 @@ __all__ = ["StackedAdam", "StackedSGD", "build_stacked_optimizer"]
 
 def _torch_default(optimizer: type, field: str):
     """torch.optim's default for a field, read from the constructor (so ours cannot drift)."""
-    return inspect.signature(optimizer.__init__).parameters[field].default
+    return inspect.signature(optimizer).parameters[field].default
 
 
 class _StackedOptimizer:
@@ -93,6 +93,10 @@ class _StackedOptimizer:
         for param in self.params:
             param.grad = None
 
+    def step(self) -> None:
+        """One update of every member from the parameters' .grad (the subclasses')."""
+        raise NotImplementedError
+
     def select_(self, index: Tensor, params: Sequence[Tensor]) -> None:
         """Keep only the members at ``index`` in every hyperparameter vector and state tensor;
         ``params`` are the parameters after the same selection (in the same order)."""
@@ -108,6 +112,7 @@ class _StackedOptimizer:
     def _signed_decayed_grad(self, param: Tensor, views: dict[str, Tensor]) -> Tensor:
         """g, negated where maximize, plus wd * theta where weight decay is set."""
         grad = param.grad
+        assert grad is not None, "step() after a backward that reached every parameter"
         if self.all["maximize"]:
             grad = -grad
         elif self.any["maximize"]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from proxstudy.workers.config import ConfigError, dataset_input_shape
+from proxstudy.workers.config import MODE_EXACT, MODE_GRADIENT, ConfigError, TrialConfig, dataset_input_shape
 from proxstudy.workers.models import build_model
 
 __all__ = [
@@ -63,19 +63,19 @@ MIN_FUSE_SIZE = {"cpu": 4, "cuda": 1}
 MEMORY_FRACTION = {"cpu": 0.25, "cuda": 0.8}
 
 
-def _shared_part(config: Mapping) -> dict:
-    shared = {field: config.get(field) for field in SHARED_FIELDS}
-    shared["training"] = {field: config["training"].get(field) for field in SHARED_TRAINING_FIELDS}
-    shared["optimizer"] = config["optimizer"]["name"]
+def _shared_part(config: TrialConfig) -> dict:
+    shared = {field: getattr(config, field) for field in SHARED_FIELDS}
+    shared["training"] = {field: config.training.get(field) for field in SHARED_TRAINING_FIELDS}
+    shared["optimizer"] = config.optimizer["name"]
     return shared
 
 
-def fusion_key(config: Mapping) -> str:
+def fusion_key(config: TrialConfig) -> str:
     """A string equal for exactly the validated trial configs that can share a fused trial."""
     return json.dumps(_shared_part(config), sort_keys=True)
 
 
-def check_fusable(configs: Sequence[Mapping]) -> None:
+def check_fusable(configs: Sequence[TrialConfig]) -> None:
     """Raise ConfigError naming the first field in which a member differs from the first."""
     if not configs:
         raise ConfigError("<fused>", "", "a fused trial needs at least one member")
@@ -119,17 +119,17 @@ def _layer_shapes(model: nn.Module, batch: int, input_shape: tuple[int, ...]) ->
     return seen
 
 
-def member_cost(config: Mapping) -> MemberCost:
+def member_cost(config: TrialConfig) -> MemberCost:
     """Memory and flops of one member of a validated trial config (no data is loaded)."""
-    input_shape = tuple(dataset_input_shape(config["dataset"]))
-    num_classes = int(config["dataset"].get("num_classes", 10))
-    batch = config["training"]["batch_size"]
-    chunk = config["training"]["eval_batch_size"]
+    input_shape = tuple(dataset_input_shape(config.dataset))
+    num_classes = int(config.dataset.get("num_classes", 10))
+    batch = config.training["batch_size"]
+    chunk = config.training["eval_batch_size"]
     with torch.device("meta"):
-        model = build_model(config["model"], input_shape, num_classes, "gradient", None)
+        model = build_model(config.model, input_shape, num_classes, "gradient", None)
     params = sum(p.numel() for p in model.parameters())
-    prox = config["mode"] != "gradient"
-    iterations = config.get("cg_iterations") or 1
+    prox = config.mode != MODE_GRADIENT
+    iterations = config.cg_iterations or 1
     activations = flops = workspace = 0.0
     for module, _in_shape, out_shape in _layer_shapes(model, batch, input_shape):
         out_per_sample = math.prod(out_shape[1:])
@@ -143,13 +143,13 @@ def member_cost(config: Mapping) -> MemberCost:
             p = module.weight[0].numel() + 1
             size = min(rows, p) if isinstance(module, nn.Linear) else p
             gram_flops = 2.0 * rows * size * p
-            solve = size**3 / 3.0 if config["mode"] == "prox_exact" else 0.0
+            solve = size**3 / 3.0 if config.mode == MODE_EXACT else 0.0
             flops += gram_flops + solve + 2.0 * iterations * size * size * module.weight.shape[0]
             workspace = max(workspace, size * size + 6.0 * module.weight.shape[0] * size)
     element = torch.finfo(torch.get_default_dtype()).bits // 8
     train = 3.0 * batch * activations + workspace
     evaluate = 2.0 * chunk * activations
-    total = params * (2 + _optimizer_states(config["optimizer"])) + max(train, evaluate)
+    total = params * (2 + _optimizer_states(config.optimizer)) + max(train, evaluate)
     return MemberCost(bytes=total * element, flops_per_step=flops)
 
 
@@ -165,7 +165,7 @@ def _memory_budget(device: torch.device) -> float:
 
 
 def default_fuse_size(
-    config: Mapping, device: str | torch.device = "cpu", *, max_size: int = 32, memory_budget: float | None = None
+    config: TrialConfig, device: str | torch.device = "cpu", *, max_size: int = 32, memory_budget: float | None = None
 ) -> int:
     """K for fused trials of a validated trial config on ``device`` (see the module doc)."""
     device = torch.device(device)
@@ -178,7 +178,7 @@ def default_fuse_size(
 
 
 def plan_groups(
-    configs: Sequence[Mapping], fuse: int | None = None, device: str | torch.device = "cpu", *, max_size: int = 32
+    configs: Sequence[TrialConfig], fuse: int | None = None, device: str | torch.device = "cpu", *, max_size: int = 32
 ) -> list[list[int]]:
     """Indices of validated trial configs grouped into fused trials: by fusion key (keys in
     order of first appearance, members in their order), each key's n members cut into

@@ -36,35 +36,36 @@ Callbacks (member = the index of the config in ``configs``):
     on_finish(member, outcome)      once per member, when its outcome is final (completed,
                                     diverged or failed): a driver can record it at once
     on_progress(epoch, batch, n)    after every fused mini-batch
+    on_reports(reports)             once per evaluation, the on_report calls it made as a list
+                                    of (member, metrics): a driver can send them in one message
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from proxstudy.workers.config import validate_trial_config
+from proxstudy.workers.config import TrialConfig
 from proxstudy.workers.data import Dataset, load_dataset
-from proxstudy.workers.fused_models import StackedNet, member_model, stack_models
+from proxstudy.workers.fused_models import StackedNet, stack_models
 from proxstudy.workers.fused_optim import build_stacked_optimizer
 from proxstudy.workers.fused_plan import check_fusable
-
-# run_trial's callback wrapper, error formatting and finite filter: private there, imported so
-# that both loops treat callbacks and errors alike (they should become public in training.py)
 from proxstudy.workers.training import (
+    CallbackFailed,
     TrialOutcome,
-    _call,
-    _CallbackFailed,
-    _finite,
-    _format_error,
+    build_trial_model,
+    call_callback,
     describe_device,
+    finite_or_none,
+    format_error,
+    record_epoch,
     resolve_device,
 )
+from proxstudy.workers.vocabulary import REPORT_STATUS, STATUS_DIVERGED, STATUS_FAILED
 
 __all__ = ["run_fused_trials"]
 
@@ -78,30 +79,31 @@ _CACHED_WEIGHT_ELEMENTS = 1 << 18
 
 
 def run_fused_trials(
-    configs: Sequence[Mapping],
+    configs: Sequence[TrialConfig],
     on_epoch: MemberCallback | None = None,
     *,
     on_report: MemberCallback | None = None,
     on_finish: Callable[[int, TrialOutcome], None] | None = None,
     on_progress: Callable[[int, int, int], None] | None = None,
+    on_reports: Callable[[list[tuple[int, dict]]], None] | None = None,
 ) -> list[TrialOutcome]:
     """Train the trial configs as one fused trial; one TrialOutcome per config, in order.
 
-    Raises ConfigError for an invalid config or configs that cannot share a fused trial
-    (fused_plan.check_fusable); never for a training failure (see the module doc).
+    The configs are validated (TrialConfig).  Raises ConfigError for configs that cannot share
+    a fused trial (fused_plan.check_fusable); never for a training failure (see the module doc).
     """
-    configs = [validate_trial_config(config, f"<fused member {i}>") for i, config in enumerate(configs)]
+    configs = list(configs)
     check_fusable(configs)
-    run = _FusedRun(configs, on_epoch, on_report, on_finish, on_progress)
+    run = _FusedRun(configs, on_epoch, on_report, on_finish, on_progress, on_reports)
     try:
         try:
             run.train()
-        except _CallbackFailed:
+        except CallbackFailed:
             raise
         except Exception as exc:  # a training failure is an outcome for every member still running
-            running = [member for member in run.live if run.outcomes[member].status != "diverged"]
-            run.fail(running, _format_error(exc))
-    except _CallbackFailed as wrapped:
+            running = [member for member in run.live if run.outcomes[member].status != STATUS_DIVERGED]
+            run.fail(running, format_error(exc))
+    except CallbackFailed as wrapped:
         raise wrapped.original from None
     return run.outcomes
 
@@ -121,40 +123,43 @@ class _Losses:
 class _FusedRun:
     def __init__(
         self,
-        configs: list[dict],
+        configs: list[TrialConfig],
         on_epoch: MemberCallback | None,
         on_report: MemberCallback | None,
         on_finish: Callable[[int, TrialOutcome], None] | None,
         on_progress: Callable[[int, int, int], None] | None,
+        on_reports: Callable[[list[tuple[int, dict]]], None] | None = None,
     ) -> None:
         self.configs = configs
         self.on_epoch, self.on_report, self.on_finish, self.on_progress = on_epoch, on_report, on_finish, on_progress
-        self.outcomes = [TrialOutcome(status="failed") for _ in configs]
+        self.on_reports = on_reports
+        self.outcomes = [TrialOutcome(status=STATUS_FAILED) for _ in configs]
         #: the members still in the stack, in slot order (slot i of every stacked tensor)
         self.live: list[int] = list(range(len(configs)))
         self.initial_loss: dict[int, float] = {}
-        self.training = configs[0]["training"]
-        self.classify = configs[0]["model"]["name"] != "autoencoder"
+        self.training = configs[0].training
+        self.classify = configs[0].model["name"] != "autoencoder"
         #: this epoch's data order and this step's rows, (K, n_train) and (K, B), slot order
-        self.orders: torch.Tensor | None = None
-        self.batch: torch.Tensor | None = None
+        #: (empty before the first epoch)
+        self.orders = torch.empty(0, dtype=torch.long)
+        self.batch = torch.empty(0, dtype=torch.long)
 
     # ---------------------------------------------------------------------------- set-up
 
     def _setup(self) -> None:
-        self.device = resolve_device(self.configs[0]["device"])
+        self.device = resolve_device(self.configs[0].device)
         described = describe_device(self.device)
         for outcome in self.outcomes:
             outcome.device = described
-        data = load_dataset(self.configs[0]["dataset"], self.device)
-        models = [member_model(config, data.input_shape, data.num_classes) for config in self.configs]
+        data = load_dataset(self.configs[0].dataset, self.device)
+        models = [build_trial_model(config, data.input_shape, data.num_classes) for config in self.configs]
         self.model: StackedNet = stack_models(models).to(self.device)
         self.model.train()
         self.data = _as_dtype(data, next(self.model.parameters()).dtype)
         self.optimizer = build_stacked_optimizer(
-            list(self.model.parameters()), [c["optimizer"] for c in self.configs], [c["lr"] for c in self.configs]
+            list(self.model.parameters()), [c.optimizer for c in self.configs], [c.lr for c in self.configs]
         )
-        self.generators = [torch.Generator().manual_seed(config["seed"]) for config in self.configs]
+        self.generators = [torch.Generator().manual_seed(config.seed) for config in self.configs]
         self.eval_chunk = _evaluation_chunk(self.model, self.data.x_train[:1], self.training["eval_batch_size"])
 
     # ---------------------------------------------------------------------------- the run
@@ -177,18 +182,19 @@ class _FusedRun:
                 self._step(epoch, started)
                 if not self.live:
                     return
-                _call(self.on_progress, epoch, batch + 1, n_batches)
+                call_callback(self.on_progress, epoch, batch + 1, n_batches)
             _synchronize(self.device)
             self._record_epoch(epoch, time.perf_counter() - started)
         # every member left completed the last epoch
-        if self.live and self.data.x_test is not None:
+        if self.live and self.data.x_test is not None and self.data.y_test is not None:
             test = self._evaluate(self.model, self.data.x_test, self.data.y_test)
             for slot, member in enumerate(self.live):
                 loss, accuracy = test.member_values(slot)
-                self.outcomes[member].test_loss, self.outcomes[member].test_accuracy = _finite(loss), _finite(accuracy)
+                outcome = self.outcomes[member]
+                outcome.test_loss, outcome.test_accuracy = finite_or_none(loss), finite_or_none(accuracy)
         finished, self.live = self.live, []
         for member in finished:
-            _call(self.on_finish, member, self.outcomes[member])
+            call_callback(self.on_finish, member, self.outcomes[member])
 
     def _step(self, epoch: int, started: float) -> None:
         """One mini-batch for every live member: member in slot k trains on rows self.batch[k].
@@ -207,7 +213,7 @@ class _FusedRun:
                     self._diverge_now(diverged, epoch, time.perf_counter() - started)
                     continue
                 losses.sum().backward()  # d(sum)/d(loss_k) = 1: member k gets its own gradient
-            except _CallbackFailed:
+            except CallbackFailed:
                 raise
             except Exception as exc:
                 failures += 1
@@ -266,50 +272,30 @@ class _FusedRun:
         train = self._evaluate(model, self.data.x_train, self.data.y_train)
         val = self._evaluate(model, self.data.x_val, self.data.y_val)
         diverged = []
+        reports = []
         for slot, member in enumerate(members):
-            status = self._record_member(
+            report = self._record_member(
                 member, epoch, seconds, train.member_values(slot), val.member_values(slot), batch_diverged
             )
-            if status == "diverged":
+            reports.append((member, report))
+            if report[REPORT_STATUS] == STATUS_DIVERGED:
                 diverged.append(member)
+        call_callback(self.on_reports, reports)
         self._drop(diverged)
         for member in diverged:
-            _call(self.on_finish, member, self.outcomes[member])
+            call_callback(self.on_finish, member, self.outcomes[member])
 
     def _record_member(self, member: int, epoch: int, seconds: float, train: tuple, val: tuple,
-                       batch_diverged: bool) -> str:
-        """run_trial's record() for one member: the epoch dict, the divergence rule, callbacks."""
-        config, outcome = self.configs[member], self.outcomes[member]
-        (train_loss, train_acc), (val_loss, val_acc) = train, val
+                       batch_diverged: bool) -> dict:
+        """run_trial's record for one member (the shared training.record_epoch), callbacks;
+        returns the report."""
         if epoch == 0:
-            self.initial_loss[member] = train_loss
-        initial = self.initial_loss[member]
-        factor = config["training"]["divergence_factor"]
-        bound = factor * max(initial, 1e-12) if math.isfinite(initial) else -1.0
-        diverged = batch_diverged or not math.isfinite(train_loss) or train_loss > bound
-        entry = {
-            "epoch": epoch,
-            "train_loss": _finite(train_loss),
-            "train_accuracy": _finite(train_acc),
-            "val_loss": _finite(val_loss),
-            "val_accuracy": _finite(val_acc),
-            "epoch_seconds": seconds,
-            "objective": None,
-        }
-        entry["objective"] = entry["train_loss"] if config["objective"] == "train_loss" else entry["val_accuracy"]
-        outcome.history.append(entry)
-        if diverged:
-            status = outcome.status = "diverged"
-            outcome.diverged_epoch = epoch
-        elif epoch == self.training["epochs"]:
-            status = outcome.status = "completed"
-        else:
-            status = "running"
-        _call(self.on_epoch, member, dict(entry))
-        report = {**entry, "trial_status": status, "diverged_epoch": outcome.diverged_epoch,
-                  "device": outcome.device, "error": None}
-        _call(self.on_report, member, report)
-        return status
+            self.initial_loss[member] = train[0]
+        entry, report = record_epoch(self.configs[member], self.outcomes[member], epoch, seconds, train, val,
+                                     self.initial_loss[member], batch_diverged=batch_diverged)
+        call_callback(self.on_epoch, member, entry)
+        call_callback(self.on_report, member, dict(report))
+        return report
 
     # ---------------------------------------------------------------------------- members
 
@@ -333,7 +319,7 @@ class _FusedRun:
         index = torch.tensor(keep, device=self.device)
         self.model.select_(index)
         self.optimizer.select_(index, list(self.model.parameters()))
-        if self.orders is not None:
+        if self.orders.dim() == 2:
             self.orders, self.batch = self.orders[index], self.batch[index]
 
     def _attribute_failure(self, exc: Exception) -> None:
@@ -345,9 +331,9 @@ class _FusedRun:
                 alone = self._subset([slot])
                 self._batch_losses(alone, self.batch[slot:slot + 1]).sum().backward()
             except Exception as own:
-                guilty[member] = _format_error(own)
+                guilty[member] = format_error(own)
         if not guilty:
-            guilty = {member: _format_error(exc) for member in self.live}
+            guilty = {member: format_error(exc) for member in self.live}
         for member, error in guilty.items():
             self.fail([member], error)
 
@@ -355,13 +341,13 @@ class _FusedRun:
         """Record members as failed with ``error``, drop them, and notify."""
         for member in members:
             outcome = self.outcomes[member]
-            outcome.status, outcome.error = "failed", error
+            outcome.status, outcome.error = STATUS_FAILED, error
         try:
             self._drop(members)
         except Exception:  # the stack itself is unusable: nobody is left to train
             self.live = [m for m in self.live if m not in members]
         for member in members:
-            _call(self.on_finish, member, self.outcomes[member])
+            call_callback(self.on_finish, member, self.outcomes[member])
 
 
 def _evaluation_chunk(model: StackedNet, sample: torch.Tensor, eval_batch_size: int) -> int:
@@ -389,12 +375,12 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _as_dtype(data: Dataset, dtype: torch.dtype) -> Dataset:
     """The data set with floating-point inputs in the model's dtype (a no-op for float32)."""
-    def cast(tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return tensor if tensor is None or not tensor.is_floating_point() else tensor.to(dtype)
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
     return Dataset(
         name=data.name, x_train=cast(data.x_train), y_train=data.y_train, x_val=cast(data.x_val),
-        y_val=data.y_val, x_test=cast(data.x_test), y_test=data.y_test,
+        y_val=data.y_val, x_test=None if data.x_test is None else cast(data.x_test), y_test=data.y_test,
         num_classes=data.num_classes, input_shape=data.input_shape,
     )
 

@@ -31,7 +31,7 @@ from proxstudy.workers.vocabulary import (
     STATUS_FAILED,
 )
 
-__all__ = ["CPUS_KEY", "POINT_KEY", "TRIAL_CONFIG_KEY", "proxprop_trainable", "threads_for_trial"]
+__all__ = ["CPUS_KEY", "POINT_KEY", "TRIAL_CONFIG_KEY", "failure_metrics", "proxprop_trainable", "threads_for_trial"]
 
 TRIAL_CONFIG_KEY = "trial_config"
 POINT_KEY = "_point_key"
@@ -50,6 +50,13 @@ def threads_for_trial(config: Mapping[str, Any]) -> int | None:
     if cpus is None:
         return None
     return max(1, int(float(cpus)))
+
+
+def failure_metrics(last: Mapping[str, Any], device: str | None, error: str | None) -> dict[str, Any]:
+    """What a failed trial reports: its last epoch dict (None values before epoch 0), status
+    failed, the device and the error."""
+    return {**{key: last.get(key) for key in EPOCH_KEYS}, REPORT_STATUS: STATUS_FAILED, REPORT_DIVERGED_EPOCH: None,
+            REPORT_DEVICE: device, REPORT_ERROR: error}
 
 
 def _trial_config(config: Mapping[str, Any]) -> TrialConfig:
@@ -71,8 +78,7 @@ def proxprop_trainable(config: dict[str, Any]) -> None:
         tune.report(metrics)
 
     def report_failure(device: str | None, error: str | None) -> None:
-        tune.report({**last, REPORT_STATUS: STATUS_FAILED, REPORT_DIVERGED_EPOCH: None, REPORT_DEVICE: device,
-                     REPORT_ERROR: error})
+        tune.report(failure_metrics(last, device, error))
 
     try:
         trial = _trial_config(config)

@@ -48,9 +48,15 @@ from proxstudy.workers.vocabulary import (
 
 __all__ = [
     "EPOCH_KEYS",
+    "CallbackFailed",
     "TrialOutcome",
     "build_optimizer",
+    "build_trial_model",
+    "call_callback",
     "describe_device",
+    "finite_or_none",
+    "format_error",
+    "record_epoch",
     "resolve_device",
     "run_trial",
 ]
@@ -140,7 +146,7 @@ def _evaluate(
     return loss, (correct.item() / len(x) if classify else None)
 
 
-def _finite(value: float | None) -> float | None:
+def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -148,7 +154,7 @@ def _finite(value: float | None) -> float | None:
 # the run
 
 
-class _CallbackFailed(Exception):
+class CallbackFailed(Exception):
     """Carries an exception raised by a caller's callback: it is not a training failure and
     must reach the caller (e.g. Ray stopping a trial), so run_trial re-raises it."""
 
@@ -157,21 +163,80 @@ class _CallbackFailed(Exception):
         self.original = original
 
 
-def _call(callback: Callable | None, *args) -> None:
+def call_callback(callback: Callable | None, *args) -> None:
     if callback is None:
         return
     try:
         callback(*args)
     except Exception as exc:
-        raise _CallbackFailed(exc) from exc
+        raise CallbackFailed(exc) from exc
 
 
-def _format_error(exc: BaseException, frames: int = 4) -> str:
+def format_error(exc: BaseException, frames: int = 4) -> str:
     head = f"{type(exc).__name__}: {exc}"
     stack = traceback.extract_tb(exc.__traceback__)[-frames:]
     if not stack:
         return head
     return head + "\n" + "".join(traceback.format_list(stack)).rstrip()
+
+
+def build_trial_model(config: TrialConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The trial's model with its initial weights: built seeded with the trial's seed inside a
+    forked RNG (the caller's RNG is not disturbed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(config.model, input_shape, num_classes, config.layer_mode, config.tau_prox)
+
+
+def record_epoch(
+    config: TrialConfig,
+    outcome: TrialOutcome,
+    epoch: int,
+    seconds: float,
+    train: tuple[float, float | None],
+    val: tuple[float, float | None],
+    initial_loss: float,
+    *,
+    batch_diverged: bool = False,
+) -> tuple[dict, dict]:
+    """Record one evaluated epoch of a trial: the rule every training loop shares.
+
+    train and val are the full-batch (loss, accuracy); initial_loss the training loss of
+    epoch 0.  The trial has diverged when a mini-batch loss was not finite (batch_diverged) or
+    the training loss is not finite or above divergence_factor x initial_loss.  Appends the
+    epoch dict to outcome.history, sets outcome.status / diverged_epoch when the trial ends,
+    and returns (epoch dict, report): the report is the epoch dict plus trial_status,
+    diverged_epoch, device and error, what the trainable reports.  Both are fresh dicts.
+    """
+    (train_loss, train_acc), (val_loss, val_acc) = train, val
+    factor = config.training["divergence_factor"]
+    bound = factor * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else -1.0
+    diverged = batch_diverged or not math.isfinite(train_loss) or train_loss > bound
+    entry: dict[str, float | int | None] = {
+        EPOCH: epoch,
+        TRAIN_LOSS: finite_or_none(train_loss),
+        TRAIN_ACCURACY: finite_or_none(train_acc),
+        VAL_LOSS: finite_or_none(val_loss),
+        VAL_ACCURACY: finite_or_none(val_acc),
+        EPOCH_SECONDS: seconds,
+    }
+    entry[OBJECTIVE] = entry[config.objective]  # the objectives are epoch keys
+    outcome.history.append(entry)
+    if diverged:
+        status = outcome.status = STATUS_DIVERGED
+        outcome.diverged_epoch = epoch
+    elif epoch == config.training["epochs"]:
+        status = outcome.status = STATUS_COMPLETED
+    else:
+        status = STATUS_RUNNING
+    report = {
+        **entry,
+        REPORT_STATUS: status,
+        REPORT_DIVERGED_EPOCH: outcome.diverged_epoch,
+        REPORT_DEVICE: outcome.device,
+        REPORT_ERROR: None,
+    }
+    return dict(entry), report
 
 
 def run_trial(
@@ -192,11 +257,11 @@ def run_trial(
     outcome = TrialOutcome(status=STATUS_FAILED)
     try:
         _train(config, outcome, on_epoch, on_report, on_progress)
-    except _CallbackFailed as wrapped:
+    except CallbackFailed as wrapped:
         raise wrapped.original from None
     except Exception as exc:  # a training failure is an outcome, not an exception
         outcome.status = STATUS_FAILED
-        outcome.error = _format_error(exc)
+        outcome.error = format_error(exc)
     return outcome
 
 
@@ -213,9 +278,7 @@ def _train(
     classify = config.model["name"] != "autoencoder"
     training = config.training
 
-    with torch.random.fork_rng(devices=[]):  # seeded init without disturbing the caller's RNG
-        torch.manual_seed(config.seed)
-        model = build_model(config.model, data.input_shape, data.num_classes, config.layer_mode, config.tau_prox)
+    model = build_trial_model(config, data.input_shape, data.num_classes)
     model.to(device)
     model.train()
     optimizer = build_optimizer(model.parameters(), config.optimizer, config.lr)
@@ -228,44 +291,18 @@ def _train(
     initial_loss: float | None = None
 
     def record(epoch: int, seconds: float, batch_diverged: bool) -> str:
-        """Evaluate, record the epoch, decide the status, notify; returns the status."""
+        """Evaluate, record the epoch, notify; returns the status."""
         nonlocal initial_loss
-        train_loss, train_acc = _evaluate(model, data.x_train, data.y_train, classify, chunk)
-        val_loss, val_acc = _evaluate(model, data.x_val, data.y_val, classify, chunk)
+        train = _evaluate(model, data.x_train, data.y_train, classify, chunk)
+        val = _evaluate(model, data.x_val, data.y_val, classify, chunk)
         if epoch == 0:
-            initial_loss = train_loss
+            initial_loss = train[0]
         assert initial_loss is not None  # epoch 0 is recorded first
-        bound = training["divergence_factor"] * max(initial_loss, 1e-12) if math.isfinite(initial_loss) else -1.0
-        diverged = batch_diverged or not math.isfinite(train_loss) or train_loss > bound
-        entry: dict[str, float | int | None] = {
-            EPOCH: epoch,
-            TRAIN_LOSS: _finite(train_loss),
-            TRAIN_ACCURACY: _finite(train_acc),
-            VAL_LOSS: _finite(val_loss),
-            VAL_ACCURACY: _finite(val_acc),
-            EPOCH_SECONDS: seconds,
-        }
-        entry[OBJECTIVE] = entry[config.objective]  # the objectives are epoch keys
-        outcome.history.append(entry)
-        if diverged:
-            status = outcome.status = STATUS_DIVERGED
-            outcome.diverged_epoch = epoch
-        elif epoch == training["epochs"]:
-            status = outcome.status = STATUS_COMPLETED
-        else:
-            status = STATUS_RUNNING
-        _call(on_epoch, dict(entry))
-        _call(
-            on_report,
-            {
-                **entry,
-                REPORT_STATUS: status,
-                REPORT_DIVERGED_EPOCH: outcome.diverged_epoch,
-                REPORT_DEVICE: outcome.device,
-                REPORT_ERROR: None,
-            },
-        )
-        return status
+        entry, report = record_epoch(config, outcome, epoch, seconds, train, val, initial_loss,
+                                     batch_diverged=batch_diverged)
+        call_callback(on_epoch, entry)
+        call_callback(on_report, report)
+        return report[REPORT_STATUS]
 
     if record(0, 0.0, batch_diverged=False) != STATUS_RUNNING:
         return
@@ -284,14 +321,14 @@ def _train(
             loss.backward()
             optimizer.step()
             if on_progress is not None:
-                _call(on_progress, epoch, batch + 1, n_batches)
+                call_callback(on_progress, epoch, batch + 1, n_batches)
         _synchronize(device)
         seconds = time.perf_counter() - started
         if record(epoch, seconds, batch_diverged) != STATUS_RUNNING:
             break
     if outcome.status == STATUS_COMPLETED and data.x_test is not None and data.y_test is not None:
         test_loss, test_acc = _evaluate(model, data.x_test, data.y_test, classify, chunk)
-        outcome.test_loss, outcome.test_accuracy = _finite(test_loss), _finite(test_acc)
+        outcome.test_loss, outcome.test_accuracy = finite_or_none(test_loss), finite_or_none(test_acc)
 
 
 def _synchronize(device: torch.device) -> None:

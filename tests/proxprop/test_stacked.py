@@ -23,7 +23,7 @@ from proxprop.stacked import (
     stacked_linear_direction,
 )
 from proxprop.stacked import StackedConvGeometry as Geometry
-from proxprop.stacked_solvers import StackedSolve, stacked_exact
+from proxprop.stacked_solvers import StackedSolve, stacked_gram_solve
 
 EARLY_STOP = 1e-2
 TAUS = [0.05, 1.0, 20.0]
@@ -202,7 +202,7 @@ def test_exact_falls_back_to_eigh_for_an_indefinite_member():
     gram = q @ torch.diag_embed(evals) @ q.transpose(1, 2)
     rhs = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64)
     inv_tau = torch.tensor([1.0, 1.0], dtype=torch.float64)
-    result = stacked_exact(gram, rhs, inv_tau)
+    result = stacked_gram_solve(gram, rhs, StackedSolve("prox_exact", 0, inv_tau), dual=False)
     clipped = evals.clamp_min(0.0) + 1.0
     for member in range(2):
         m = q[member] @ torch.diag(clipped[member]) @ q[member].T

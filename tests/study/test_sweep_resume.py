@@ -8,10 +8,7 @@ Ray (its own RAY_TMPDIR) is killed too, so nothing leaks.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import tempfile
-import time
 from collections import Counter
 
 import optuna
@@ -21,7 +18,7 @@ from optuna.trial import TrialState
 from proxstudy.study import records as R
 from proxstudy.study.space import grid_points, load_space
 from tests.support.cli import PROXSTUDY, cli_env
-from tests.support.processes import descendants, kill_everything_of
+from tests.support.kill_driver import kill_9_run_when, trial_states
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -41,43 +38,17 @@ methods:
 """
 
 
-def _states(url: str) -> Counter:
-    try:
-        trials = optuna.load_study(study_name="resume", storage=url).get_trials(deepcopy=False)
-    except Exception:  # not created yet, or the database is locked for a moment
-        return Counter()
-    return Counter(t.state for t in trials)
-
-
 def test_kill_9_mid_sweep_then_resume_records_every_point_once(tmp_path):
     space_file = tmp_path / "space.yaml"
     space_file.write_text(SPACE)
     url = f"sqlite:///{tmp_path / 'resume.db'}"
-    ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")  # short: Ray's socket paths
-    driver = subprocess.Popen(
-        [PROXSTUDY, "run", str(space_file), "--storage", url, "--max-concurrent", "2"],
-        cwd=tmp_path, env=cli_env(RAY_TMPDIR=ray_tmp, TMPDIR=str(tmp_path)), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True,
-    )
-    tree: list[int] = []
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            assert driver.poll() is None, driver.stderr.read().decode()[-3000:]
-            tree = sorted(set(tree) | set(descendants(driver.pid)))
-            states = _states(url)
-            if states[TrialState.COMPLETE] >= 2 and states[TrialState.RUNNING] >= 1:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the sweep never had finished and running trials at once")
-        driver.kill()  # SIGKILL: no cleanup of any kind in the driver
-        driver.wait(timeout=30)
-    finally:
-        kill_everything_of(driver.pid, ray_tmp, tree)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-        driver.stdout.close()
-        driver.stderr.close()
+
+    def ready() -> bool:
+        states = trial_states(url, "resume")
+        return states[TrialState.COMPLETE] >= 2 and states[TrialState.RUNNING] >= 1
+
+    kill_9_run_when([str(space_file), "--storage", url, "--max-concurrent", "2"], tmp_path, ready,
+                    "finished and running trials at once", poll=0.2)
 
     before = optuna.load_study(study_name="resume", storage=url).get_trials(deepcopy=False)
     finished_before = {t.user_attrs[R.ATTR_POINT_KEY]: t.number for t in before if t.state == TrialState.COMPLETE}

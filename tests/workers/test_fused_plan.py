@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from proxstudy.workers.config import ConfigError, validate_trial_config
+from proxstudy.workers.config import ConfigError, TrialConfig, validate_trial_config
 from proxstudy.workers.fused_plan import (
     check_fusable,
     default_fuse_size,
@@ -21,7 +21,7 @@ PAPER_MLP = {"dataset": {"name": "synthetic", "input_shape": [3, 32, 32], "n_tra
              "model": {"name": "mlp", "hidden": [4000, 1000, 4000]}, "training": {"epochs": 1, "batch_size": 500}}
 
 
-def config(**changes) -> dict:
+def config(**changes) -> TrialConfig:
     return validate_trial_config(trial_config(**{**DIGITS_MLP, **changes}), "<test>")
 
 
@@ -54,8 +54,8 @@ def test_groups_follow_keys_and_split_evenly():
     configs = [config(lr=0.1 * (i + 1)) for i in range(7)] + [config(mode="gradient", lr=0.1)] * 3
     configs.insert(2, config(mode="gradient", lr=0.5))
     groups = plan_groups(configs, fuse=3)
-    prox = [i for i, c in enumerate(configs) if c["mode"] == "prox_cg"]
-    grad = [i for i, c in enumerate(configs) if c["mode"] == "gradient"]
+    prox = [i for i, c in enumerate(configs) if c.mode == "prox_cg"]
+    grad = [i for i, c in enumerate(configs) if c.mode == "gradient"]
     assert groups == [prox[0:3], prox[3:5], prox[5:7], grad[0:2], grad[2:4]]
     assert sorted(i for g in groups for i in g) == list(range(len(configs)))
     assert plan_groups(configs, fuse=1) == [[i] for i in prox] + [[i] for i in grad]

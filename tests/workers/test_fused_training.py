@@ -15,10 +15,10 @@ import torch
 
 import proxprop.stacked
 from proxstudy.workers import training
-from proxstudy.workers.config import ConfigError
+from proxstudy.workers.config import ConfigError, TrialConfig
 from proxstudy.workers.fused_training import run_fused_trials
 from proxstudy.workers.training import EPOCH_KEYS, run_trial
-from tests.support.trial_configs import trial_config
+from tests.support.trial_configs import valid_trial_config
 
 RTOL = 1e-8
 
@@ -60,7 +60,7 @@ def float64(monkeypatch):
     torch.set_default_dtype(previous)
 
 
-def member_configs(model: str, mode: str, optimizer: str, epochs: int = 2, **changes) -> list[dict]:
+def member_configs(model: str, mode: str, optimizer: str, epochs: int = 2, **changes) -> list[TrialConfig]:
     kind, cg = MODES[mode]
     spec, members = OPTIMIZERS[optimizer]
     base = {
@@ -75,7 +75,7 @@ def member_configs(model: str, mode: str, optimizer: str, epochs: int = 2, **cha
     }
     if kind == "gradient":
         members = [(lr * 2, None, seed) for lr, _, seed in members]
-    return [trial_config(**base, lr=lr, tau_prox=tau, seed=seed) for lr, tau, seed in members]
+    return [valid_trial_config(**base, lr=lr, tau_prox=tau, seed=seed) for lr, tau, seed in members]
 
 
 def assert_same_history(fused, unfused, rtol=RTOL):
@@ -110,7 +110,7 @@ def test_members_equal_their_unfused_trials(float64, model, mode, optimizer):
 
 def test_callbacks_per_member_match_run_trial(float64):
     configs = member_configs("mlp", "prox_cg", "sgd-nesterov", epochs=2)
-    configs[1] = {**configs[1], "objective": "val_accuracy", "method": "other-label"}
+    configs[1] = dataclasses.replace(configs[1], objective="val_accuracy", method="other-label")
     epochs, reports, finished, progress = {}, {}, [], []
     fused = run_fused_trials(
         configs,
@@ -137,10 +137,11 @@ def test_callbacks_per_member_match_run_trial(float64):
 def test_a_diverging_member_stops_while_the_others_go_on(float64, how):
     if how == "nan-mini-batch":  # BackProp at an absurd lr overflows within the first epoch
         configs = member_configs("mlp", "gradient", "sgd-nesterov", epochs=4)
-        configs[1] = {**configs[1], "lr": 1e200}
+        configs[1] = dataclasses.replace(configs[1], lr=1e200)
     else:  # finite, but above divergence_factor x the initial loss at an epoch end
         configs = member_configs("mlp", "prox_cg", "sgd-nesterov", epochs=4)
-        configs[1] = {**configs[1], "lr": 5.0, "training": {**configs[1]["training"], "divergence_factor": 1.05}}
+        configs[1] = dataclasses.replace(configs[1], lr=5.0,
+                                         training={**configs[1].training, "divergence_factor": 1.05})
     finished = []
     fused = run_fused_trials(configs, on_finish=lambda member, outcome: finished.append(member))
     references = [run_trial(config) for config in configs]
@@ -155,7 +156,7 @@ def test_a_diverging_member_stops_while_the_others_go_on(float64, how):
 
 def test_every_member_diverging_ends_the_fused_trial(float64):
     configs = member_configs("mlp", "gradient", "sgd-nesterov", epochs=3)
-    configs = [{**config, "lr": 1e12} for config in configs]
+    configs = [dataclasses.replace(config, lr=1e12) for config in configs]
     fused = run_fused_trials(configs)
     for config, outcome in zip(configs, fused, strict=True):
         assert_same_history(outcome, run_trial(config))
@@ -166,7 +167,7 @@ def test_a_failure_fails_only_the_member_it_concerns(float64, monkeypatch):
     """A solve that raises for one member's tau fails that member (its error recorded); the
     others redo the batch and finish exactly as their unfused trials."""
     configs = member_configs("mlp", "prox_exact", "sgd-nesterov", epochs=2)
-    poisoned = 1.0 / configs[2]["tau_prox"]
+    poisoned = 1.0 / configs[2].tau_prox
     original = proxprop.stacked.stacked_gram_solve
     calls = []
 
@@ -216,9 +217,7 @@ def test_callback_exceptions_reach_the_caller(float64):
 def test_members_must_share_the_computation():
     configs = member_configs("mlp", "prox_cg", "adam")
     with pytest.raises(ConfigError, match="cg_iterations"):
-        run_fused_trials([configs[0], {**configs[1], "cg_iterations": 5}])
-    with pytest.raises(ConfigError, match="lr"):
-        run_fused_trials([configs[0], {**configs[1], "lr": -1.0}])
+        run_fused_trials([configs[0], dataclasses.replace(configs[1], cg_iterations=5)])
 
 
 def test_float32_runs_close_to_unfused():
@@ -235,7 +234,7 @@ def test_float32_runs_close_to_unfused():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("model", ["mlp", "convnet"])
 def test_members_equal_their_unfused_trials_on_cuda(float64, model):
-    configs = [{**config, "device": "cuda"} for config in member_configs(model, "prox_cg", "sgd-nesterov")]
+    configs = [config.with_device("cuda") for config in member_configs(model, "prox_cg", "sgd-nesterov")]
     fused = run_fused_trials(configs)
     for config, outcome in zip(configs, fused, strict=True):
         assert outcome.device.startswith("cuda")
