@@ -366,6 +366,12 @@ def _check_listen_address(host: str, port: int) -> None:
         raise UsageError(f"--host {host}: cannot be resolved to an address of this machine ({exc})") from None
 
 
+def _is_database_error(exc: BaseException) -> bool:
+    """A database driver's error as SQLAlchemy raises it (checked without importing it)."""
+    return any(cls.__module__ == "sqlalchemy.exc" and cls.__name__ in ("OperationalError", "DatabaseError")
+               for cls in type(exc).__mro__)
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "status": _cmd_status,
@@ -392,6 +398,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _error(str(exc))
         except OSError as exc:  # e.g. --out not writable
             code = _error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            # The storage failed under a command (damaged, gone away): the environment, not a bug.
+            code = _error(f"storage: {type(exc).__name__}: {getattr(exc, 'orig', None) or exc}")
     except KeyboardInterrupt:
         print("proxstudy: interrupted", file=sys.stderr)
         code = 130

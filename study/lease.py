@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from proxstudy.errors import SweepError
 
-__all__ = ["DEFAULT_TTL_S", "LEASE_TABLE", "Lease", "acquire_lease", "lease_holder"]
+__all__ = ["DEFAULT_TTL_S", "LEASE_TABLE", "Lease", "acquire_lease", "lease_holder", "live_driver"]
 
 _log = logging.getLogger(__name__)
 
@@ -147,6 +147,20 @@ def lease_holder(engine: sa.engine.Engine, study_name: str) -> tuple[str, float]
             sa.select(_LEASES.c.driver, _LEASES.c.expires_at).where(_LEASES.c.study_name == study_name)
         ).first()
     return None if row is None else (str(row[0]), float(row[1]))
+
+
+def live_driver(engine: sa.engine.Engine, study_name: str) -> str | None:
+    """The driver (host:pid) holding the study's unexpired lease, or None: no lease table, no
+    row, an expired one, or a database that cannot say (reading never creates the table)."""
+    try:
+        if not sa.inspect(engine).has_table(LEASE_TABLE):
+            return None
+        holder = lease_holder(engine, study_name)
+    except sa.exc.SQLAlchemyError:
+        return None
+    if holder is None or holder[1] <= time.time() or _dead_here(holder[0]):
+        return None
+    return holder[0]
 
 
 def acquire_lease(engine: sa.engine.Engine, study_name: str, *, ttl_s: float = DEFAULT_TTL_S,

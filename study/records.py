@@ -247,8 +247,12 @@ def _status_of(trial: FrozenTrialLike) -> str:
 
 
 def _kind(value: Any) -> str:
-    """A value's type for a note (never the value: it may be huge)."""
-    return "null" if value is None else type(value).__name__
+    """A value's type for a note, with its article ("a str", "an int"); never the value: it
+    may be huge."""
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def _number_or_none(value: Any) -> tuple[float | None, bool]:
@@ -269,7 +273,7 @@ def _series(attrs: Mapping[str, Any], name: str, notes: list[str]) -> list[float
     if value is None:
         return []
     if not isinstance(value, list):
-        notes.append(f"user attribute {name!r} is of type {_kind(value)}, not a list of numbers; left out")
+        notes.append(f"user attribute {name!r} is {_kind(value)}, not a list of numbers; left out")
         return []
     out: list[float | None] = []
     bad = 0
@@ -286,7 +290,7 @@ def _text(attrs: Mapping[str, Any], name: str, notes: list[str]) -> str | None:
     value = attrs.get(name)
     if value is None or isinstance(value, str):
         return value
-    notes.append(f"user attribute {name!r} is of type {_kind(value)}, not text; left out")
+    notes.append(f"user attribute {name!r} is {_kind(value)}, not text; left out")
     return None
 
 
@@ -297,7 +301,7 @@ def _integer(value: Any, what: str, notes: list[str], default: int | None) -> in
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    notes.append(f"{what} is of type {_kind(value)}, not an integer; read as {default}")
+    notes.append(f"{what} is {_kind(value)}, not an integer; read as {default}")
     return default
 
 

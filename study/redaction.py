@@ -22,19 +22,36 @@ _QUERY_PASSWORD = re.compile(r"(?i)((?:ssl)?pass(?:word)?\s*(?:=|%3D)\s*)('[^']*
 _MASK = "***"
 
 
+#: SQLAlchemy's own ``user:password@`` grammar: the password runs to the first "@" and may
+#: hold "/", "?" and ":".
+_USER_PASSWORD = re.compile(r"([^:/@]*):([^@]*)@")
+
+
+def _user_part(rest: str) -> tuple[str, str, int] | None:
+    """(user, password, end) of the part of ``rest`` (a URL after ``://``) before the host, or
+    None when it gives no password. A password may hold an unencoded "@" (and "?" or "/"), so
+    the part ends at the last "@" that a "/" follows (the database's), else at the last "@":
+    when in doubt, more is hidden, never less."""
+    match = _USER_PASSWORD.match(rest)
+    if match is None:
+        return None
+    first = match.end() - 1  # where SQLAlchemy ends the password
+    at = rest.rfind("@", first, max(first, rest.rfind("/")))
+    if at < 0:
+        at = rest.rfind("@")
+    return match.group(1), rest[match.start(2):at], at
+
+
 def _redact_one(url: str) -> str:
     """One URL (no surrounding text) with every password form masked."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return _QUERY_PASSWORD.sub(rf"\g<1>{_MASK}", url)
+    user_part = _user_part(rest)
+    if user_part is not None:
+        user, _password, at = user_part
+        rest = f"{user}:{_MASK}" + rest[at:]
     query_at = rest.find("?")
-    authority_end = len(rest) if query_at < 0 else query_at
-    # The user part ends at the LAST "@" before the query: a password may hold an unencoded "@".
-    at = rest.rfind("@", 0, authority_end)
-    if at >= 0:
-        user, colon, _password = rest[:at].partition(":")
-        rest = (f"{user}:{_MASK}" if colon else user) + rest[at:]
-        query_at = rest.find("?")
     if query_at >= 0:
         rest = rest[:query_at] + _QUERY_PASSWORD.sub(rf"\g<1>{_MASK}", rest[query_at:])
     return f"{scheme}://{rest}"
@@ -67,11 +84,9 @@ def _secrets(url: str) -> list[str]:
     """The password values a URL carries, as written and percent-decoded (longest first)."""
     found: list[str] = []
     _, sep, rest = url.partition("://")
-    if sep:
-        query_at = rest.find("?")
-        at = rest.rfind("@", 0, len(rest) if query_at < 0 else query_at)
-        if at >= 0 and ":" in rest[:at]:
-            found.append(rest[:at].partition(":")[2])
+    user_part = _user_part(rest) if sep else None
+    if user_part is not None:
+        found.append(user_part[1])
     found.extend(m.group(2).strip("'") for m in _QUERY_PASSWORD.finditer(url.partition("?")[2]))
     found += [unquote_plus(s) for s in found]
     # SQLAlchemy splits an unencoded "@" in a password at its first "@" (the rest becomes the
@@ -92,7 +107,5 @@ def unencoded_at(url: str) -> bool:
     """Whether the URL's user part holds more than one ``@`` (a password with an unencoded
     ``@``, which SQLAlchemy would take for part of the host)."""
     _, sep, rest = url.partition("://")
-    if not sep:
-        return False
-    query_at = rest.find("?")
-    return rest.count("@", 0, len(rest) if query_at < 0 else query_at) > 1
+    user_part = _user_part(rest) if sep else None
+    return user_part is not None and "@" in user_part[1]

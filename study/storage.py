@@ -102,6 +102,7 @@ def check_storage(url: str, *, must_exist: bool) -> None:
     if path is not None:
         if must_exist and not path.is_file():
             raise StorageError(f"storage {shown}: no database file at {path}")
+        _check_sqlite_header(path, shown)
         if not must_exist and not path.parent.is_dir():
             raise StorageError(f"storage {shown}: directory {path.parent} does not exist")
         if not must_exist:
@@ -121,6 +122,23 @@ def check_storage(url: str, *, must_exist: bool) -> None:
         raise StorageError(f"storage {shown} is not reachable: {reason}") from None
     finally:
         engine.dispose()
+
+
+#: The first bytes of every SQLite 3 database file (an empty file is an empty database too).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_header(path: Path, shown: str) -> None:
+    """A file that exists but is not a SQLite database fails here, before any driver reads it."""
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StorageError(f"storage {shown}: cannot read {path} ({exc.strerror or exc})") from None
+    if head and head != _SQLITE_HEADER:
+        raise StorageError(f"storage {shown}: {path} is not a SQLite database")
 
 
 def _check_writable(path: Path, shown: str) -> None:

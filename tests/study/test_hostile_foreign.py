@@ -44,9 +44,9 @@ def _check(read: reader.StudyRead) -> None:
     assert first.seed == 0 and first.diverged_epoch is None and first.device is None
     notes = "\n".join(read.notes)
     assert read.space is None and "search space cannot be read" in notes
-    assert "3 trials (first: 0): user attribute 'train_loss' is of type str" in notes
+    assert "3 trials (first: 0): user attribute 'train_loss' is a str" in notes
     assert "'val_loss' holds entries that are not numbers" in notes
-    assert "param 'seed' is of type str" in notes and "'diverged_epoch'" in notes and "'device'" in notes
+    assert "param 'seed' is a str" in notes and "'diverged_epoch'" in notes and "'device' is an int, not text" in notes
     assert all("\n" not in note for note in read.notes)
     # aggregation works on what was read
     (point,) = R.aggregate_points(read.records)

@@ -162,3 +162,40 @@ def test_every_generated_search_space_ends_in_exit_0_or_one_line_exit_2(tmp_path
     assert not problems, f"{len(problems)} of {FUZZ_CASES} cases failed; first ones:\n" + "\n\n".join(problems[:5])
     # the corpus exercises both sides: documents that validate and documents that do not
     assert outcomes["valid"] >= FUZZ_CASES // 20 and outcomes["refused"] >= FUZZ_CASES // 2, outcomes
+
+
+TRAIN_CASES = 200
+NO_SUCH_DEVICE = "cuda:4096"
+
+
+def _trial_config() -> dict:
+    space = synthetic_space("fuzz-train", seeds=(0,))
+    return {"dataset": space["dataset"], "model": space["model"],
+            "training": {"epochs": 1, "batch_size": 32}, "objective": "train_loss", "method": "cg",
+            "mode": "prox_cg", "lr": 0.1, "tau_prox": 1.0, "cg_iterations": 2,
+            "optimizer": {"name": "sgd", "momentum": 0.9}, "seed": 0}
+
+
+def test_every_generated_trial_config_ends_in_one_line_exit_2_before_training(tmp_path, capsys):
+    """`proxstudy train` over mutated trial configs: a device that does not exist stops the valid
+    ones after validation, before any training; every case is one line and exit 2."""
+    rng = random.Random(SEED + 1)
+    path = tmp_path / "trial.yaml"
+    problems: list[str] = []
+    valid = 0
+    for number in range(TRAIN_CASES):
+        text = _dump(_mutate(_trial_config(), rng) if rng.random() < 0.85 else _trial_config())
+        if rng.random() < 0.3:
+            text = _text_damage(text, rng)
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", str(path), "--device", NO_SUCH_DEVICE])
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        if not (exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("proxstudy: error: ")
+                and "Traceback" not in err and out == ""):
+            problems.append(f"case {number}: exit {exit_info.value.code}, out {out[-200:]!r}, err {err[-300:]!r}\n"
+                            f"{text[:400]}")
+        valid += f"{path}: device: " in err  # refused for the device alone: the config was valid
+    assert not problems, f"{len(problems)} of {TRAIN_CASES} failed; first ones:\n" + "\n\n".join(problems[:5])
+    assert valid >= TRAIN_CASES // 20, valid

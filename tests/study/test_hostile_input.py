@@ -181,3 +181,38 @@ def test_train_names_the_file_and_dataset_root(tmp_path, capsys):
     config["seed"] = 2**64
     write_space(path, config)
     _refused(["train", str(path)], capsys, f"{path}: seed: a seed must be < 2**64")
+
+
+def test_a_file_that_is_not_a_database_is_refused_by_every_command(space, tmp_path, capsys):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    url = f"sqlite:///{garbage}"
+    for argv in (["status"], ["list"], ["report", "s", "--out", str(tmp_path / "r.html")], ["run", space]):
+        _refused([*argv, "--storage", url], capsys, f"{garbage} is not a SQLite database")
+    assert garbage.read_bytes() == bytes(range(256)) * 20
+
+
+def test_a_damaged_database_is_exit_2_not_an_internal_error(tmp_path, capsys):
+    from tests.support.study_fixtures import SyntheticSpace, build_study
+
+    db = tmp_path / "damaged.db"
+    build_study(f"sqlite:///{db}", "s", SyntheticSpace(lrs=(0.05, 0.5), seeds=(0,)), n_trials=4)
+    data = bytearray(db.read_bytes())
+    data[100:] = bytes(len(data) - 100)  # the header survives, every page is zeroed
+    db.write_bytes(bytes(data))
+    line = _refused(["status", "--storage", f"sqlite:///{db}"], capsys, "storage: ")
+    assert "internal error" not in line
+
+
+def test_the_trial_limit_is_raised_by_the_environment_and_checked_itself(tmp_path, capsys, monkeypatch):
+    doc = synthetic_space("big", seeds=(0,))
+    doc["methods"] = {"bp": {"mode": "gradient", "lr": {"low": 0.001, "high": 1.0, "points": 150_000}}}
+    path = str(write_space(tmp_path / "big.yaml", doc))
+    argv = ["run", path, "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--gpus-per-trial", "4096"]
+    _refused(argv, capsys, f"{path}: methods.bp.lr.points: points asks for 150,000 trials, over the limit of "
+                           "100,000 per study; split the study, or raise the limit with PROXSTUDY_MAX_TRIALS=150000")
+    monkeypatch.setenv("PROXSTUDY_MAX_TRIALS", "150000")
+    _refused(argv, capsys, "--gpus-per-trial 4096")  # valid now: refused only for the impossible request
+    monkeypatch.setenv("PROXSTUDY_MAX_TRIALS", "lots")
+    _refused(argv, capsys, "PROXSTUDY_MAX_TRIALS: must be a whole number >= 1, got 'lots'")
+    assert not (tmp_path / "x.db").exists()

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from proxstudy.errors import SweepError
+from proxstudy.study import reader
 from proxstudy.study.lease import LEASE_TABLE, acquire_lease, lease_holder
 from proxstudy.study.storage import open_storage, storage_engine
 from tests.support.cli import PROXSTUDY, cli_env, synthetic_space, write_space
@@ -126,21 +127,30 @@ def test_heartbeat_renews_and_notices_a_takeover(tmp_path):
     successor_engine.dispose()
 
 
-def test_two_proxstudy_runs_started_together_record_every_point_once(tmp_path):
-    space = write_space(tmp_path / "s.yaml", synthetic_space("together", seeds=(0,)))
-    url = f"sqlite:///{tmp_path / 'x.db'}"
+def _two_runs_together(tmp_path, url: str, study: str) -> None:
+    space = write_space(tmp_path / "s.yaml", synthetic_space(study, seeds=(0,)))
     command = [PROXSTUDY, "run", str(space), "--storage", url, "--no-progress", "--max-concurrent", "2"]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=cli_env(), cwd=tmp_path) for _ in range(2)]
     outcomes = sorted((run.wait(timeout=300), run.communicate()[1]) for run in runs)
     assert [code for code, _ in outcomes] == [0, 2], outcomes
     assert "is being run by driver" in outcomes[1][1] and len(outcomes[1][1].strip().splitlines()) == 1
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        trials = conn.execute(sa.text("SELECT count(*) FROM trials")).scalar_one()
-        leases = conn.execute(sa.text(f"SELECT count(*) FROM {LEASE_TABLE}")).scalar_one()
+    reader.clear_cache()
+    records = reader.load_records(url, study)
+    assert len(records) == 7  # 3 + 2 x 2 grid points, one seed: every point once
+    assert len({r.point_key for r in records}) == 7
+    engine = storage_engine(url)
+    assert lease_holder(engine, study) is None  # the winner gave the lease back
     engine.dispose()
-    assert trials == 7 and leases == 0  # 3 + 2 x 2 grid points, one seed; the lease given back
+
+
+def test_two_proxstudy_runs_started_together_record_every_point_once(tmp_path):
+    _two_runs_together(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", "together")
+
+
+@needs_pg
+def test_two_proxstudy_runs_on_postgresql_record_every_point_once(tmp_path):
+    _two_runs_together(tmp_path, PG_URL, f"together-{uuid.uuid4().hex[:8]}")
 
 
 def test_the_heartbeat_thread_renews_the_lease_until_released(tmp_path):
@@ -156,3 +166,19 @@ def test_the_heartbeat_thread_renews_the_lease_until_released(tmp_path):
     lease.release()
     assert lease_holder(observer, "s") is None
     observer.dispose()
+
+
+def test_status_names_the_driver_that_holds_the_study(tmp_path):
+    from proxstudy.study.status import format_status, study_status
+    from tests.support.study_fixtures import SyntheticSpace, build_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    build_study(url, "s", SyntheticSpace(lrs=(0.05,), seeds=(0,)), n_trials=2)
+    reader.clear_cache()
+    assert study_status(url, "s").driver is None  # no lease table yet: nothing created by reading
+    assert not sa.inspect(sa.create_engine(url)).has_table(LEASE_TABLE)
+    lease = acquire_lease(storage_engine(url), "s", heartbeat=False)
+    first_line = format_status(study_status(url, "s")).splitlines()[0]
+    assert first_line == f"study s (minimize, being run by driver {lease.driver})"
+    lease.release()
+    assert study_status(url, "s").driver is None

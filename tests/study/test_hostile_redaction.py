@@ -25,7 +25,14 @@ FORMS = [
     (f"postgresql+psycopg://h/db?options=host=h+password={SECRET}+user=u",
      "postgresql+psycopg://h/db?options=host=h+password=***+user=u"),
     (f"mysql+pymysql://u:{SECRET}@h/db?sslpassword={SECRET}", "mysql+pymysql://u:***@h/db?sslpassword=***"),
+    (f"postgresql+psycopg://u:pa?{SECRET}@host/db?sslmode=require",
+     "postgresql+psycopg://u:***@host/db?sslmode=require"),
+    (f"postgresql+psycopg://u:pa/{SECRET}@host/db", "postgresql+psycopg://u:***@host/db"),
+    (f"postgresql+psycopg://u:a@b?{SECRET}@host/db?application_name=x@y",
+     "postgresql+psycopg://u:***@host/db?application_name=x@y"),
+    ("postgresql+psycopg://u@host/db?application_name=x@y", "postgresql+psycopg://u@host/db?application_name=x@y"),
     ("sqlite:////tmp/x.db", "sqlite:////tmp/x.db"),
+    ("sqlite:////tmp/a@b/x.db", "sqlite:////tmp/a@b/x.db"),
 ]
 
 
