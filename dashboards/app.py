@@ -247,14 +247,46 @@ class TrialTable:
         return cls(data.version, columns, rows)
 
 
+class Snapshots:
+    """Per study, the latest data's page body and trial rows, built once per data version (a
+    study of 50,000 trials takes seconds to draw; a reload then only serialises the page)."""
+
+    def __init__(self, storage: str, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()) -> None:
+        self.storage = storage
+        self.sections = sections
+        self._built: dict[str, tuple[int, list[Any], TrialTable]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> tuple[D.StudyData, list[Any], TrialTable]:
+        data = D.load_study_data(self.storage, name)
+        with self._lock:
+            cached = self._built.get(name)
+        if cached is not None and cached[0] == data.version:
+            return data, cached[1], cached[2]
+        body, trials = study_body(self.storage, data, self.sections), TrialTable.of(data)
+        with self._lock:
+            self._built[name] = (data.version, body, trials)
+        return data, body, trials
+
+    def warm(self) -> None:
+        """Read and draw every study once (the server does this in the background at start-up)."""
+        for summary in D.list_studies(self.storage):
+            try:
+                self.get(summary.name)
+            except Exception:  # a broken study must not stop the others; its page shows the error
+                continue
+
+
 def create_app(
     storage: str,
     pages: tuple[ExtraPage, ...] | None = None,
     sections: tuple[Callable[[D.StudyData], list[Any]], ...] | None = None,
+    snapshots: Snapshots | None = None,
 ) -> dash.Dash:
     """The Dash app for one storage URL (not started; see :func:`run_dashboard`).
 
-    ``pages`` and ``sections`` default to :data:`EXTRA_PAGES` and :data:`STUDY_SECTIONS`.
+    ``pages`` and ``sections`` default to :data:`EXTRA_PAGES` and :data:`STUDY_SECTIONS`;
+    ``snapshots``: the cache of drawn studies (run_dashboard warms it at start-up).
     """
     extra = {p.path: p for p in (EXTRA_PAGES if pages is None else pages)}
     study_sections = STUDY_SECTIONS if sections is None else sections
@@ -262,20 +294,8 @@ def create_app(
                     update_title="")
     app.layout = html.Div([dcc.Location(id="url"), html.Div(id="page")],
                           style={"fontFamily": "sans-serif", "margin": "12px"})
-    # Per study, the latest snapshot's body and trial rows: built once per data version.
-    built: dict[str, tuple[int, list[Any], TrialTable]] = {}
-    built_lock = threading.Lock()
-
-    def snapshot(name: str) -> tuple[D.StudyData, list[Any], TrialTable]:
-        data = D.load_study_data(storage, name)
-        with built_lock:
-            cached = built.get(name)
-        if cached is not None and cached[0] == data.version:
-            return data, cached[1], cached[2]
-        body, trials = study_body(storage, data, study_sections), TrialTable.of(data)
-        with built_lock:
-            built[name] = (data.version, body, trials)
-        return data, body, trials
+    snapshots = snapshots or Snapshots(storage, study_sections)
+    snapshot = snapshots.get
 
     def problem(title: str, exc: Exception) -> html.Div:
         # shown, never an HTTP 500; no password in the text
@@ -402,12 +422,13 @@ def run_dashboard(
         print(f"WARNING: the dashboard listens on {host}:{port} without authentication; anyone who "
               "can reach this address can read every study in the storage.", file=sys.stderr)
     D.list_studies(storage)  # fail fast on a bad storage, before the server starts
-    app = create_app(storage)
-    threading.Thread(target=D.warm_cache, args=(storage,), daemon=True, name="dashboard-warm-cache").start()
+    snapshots = Snapshots(storage, STUDY_SECTIONS)
+    app = create_app(storage, snapshots=snapshots)
+    threading.Thread(target=snapshots.warm, daemon=True, name="dashboard-warm-cache").start()
     how = "Flask's development server (--debug)" if debug else f"waitress, {threads} threads"
     print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/ ({how})", file=sys.stderr, flush=True)
     serve(app.server, options)
 
 
-__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "create_app", "index_page", "run_dashboard", "study_href",
-           "study_page"]
+__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "Snapshots", "create_app", "index_page", "run_dashboard",
+           "study_href", "study_page"]

@@ -191,7 +191,7 @@ def _curv(kr: Tensor, r: Tensor, inv_tau: float) -> Tensor:
     return (kr * torch.add(kr, r, alpha=inv_tau)).sum(dim=1)
 
 
-def _dual_direct_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, tol: float) -> Tensor:
+def _dual_direct_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, tol: float, inv_tau: float) -> Tensor:
     """CG on dual coordinates with K-weighted inner products, one K product per iteration.
 
     Tracks K r and K p alongside r and p:  <p, M p> = |K p|^2 + <p, K p>/tau needs only K p,
@@ -200,7 +200,6 @@ def _dual_direct_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, tol: float) ->
     each iteration sweeps over blocks of rows and updates them in place.  The reference's
     aliased loop (prox_cg_ref) differs in the first direction update and the + 1e-6.
     """
-    inv_tau = cfg.inv_tau
     reference = cfg.kind == "prox_cg_ref"
     eps = REFERENCE_EPS if reference else 0.0
     rows, size = rhs.shape
@@ -302,8 +301,8 @@ def gram_solve_factored(
     dual (dual=True): rhs rows are g per output unit; returns g' rows (direction = A^T g').
     joint: one CG over all rows together (only used by the reference variant of conv layers).
     cg_strategy: None (flop model), "direct", "spectral" or "moments" (strategies.py).
-    inv_tau: 1/tau per problem, shape (...,), in place of cfg's one tau (stacked layers of
-        several models, proxprop/stacked.py).
+    inv_tau: 1/tau per problem, shape (...,) (0-dim for one problem), in place of cfg's one
+        tau (stacked layers of several models, proxprop/stacked.py).
     """
     if cfg.kind == "gradient":
         return FactoredRows(rhs, None)
@@ -318,12 +317,12 @@ def gram_solve_factored(
     rows, size = rhs.shape[-2:]
     strategy = cg_strategy_for(size, rows, cfg, gram.dtype, gram.device, joint=joint,
                                cg_strategy=cg_strategy)
-    if strategy == "direct" and dual and (rhs.dim() > 2 or inv_tau is not None):
+    if strategy == "direct" and dual and rhs.dim() > 2:
         strategy = "spectral"  # the direct dual loop (row blocks) takes one problem at a time
     if strategy != "direct":
         return _eigen_cg(gram, rhs, cfg, dual, joint, tol, use_moments=strategy == "moments", inv_tau=shift)
     if dual:
-        return FactoredRows(_dual_direct_cg(gram, rhs, cfg, tol), None)
+        return FactoredRows(_dual_direct_cg(gram, rhs, cfg, tol, float(shift)), None)
     row_shift = shift if inv_tau is None else inv_tau[..., None, None]
     rows_solved = batched_cg(lambda v: v @ gram + row_shift * v, rhs, cfg.cg_iterations, tol=tol,
                              reference_variant=cfg.kind == "prox_cg_ref")

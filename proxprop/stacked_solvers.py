@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .cg import EARLY_STOP_TOL, batched_cg
@@ -31,12 +32,19 @@ from .modes import SolverConfig
 from .solvers import gram_solve_factored
 
 __all__ = [
+    "PER_MEMBER_PRODUCT",
     "StackedSolve",
     "solve_flops",
     "stacked_cg",
     "stacked_gram_solve",
 ]
 
+
+#: Multiply-adds of one Gram product (s x s times r rows) from which a member's problem is solved
+#: on its own (the unfused solvers, strategy from their flop model: e.g. the paper MLP's
+#: 500 x 500 dual systems by direct CG, one product per iteration) rather than batched with the
+#: others (the digits models: 65 x 65 Gram matrices, 64 rows).
+PER_MEMBER_PRODUCT = 1 << 22
 
 @dataclass(frozen=True)
 class StackedSolve:
@@ -101,5 +109,17 @@ def stacked_gram_solve(
     """The direction rows (primal) or g' rows (dual) for every member: see the module doc."""
     if solve.kind == "gradient":
         return rhs
-    solved = gram_solve_factored(gram, rhs, solve.solver_config(), dual, joint=joint, inv_tau=solve.inv_tau)
+    cfg = solve.solver_config()
+    size, rows = gram.shape[-1], rhs.shape[-2]
+    if size * size * rows >= PER_MEMBER_PRODUCT:
+        # large problems one member at a time, each exactly as its unfused layer solves it
+        return torch.stack([
+            gram_solve_factored(gram[k], rhs[k], cfg, dual, joint=joint, inv_tau=solve.inv_tau[k]).dense()
+            for k in range(solve.members)
+        ])
+    # small ones batched; the primal form by CG on the Gram matrices directly: batched products
+    # of K small matrices run near GEMM speed where K small eigendecompositions (the eigenbasis
+    # strategies the flop model prices per problem) do not
+    strategy = None if dual else "direct"
+    solved = gram_solve_factored(gram, rhs, cfg, dual, joint=joint, inv_tau=solve.inv_tau, cg_strategy=strategy)
     return solved.dense()

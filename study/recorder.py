@@ -7,6 +7,10 @@ attrs written as epochs arrive (live dashboards), and told COMPLETE / PRUNED (di
 so a point is never duplicated. Being the only writer, it makes SQLite work with any
 concurrency. Counting and bookkeeping happen in Tune's callbacks; the writes themselves go
 through a :class:`StorageWriter` so that they never hold up Tune's event loop.
+
+A fused Tune trial (``--fuse K``, workers.fused_trainable) holds several points: each member is
+its own Optuna trial as above, created when the fused trial starts, given its epochs from the
+member reports and finished as soon as its own report is final.
 """
 
 from __future__ import annotations

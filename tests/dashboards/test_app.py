@@ -290,7 +290,7 @@ def test_study_written_by_another_tool_is_shown_with_notes(tmp_path):
         page = _render(srv, "/study/" + FS.STUDY)["page"]["children"]
         (notes,) = _find(page, lambda n: n.get("props", {}).get("id") == "study-notes")
         text = "\n".join(_texts(notes))
-        assert "user attribute 'train_loss' is a str, not a list of numbers" in text
+        assert "user attribute 'train_loss' is of type str, not a list of numbers" in text
         assert "stores no search space" in text
         tables = {t["props"]["id"]: t["props"] for t in _find(page, lambda n: n.get("type") == "DataTable")}
         assert {r["method"] for r in tables["metrics-table"]["data"]} == {FS.PLAIN_METHOD, FS.MARKUP_METHOD}

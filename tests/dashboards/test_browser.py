@@ -178,7 +178,7 @@ def test_study_written_by_another_tool_shows_notes_and_markup_names_literally(si
         browser.navigate(server.base + "/study/" + FS.STUDY)
         browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 16", timeout=45)
         notes = browser.eval("document.querySelector('#study-notes').innerText")
-        assert "'train_loss' is a str, not a list of numbers" in notes
+        assert "'train_loss' is of type str, not a list of numbers" in notes
         texts = browser.eval(svg_texts)
         assert any(literal in t for t in texts)  # legend entries and the bar chart's tick label
         assert any(t.startswith(literal + ":") for t in texts)  # the heatmap's title
@@ -188,7 +188,7 @@ def test_study_written_by_another_tool_shows_notes_and_markup_names_literally(si
     write_report(url, FS.STUDY, str(out))
     browser.navigate(out.as_uri())
     browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 16", timeout=45)
-    assert "'train_loss' is a str" in browser.eval("document.querySelector('#study-notes').innerText")
+    assert "'train_loss' is of type str" in browser.eval("document.querySelector('#study-notes').innerText")
     assert any(literal in t for t in browser.eval(svg_texts)) and browser.eval(bold) == 0
     cells = browser.eval("[...document.querySelectorAll('#metrics td')].map(td => td.textContent)")
     assert any(literal in c for c in cells)

@@ -15,6 +15,7 @@ import scipy.linalg
 import torch
 
 import proxprop.stacked
+import proxprop.stacked_solvers
 from proxprop import ProxPropConv2d, ProxPropLinear
 from proxprop.stacked import (
     StackedConv2d,
@@ -118,10 +119,19 @@ LINEAR_FORMS = [(mode, form) for mode in MODES for form in ("primal", "dual", "m
                 if form != "matrix_free" or mode.startswith("prox_cg")]
 
 
+@pytest.fixture(params=["batched", "per-member"])
+def solve_members(request, monkeypatch):
+    """Gram solves of small problems are batched over the members, large ones solved member by
+    member with the unfused solvers; "per-member" makes every problem large."""
+    if request.param == "per-member":
+        monkeypatch.setattr(proxprop.stacked_solvers, "PER_MEMBER_PRODUCT", 0)
+    return request.param
+
+
 @pytest.mark.parametrize(("mode", "form"), LINEAR_FORMS)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n", [4, 9])
-def test_linear_direction_matches_reference(mode, form, bias, n):
+def test_linear_direction_matches_reference(mode, form, bias, n, solve_members):
     gen = torch.Generator().manual_seed(n)
     k_members, k, m = len(TAUS), 5, 3
     a = torch.randn(k_members, n, k, generator=gen, dtype=torch.float64)
@@ -150,7 +160,7 @@ def conv_groups(request, monkeypatch):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("strategy", ["gram", "matrix_free"])
 @pytest.mark.parametrize("geometry", [(3, 1, 1), (3, 2, 0)], ids=["k3-pad1", "k3-stride2"])
-def test_conv_direction_matches_reference(mode, strategy, geometry, conv_groups):
+def test_conv_direction_matches_reference(mode, strategy, geometry, conv_groups, solve_members):
     kernel, stride, padding = geometry
     gen = torch.Generator().manual_seed(1)
     members, batch, c, m = len(TAUS), 2, 2, 3

@@ -94,6 +94,17 @@ def test_run_fuse_4_records_every_point_once_like_the_unfused_sweep(tmp_path):
             assert mine.value == pytest.approx(theirs.value, rel=1e-5)
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
+def test_a_bad_fuse_value_is_one_line_and_writes_nothing(tmp_path, value):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(SPACE)
+    result = run(space_file, f"sqlite:///{tmp_path / 'never.db'}", "--fuse", value)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"proxstudy: error: --fuse must be an integer >= 1 or auto, got {value!r}"]
+    assert not (tmp_path / "never.db").exists()
+
+
 KILL_SPACE = """\
 study: fusedkill
 dataset: {name: synthetic, n_train: 2048, n_val: 256, input_shape: [1, 8, 8], num_classes: 3, seed: 0}

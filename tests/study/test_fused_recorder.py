@@ -1,0 +1,98 @@
+"""The recorder with a fused Tune trial: one Optuna trial per member, retries per member.
+
+Tune's callbacks are called directly with real Tune Trial objects (stubs: no trainable is
+registered or run) in the order Tune calls them; the storage is a real SQLite RDB storage.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial
+
+from proxstudy.study import records as R
+from proxstudy.study.driver_state import DriverState
+from proxstudy.study.opening import open_study
+from proxstudy.study.points import point_source
+from proxstudy.study.progress import Progress
+from proxstudy.study.recorder import OptunaRecorder
+from proxstudy.study.space import grid_points, parse_space, recorded_distributions, trial_config
+from proxstudy.study.storage import open_storage
+from proxstudy.workers.fused_trainable import FUSED_MEMBERS_KEY, MEMBER_REPORTS_KEY
+from proxstudy.workers.trainable import POINT_KEY, TRIAL_CONFIG_KEY
+from proxstudy.workers.vocabulary import EPOCH, OBJECTIVE, REPORT_ERROR, REPORT_STATUS, TRAIN_LOSS
+from tests.support.cli import synthetic_space
+
+
+def report(key: str, epoch: int, status: str, loss: float | None = 1.0, error: str | None = None) -> dict:
+    return {POINT_KEY: key, EPOCH: epoch, TRAIN_LOSS: loss, OBJECTIVE: loss, REPORT_STATUS: status,
+            REPORT_ERROR: error}
+
+
+def fused_setup(tmp_path, members: int) -> tuple[OptunaRecorder, Trial, list[str], str]:
+    """A new study on SQLite, a recorder, and a fused Tune trial of the first ``members``
+    backprop points (one fusion key); returns (recorder, trial, point keys, storage URL)."""
+    url = f"sqlite:///{tmp_path / 'rec.db'}"
+    space = parse_space(synthetic_space(seeds=(0,)), "<test>")
+    storage = open_storage(url)
+    name, study_id, _ = open_study(storage, space, "rec", False, url)
+    driver = DriverState(storage=storage, study_id=study_id, space=space, source=point_source(space, []),
+                         distributions=recorded_distributions(space), device="cpu", cpus_per_trial=1.0,
+                         progress=Progress(name, members, 0, 0, 0, enabled=False))
+    points = [p for p in grid_points(space) if p.method == "backprop"][:members]
+    for point in points:
+        driver.points_by_key[point.key] = point
+    config = {FUSED_MEMBERS_KEY: [{POINT_KEY: p.key, TRIAL_CONFIG_KEY: trial_config(space, p.method, p.params, p.seed)}
+                                  for p in points]}
+    return OptunaRecorder(driver), Trial("fused_trainable", config=config, trial_id="f1", stub=True), \
+        [p.key for p in points], url
+
+
+def recorded(url: str) -> dict[str, optuna.trial.FrozenTrial]:
+    return {t.user_attrs[R.ATTR_POINT_KEY]: t for t in
+            optuna.load_study(study_name="rec", storage=url).get_trials(deepcopy=False)}
+
+
+def test_members_are_trials_finished_one_by_one_and_a_retry_reruns_only_the_unfinished(tmp_path):
+    recorder, trial, keys, url = fused_setup(tmp_path, 3)
+    recorder.on_trial_start(0, [trial], trial)
+    recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: [report(k, 0, "running") for k in keys]})
+    # epoch 1: member 0 diverges, member 1 fails (its own error), member 2 goes on
+    recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: [
+        report(keys[0], 1, "diverged", None), report(keys[2], 1, "running", 0.8)]})
+    recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: [
+        report(keys[1], 0, "failed", error="RuntimeError: solver broke")]})
+    # the worker dies; Tune retries the fused trial: only member 2 runs again in the record
+    recorder.on_trial_recover(0, [trial], trial)
+    recorder.on_trial_start(0, [trial], trial)
+    rerun = [report(k, e, "running", 0.9) for e in (0, 1) for k in keys]
+    recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: rerun})
+    recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: [
+        report(k, 2, "completed", 0.5) for k in keys]})
+    recorder.on_trial_complete(0, [trial], trial)
+    assert recorder.close() == 0
+
+    trials = recorded(url)
+    assert sorted(trials) == sorted(keys)  # one Optuna trial per member, each once
+    diverged, failed, completed = (trials[k] for k in keys)
+    assert diverged.state == TrialState.PRUNED and diverged.user_attrs[R.ATTR_STATUS] == "diverged"
+    assert diverged.user_attrs[R.ATTR_ATTEMPTS] == 1 and diverged.user_attrs[R.ATTR_TRAIN_LOSS] == [1.0, None]
+    assert failed.state == TrialState.FAIL and failed.user_attrs[R.ATTR_ERROR] == "RuntimeError: solver broke"
+    assert completed.state == TrialState.COMPLETE and completed.value == 0.5
+    assert completed.user_attrs[R.ATTR_ATTEMPTS] == 2  # its epochs are the retry's
+    assert completed.user_attrs[R.ATTR_TRAIN_LOSS] == [0.9, 0.9, 0.5]
+    assert completed.intermediate_values == {0: 0.9, 1: 0.9, 2: 0.5}
+    progress = recorder._d.progress
+    assert (progress.completed, progress.diverged, progress.failed) == (1, 1, 1)
+
+
+def test_a_fused_trial_that_dies_for_good_fails_its_open_members(tmp_path):
+    recorder, trial, keys, url = fused_setup(tmp_path, 2)
+    recorder.on_trial_start(0, [trial], trial)
+    recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: [report(keys[0], 0, "completed")]})
+    recorder.on_trial_error(0, [trial], trial)
+    assert recorder.close() == 0
+    trials = recorded(url)
+    assert trials[keys[0]].state == TrialState.COMPLETE and trials[keys[0]].user_attrs[R.ATTR_ATTEMPTS] == 1
+    assert trials[keys[1]].state == TrialState.FAIL and trials[keys[1]].user_attrs[R.ATTR_STATUS] == "failed"
+    assert trials[keys[1]].user_attrs[R.ATTR_ERROR]
