@@ -4,8 +4,11 @@ Points that can share a fused trial (workers.fused_plan.fusion_key: same data se
 schedule, mode, CG iterations, optimizer and device) are handed to Tune together, at most K at
 a time, K = ``--fuse`` or fused_plan.default_fuse_size for the points' model and device.
 
-* A fixed list of points (grid, random) is grouped all at once with fused_plan.plan_groups:
-  each fusion key's points cut into groups of as equal sizes as possible.
+* A fixed list of points (grid, random) is grouped all at once: each fusion key's points cut
+  into groups of as equal sizes as possible, at most K each, and, where a key has points
+  enough, into more groups until their number is a multiple of the trials that run at once
+  (``slots``): 6 points of a compute-bound model with K = 2 on 2 slots run as 2 + 2 + 1 + 1
+  (two rounds of equal length), not 2 + 2 + 2 (a last round with one slot idle).
 * TPE's points are asked as slots free up; up to K points of one key are gathered (TPE proposes
   them without the results of each other, as K concurrent unfused trials would be).
 
@@ -27,7 +30,7 @@ from proxstudy.study.points import StaticPoints
 from proxstudy.study.records import STATUS_FAILED, finite_or_none
 from proxstudy.study.space import Point, trial_config
 from proxstudy.workers.config import TrialConfig
-from proxstudy.workers.fused_plan import default_fuse_size, fusion_key, plan_groups
+from proxstudy.workers.fused_plan import default_fuse_size, fusion_key, split_evenly
 from proxstudy.workers.fused_trainable import FUSED_MEMBERS_KEY, member_reports
 from proxstudy.workers.trainable import CPUS_KEY, POINT_KEY, TRIAL_CONFIG_KEY
 from proxstudy.workers.vocabulary import FINAL_STATUSES, OBJECTIVE, REPORT_STATUS
@@ -47,10 +50,11 @@ def plan_device(device: str) -> torch.device:
 class FusedPointSearcher(Searcher):
     """Hands Tune one fused trial (a list of members) per suggestion; see the module doc."""
 
-    def __init__(self, driver: DriverState, fuse: int | None) -> None:
+    def __init__(self, driver: DriverState, fuse: int | None, slots: int = 1) -> None:
         super().__init__()
         self._driver = driver
         self._fuse = fuse
+        self._slots = max(1, slots)
         self._device = plan_device(driver.device)
         self._sizes: dict[str, int] = {}
         self._ready: deque[list[Member]] = deque()  # groups planned, not yet handed out
@@ -75,15 +79,18 @@ class FusedPointSearcher(Searcher):
             members.append(self._member(point))
         if not members:
             return
-        configs = [config for _, config in members]
-        sizes = {fusion_key(c): self._size(fusion_key(c), c) for c in configs}
-        # plan_groups takes one K; group each key with its own
-        by_key: dict[str, list[int]] = {}
-        for index, config in enumerate(configs):
-            by_key.setdefault(fusion_key(config), []).append(index)
-        for key, indices in by_key.items():
-            for group in plan_groups([configs[i] for i in indices], sizes[key], self._device):
-                self._ready.append([members[indices[i]] for i in group])
+        by_key: dict[str, list[Member]] = {}
+        for member in members:
+            by_key.setdefault(fusion_key(member[1]), []).append(member)
+        counts = {key: -(-len(group) // self._size(key, group[0][1])) for key, group in by_key.items()}
+        while sum(counts.values()) % self._slots:
+            splittable = [key for key in counts if counts[key] < len(by_key[key])]
+            if not splittable:
+                break
+            widest = max(splittable, key=lambda key: len(by_key[key]) / counts[key])
+            counts[widest] += 1
+        for key, group in by_key.items():
+            self._ready.extend(split_evenly(group, counts[key]))
 
     def _gather(self) -> list[Member] | None:
         """A dynamic source: points until one fusion key has K of them, or no more points."""

@@ -218,7 +218,8 @@ def _run_trials(driver: DriverState, options: SweepOptions) -> float:
     tune_dir = Path(tempfile.mkdtemp(prefix="proxstudy-tune-"))
     try:
         recorder = OptunaRecorder(driver)
-        trainable, searcher = _trainable_and_searcher(driver, options)
+        pending = options.max_concurrent or cluster_slots(options.cpus_per_trial, options.gpus_per_trial)
+        trainable, searcher = _trainable_and_searcher(driver, options, pending)
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial}),
             tune_config=tune.TuneConfig(
@@ -238,7 +239,6 @@ def _run_trials(driver: DriverState, options: SweepOptions) -> float:
             ),
         )
         quiet_ray_loggers(options.verbose)
-        pending = options.max_concurrent or cluster_slots(options.cpus_per_trial, options.gpus_per_trial)
         _fit(tuner, recorder, pending)
     finally:
         driver.progress.close()
@@ -248,11 +248,13 @@ def _run_trials(driver: DriverState, options: SweepOptions) -> float:
     return time.monotonic() - t0
 
 
-def _trainable_and_searcher(driver: DriverState, options: SweepOptions) -> tuple[Callable, Searcher]:
-    """One point per Tune trial (``fuse`` 1), or fused trials of several points each."""
+def _trainable_and_searcher(driver: DriverState, options: SweepOptions,
+                            slots: int) -> tuple[Callable, Searcher]:
+    """One point per Tune trial (``fuse`` 1), or fused trials of several points each, planned
+    for ``slots`` trials at once."""
     if options.fuse == 1:
         return proxprop_trainable, PointSearcher(driver)
-    return fused_trainable, FusedPointSearcher(driver, options.fuse)
+    return fused_trainable, FusedPointSearcher(driver, options.fuse, slots)
 
 
 def _fit(tuner: tune.Tuner, recorder: OptunaRecorder, pending: int) -> None:

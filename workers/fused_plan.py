@@ -34,12 +34,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from proxstudy.workers.config import MODE_EXACT, MODE_GRADIENT, ConfigError, TrialConfig, dataset_input_shape
 from proxstudy.workers.models import build_model
+
+T = TypeVar("T")
 
 __all__ = [
     "TARGET_FLOPS",
@@ -49,6 +52,7 @@ __all__ = [
     "fusion_key",
     "member_cost",
     "plan_groups",
+    "split_evenly",
 ]
 
 #: Fields every member of a fused trial shares (a trial config's top-level keys).
@@ -189,11 +193,16 @@ def plan_groups(
     groups = []
     for members in by_key.values():
         size = fuse or default_fuse_size(configs[members[0]], device, max_size=max_size)
-        count = -(-len(members) // max(1, size))
-        base, extra = divmod(len(members), count)
-        start = 0
-        for position in range(count):
-            stop = start + base + (1 if position < extra else 0)
-            groups.append(members[start:stop])
-            start = stop
+        groups.extend(split_evenly(members, -(-len(members) // max(1, size))))
     return groups
+
+
+def split_evenly(items: Sequence[T], count: int) -> list[list[T]]:
+    """``items`` in order, cut into ``count`` runs whose lengths differ by at most one."""
+    base, extra = divmod(len(items), count)
+    runs, start = [], 0
+    for position in range(count):
+        stop = start + base + (1 if position < extra else 0)
+        runs.append(list(items[start:stop]))
+        start = stop
+    return runs

@@ -49,6 +49,14 @@ def test_a_grid_is_cut_evenly_per_fusion_key():
     assert set(keys) == set(driver.points_by_key)
 
 
+def test_groups_fill_every_slot_of_the_last_round():
+    """With 2 trials at once, the 7 groups of K = 4 become 8: the widest key is cut once more."""
+    driver = driver_for(synthetic_space(seeds=(0, 1, 2)))
+    groups = suggest_all(FusedPointSearcher(driver, 4, slots=2))
+    assert len(groups) == 8 and sorted(len(group) for group in groups) == [2, 2, 2, 3, 3, 3, 3, 3]
+    assert sorted(m[POINT_KEY] for group in groups for m in group) == sorted(p.key for p in grid_points(driver.space))
+
+
 def test_auto_size_fits_every_member_of_a_small_grid():
     groups = suggest_all(FusedPointSearcher(driver_for(synthetic_space(seeds=(0, 1, 2))), None))
     assert sorted(len(group) for group in groups) == [6, 6, 9]  # one fused trial per key
