@@ -21,6 +21,12 @@ order gives the step's own peak.
     python benchmarks/proxprop_step.py --device cuda --repeats 9
     python benchmarks/proxprop_step.py --baseline /tmp/old   # also time /tmp/old/proxprop's
                                        # layers in the same rounds (rows "MODE@baseline")
+    python benchmarks/proxprop_step.py --threads 1 --clock cpu   # CPU time of the one thread
+
+Clocks: "wall" (default) is what a user waits; on a CPU shared with other processes it
+includes the time the step's threads spend descheduled, which varied 10x between runs on this
+machine.  "cpu" (only with --threads 1) counts the CPU time of the thread running the step
+(time.thread_time), which other processes barely change: the work the step does.
 """
 
 from __future__ import annotations
@@ -30,15 +36,15 @@ import importlib.util
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import proxprop  # noqa: E402
+import proxprop
 
 MODES = ["gradient", "prox_cg1", "prox_cg3", "prox_cg10", "prox_exact"]
 
@@ -143,13 +149,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
+def time_steps(step: Callable[[], None], steps: int, device: torch.device,
+               clock: Callable[[], float] = time.perf_counter) -> float:
     sync(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(steps):
         step()
     sync(device)
-    return (time.perf_counter() - start) / steps * 1e3
+    return (clock() - start) / steps * 1e3
 
 
 Row = tuple[str, float, list[float], float]  # variant, median ms, ratios per round, memory ratio
@@ -166,6 +173,7 @@ def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[Row]:
         baseline = load_baseline(args.baseline)
         variants.update({f"{mode}@baseline": make_step(arch, mode, x, y, baseline) for mode in modes})
     timed = [name for name in variants if name != "backprop"]
+    clock = time.thread_time if args.clock == "cpu" else time.perf_counter
     for step, _ in variants.values():  # warm-up
         for _ in range(args.warmup):
             step()
@@ -176,10 +184,10 @@ def bench(arch: str, modes: list[str], args: argparse.Namespace) -> list[Row]:
     for round_index in range(args.repeats):
         shift = round_index % len(timed)
         order = timed[shift:] + timed[:shift]
-        backprop = [time_steps(variants["backprop"][0], args.steps, device)]
+        backprop = [time_steps(variants["backprop"][0], args.steps, device, clock)]
         for name in order:
-            times[name].append(time_steps(variants[name][0], args.steps, device))
-            backprop.append(time_steps(variants["backprop"][0], args.steps, device))
+            times[name].append(time_steps(variants[name][0], args.steps, device, clock))
+            backprop.append(time_steps(variants["backprop"][0], args.steps, device, clock))
             ratios[name].append(times[name][-1] / ((backprop[-2] + backprop[-1]) / 2))
         times["backprop"].append(statistics.median(backprop))
         ratios["backprop"].append(1.0)
@@ -201,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="", help="a folder holding another proxprop/ to time alongside")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 step, 1 warm-up")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or the step thread's CPU time (needs --threads 1 on the CPU)")
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        print("proxprop_step.py: --clock: 'cpu' needs --threads 1 and --device cpu", file=sys.stderr)
+        return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.quick:
@@ -209,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     archs = ["mlp", "convnet"] if args.arch == "both" else [args.arch]
     print(f"device={args.device} batch={args.batch} rounds={args.repeats} steps/round={args.steps} "
-          f"threads={torch.get_num_threads()} torch={torch.__version__}")
+          f"threads={torch.get_num_threads()} clock={args.clock} torch={torch.__version__}")
     print(f"{'model':<8} {'variant':<20} {'ms/step':>9} {'x BackProp':>11} {'(min-max)':>11} {'memory x':>9}")
     for arch in archs:
         for name, ms, ratios, memory in bench(arch, modes, args):

@@ -19,23 +19,54 @@ import re
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
 import dash
-from dash import Input, Output, State, dash_table, dcc, html
+from dash import Input, Output, State, dcc, html
+from dash.dash_table.DataTable import DataTable
 from flask import Response, request
 
+from proxstudy.dashboards import analysis_pages
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
 from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
+from proxstudy.dashboards.server import DEFAULT_THREADS, ServerOptions, check_options, serve
 from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows, verdict
+from proxstudy.dashboards.trial_query import page_of
 from proxstudy.study.storage import scrub_secrets
 
 REFRESH_MS = 5000
+TRIALS_PAGE_SIZE = 25
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 STUDY_PREFIX = "/study/"
+
+
+@dataclass(frozen=True)
+class ExtraPage:
+    """A page beyond the index and the study pages (e.g. a comparison of studies).
+
+    Served at ``path`` (exact match) and linked from the index as ``title``; ``render(storage,
+    search)`` returns the page's Dash content, ``search`` being the URL's query string
+    (``"?study=a&study=b"`` or ``""``). It must not raise for bad input: show a message instead.
+    """
+
+    path: str
+    title: str
+    render: Callable[[str, str], Any]
+
+
+#: Pages other modules add to the app (one line each here; create_app(pages=...) overrides).
+EXTRA_PAGES: tuple[ExtraPage, ...] = (
+    ExtraPage(analysis_pages.COMPARE_PATH, "Compare the studies", analysis_pages.compare_page),
+    ExtraPage(analysis_pages.IMPORTANCE_PATH, "Parameter importance", analysis_pages.importance_page),
+)
+
+#: Sections appended to every study page, after the views: ``section(data)`` -> Dash components.
+STUDY_SECTIONS: tuple[Callable[[D.StudyData], list[Any]], ...] = (analysis_pages.study_links,)
 
 
 def study_href(name: str) -> str:
@@ -47,8 +78,8 @@ def _counts_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{counts.get(s, 0)} {s}" for s in D.STATUS_ORDER)
 
 
-def index_page(storage: str) -> html.Div:
-    """The list of studies with counts by status and links to their pages."""
+def index_page(storage: str, pages: tuple[ExtraPage, ...] = ()) -> html.Div:
+    """The list of studies with counts by status and links to their pages (and the extra pages)."""
     studies = D.list_studies(storage)
     header = html.Tr([html.Th("study"), html.Th("trials")] + [html.Th(s) for s in D.STATUS_ORDER])
     rows = [
@@ -64,14 +95,15 @@ def index_page(storage: str) -> html.Div:
             html.P(f"Storage: {D.redact(storage)}", className="storage"),
             html.Table([html.Thead(header), html.Tbody(rows)], id="study-index")
             if studies else html.P("No studies in this storage yet."),
+            html.Ul([html.Li(dcc.Link(p.title, href=p.path)) for p in pages], id="extra-pages") if pages else "",
         ]
     )
 
 
-NUMERIC_TRIAL_COLUMNS = {"value", "final_train_loss", "lr", "tau_prox"}
+NUMERIC_TRIAL_COLUMNS = frozenset({"value", "final_train_loss", "lr", "tau_prox"})
 
 
-def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> dash_table.DataTable:
+def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], **kwargs: Any) -> DataTable:
     # Dash 4 announces DataTable's future removal on every construction; it is still the
     # built-in table with native filter/sort/CSV export, which is what the page needs.
     with warnings.catch_warnings():
@@ -80,12 +112,13 @@ def _datatable(table_id: str, columns: list[tuple[str, str]], rows: list[dict], 
 
 
 def _make_datatable(
-    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: set[str] = frozenset(), **kwargs: Any
-) -> dash_table.DataTable:
+    table_id: str, columns: list[tuple[str, str]], rows: list[dict], numeric: frozenset[str] = frozenset(),
+    **kwargs: Any,
+) -> DataTable:
     from dash.dash_table.Format import Format, Scheme
 
-    short = Format(precision=4, scheme=Scheme.decimal_or_exponent)  # display only; CSV keeps full
-    return dash_table.DataTable(
+    short = Format(precision=4, scheme=Scheme.decimal_or_exponent).to_plotly_json()  # display only; CSV: full
+    return DataTable(
         id=table_id,
         columns=[{"name": title, "id": cid, "type": "numeric", "format": short} if cid in numeric
                  else {"name": title, "id": cid} for cid, title in columns],
@@ -101,115 +134,227 @@ def _graph(fig, graph_id: str) -> dcc.Graph:
     return dcc.Graph(id=graph_id, figure=fig, config={"displaylogo": False}, className="study-graph")
 
 
-def study_page(storage: str, data: D.StudyData) -> html.Div:
-    """The study page's content for one snapshot of its data."""
+def notes_box(notes: list[str]) -> html.Div | str:
+    """What could not be read of a study (written by another tool, or damaged), shown on top."""
+    if not notes:
+        return ""
+    return html.Div(
+        [html.H2("Not everything in this study could be read"),
+         html.P("The page shows what could be read; these parts are left out:"),
+         html.Ul([html.Li(note) for note in notes])],
+        id="study-notes",
+        style={"background": "#fff8c5", "border": "1px solid #d4a72c", "padding": "4px 16px"},
+    )
+
+
+def study_body(
+    storage: str, data: D.StudyData, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()
+) -> list[Any]:
+    """What a live refresh replaces: counts, notes, verdict, figures and tables, not the trials."""
     figs = study_figures(data)
     methods = list(data.metrics.methods) or sorted({p.method for p in data.points})
     answer = verdict(data.metrics, data.objective)
     t1 = table1(data.points, data.records, data.direction)
     t1_columns = [("method", "method")] + [(format_lr(lr), f"lr {format_lr(lr)}") for lr in t1.lrs]
-    columns, trows = trial_rows(data.records)
     q = quote(data.name, safe="")
     side = {"display": "grid", "gridTemplateColumns": "repeat(auto-fit, minmax(520px, 1fr))", "gap": "8px"}
+    return [
+        html.P(f"Storage: {D.redact(storage)} | objective: {data.objective} ({data.direction}) | "
+               f"trials: {_counts_text(data.counts)}", id="study-counts"),
+        html.P("Live: refreshing every 5 s while trials run." if data.live else "", id="live-note"),
+        notes_box(data.notes),
+        html.Div(
+            [
+                html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
+                " | ",
+                html.A("Download best and most robust configurations (YAML)",
+                       href=f"/download/export.yaml?study={q}", id="download-export"),
+                " | ",
+                html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
+                " | ",
+                dcc.Link("All studies", href="/"),
+            ]
+        ),
+        html.Div(
+            [
+                html.H2("Verdict: how sensitive is each method to its learning rate?"),
+                html.P(answer.scale, className="scale"),
+                html.Ul([html.Li(t) for t in answer.methods], className="methods"),
+                html.P(answer.ranking, className="ranking"),
+                html.Ul([html.Li(t) for t in answer.comparisons], className="comparisons"),
+            ],
+            id="verdict",
+            style={"background": "#f6f8fa", "border": "1px solid #d0d7de", "padding": "4px 16px"},
+        ),
+        html.Div([_graph(figs["sensitivity"], "fig-sensitivity"), _graph(figs["robustness"], "fig-robustness")],
+                 style=side),
+        html.H2("Robustness metrics"),
+        _datatable("metrics-table", list(METRIC_COLUMNS), metrics_rows(data.metrics)),
+        html.Details([html.Summary("How the metrics are defined"), html.Pre(METRICS_DOC or "")]),
+        html.H2("Final training loss per learning rate (the paper's Table 1)"),
+        _datatable("table1", t1_columns, t1.as_records()),
+        html.H2("Capped objective over lr x tau_prox, per method (log colour scale)"),
+        html.Div([_graph(figs[f"heatmap:{m}"], f"fig-heatmap-{i}") for i, m in enumerate(methods)
+                  if f"heatmap:{m}" in figs], style=side),
+        html.Div([_graph(figs["tunability"], "fig-tunability"), _graph(figs["divergence"], "fig-divergence")],
+                 style=side),
+        html.H2("Training curves of each method's best point"),
+        html.Div([_graph(figs["training_epoch"], "fig-training-epoch"),
+                  _graph(figs["training_seconds"], "fig-training-seconds")], style=side),
+        *[component for section in sections for component in section(data)],
+    ]
+
+
+def study_page(
+    storage: str,
+    data: D.StudyData,
+    sections: tuple[Callable[[D.StudyData], list[Any]], ...] = (),
+    body: list[Any] | None = None,
+    trials: TrialTable | None = None,
+) -> html.Div:
+    """The study page for one snapshot of its data: the refreshable body, then the trial table,
+    paged on the server (filters, sort and page live in the table, so a refresh keeps them)."""
+    trials = trials or TrialTable.of(data)
+    first = page_of(trials.rows, 0, TRIALS_PAGE_SIZE)
     return html.Div(
         [
             html.H1(data.name, id="study-title"),
-            html.P(f"Storage: {D.redact(storage)} | objective: {data.objective} ({data.direction}) | "
-                   f"trials: {_counts_text(data.counts)}", id="study-counts"),
-            html.P("Live: refreshing every 5 s while trials run." if data.live else "", id="live-note"),
-            html.Div(
-                [
-                    html.A("Download trials (CSV)", href=f"/download/trials.csv?study={q}", id="download-csv"),
-                    " | ",
-                    html.A("Download best configuration (YAML)", href=f"/download/export.yaml?study={q}",
-                           id="download-export"),
-                    " | ",
-                    html.A("(JSON)", href=f"/download/export.json?study={q}", id="download-export-json"),
-                    " | ",
-                    dcc.Link("All studies", href="/"),
-                ]
-            ),
-            html.Div(
-                [
-                    html.H2("Verdict: how sensitive is each method to its learning rate?"),
-                    html.P(answer.scale, className="scale"),
-                    html.Ul([html.Li(t) for t in answer.methods], className="methods"),
-                    html.P(answer.ranking, className="ranking"),
-                    html.Ul([html.Li(t) for t in answer.comparisons], className="comparisons"),
-                ],
-                id="verdict",
-                style={"background": "#f6f8fa", "border": "1px solid #d0d7de", "padding": "4px 16px"},
-            ),
-            html.Div([_graph(figs["sensitivity"], "fig-sensitivity"), _graph(figs["robustness"], "fig-robustness")],
-                     style=side),
-            html.H2("Robustness metrics"),
-            _datatable("metrics-table", list(METRIC_COLUMNS), metrics_rows(data.metrics)),
-            html.Details([html.Summary("How the metrics are defined"), html.Pre(METRICS_DOC or "")]),
-            html.H2("Final training loss per learning rate (the paper's Table 1)"),
-            _datatable("table1", t1_columns, t1.as_records()),
-            html.H2("Capped objective over lr x tau_prox, per method (log colour scale)"),
-            html.Div([_graph(figs[f"heatmap:{m}"], f"fig-heatmap-{i}") for i, m in enumerate(methods)
-                      if f"heatmap:{m}" in figs], style=side),
-            html.Div([_graph(figs["tunability"], "fig-tunability"), _graph(figs["divergence"], "fig-divergence")],
-                     style=side),
-            html.H2("Training curves of each method's best point"),
-            html.Div([_graph(figs["training_epoch"], "fig-training-epoch"),
-                      _graph(figs["training_seconds"], "fig-training-seconds")], style=side),
+            dcc.Store(id="study-name", data=data.name),
+            dcc.Store(id="version", data=data.version),
+            dcc.Interval(id="tick", interval=REFRESH_MS, disabled=not data.live),
+            html.Div(body if body is not None else study_body(storage, data, sections), id="study-body"),
             html.H2("Trials"),
-            _datatable("trials-table", [(c, c) for c in columns], trows, numeric=NUMERIC_TRIAL_COLUMNS,
-                       filter_action="native",
-                       sort_action="native", page_action="native", page_size=25, export_format="csv",
-                       export_headers="ids"),
+            html.P(f"{len(trials.rows)} trials; filter (e.g. cg3, > 0.1, {{method}} contains bp) and sort on the "
+                   "server; the CSV download above has them all.", id="trials-note"),
+            _datatable("trials-table", [(c, c) for c in trials.columns], first.rows, numeric=NUMERIC_TRIAL_COLUMNS,
+                       filter_action="custom", sort_action="custom", sort_mode="multi", page_action="custom",
+                       page_current=0, page_size=TRIALS_PAGE_SIZE, page_count=first.page_count),
         ]
     )
 
 
-def create_app(storage: str) -> dash.Dash:
-    """The Dash app for one storage URL (not started; see :func:`run_dashboard`)."""
+@dataclass(frozen=True)
+class TrialTable:
+    """The trial table's columns and rows of one snapshot of a study (built once per version)."""
+
+    version: int
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, data: D.StudyData) -> TrialTable:
+        columns, rows = trial_rows(data.records)
+        return cls(data.version, columns, rows)
+
+
+class Snapshots:
+    """Per study, the latest data's page body and trial rows, built once per data version (a
+    study of 50,000 trials takes seconds to draw; a reload then only serialises the page)."""
+
+    def __init__(self, storage: str, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()) -> None:
+        self.storage = storage
+        self.sections = sections
+        self._built: dict[str, tuple[int, list[Any], TrialTable]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> tuple[D.StudyData, list[Any], TrialTable]:
+        data = D.load_study_data(self.storage, name)
+        with self._lock:
+            cached = self._built.get(name)
+        if cached is not None and cached[0] == data.version:
+            return data, cached[1], cached[2]
+        body, trials = study_body(self.storage, data, self.sections), TrialTable.of(data)
+        with self._lock:
+            self._built[name] = (data.version, body, trials)
+        return data, body, trials
+
+    def warm(self) -> None:
+        """Read and draw every study once (the server does this in the background at start-up)."""
+        for summary in D.list_studies(self.storage):
+            try:
+                self.get(summary.name)
+            except Exception:  # a broken study must not stop the others; its page shows the error
+                continue
+
+
+def create_app(
+    storage: str,
+    pages: tuple[ExtraPage, ...] | None = None,
+    sections: tuple[Callable[[D.StudyData], list[Any]], ...] | None = None,
+    snapshots: Snapshots | None = None,
+) -> dash.Dash:
+    """The Dash app for one storage URL (not started; see :func:`run_dashboard`).
+
+    ``pages`` and ``sections`` default to :data:`EXTRA_PAGES` and :data:`STUDY_SECTIONS`;
+    ``snapshots``: the cache of drawn studies (run_dashboard warms it at start-up).
+    """
+    extra = {p.path: p for p in (EXTRA_PAGES if pages is None else pages)}
+    study_sections = STUDY_SECTIONS if sections is None else sections
     app = dash.Dash(__name__, title="ProxProp studies", suppress_callback_exceptions=True,
-                    update_title=None)
-    app.layout = html.Div(
-        [
-            dcc.Location(id="url"),
-            dcc.Interval(id="tick", interval=REFRESH_MS, disabled=True),
-            dcc.Store(id="version"),
-            html.Div(id="page"),
-        ],
-        style={"fontFamily": "sans-serif", "margin": "12px"},
-    )
-    built: dict[str, tuple[int, html.Div]] = {}
-    built_lock = threading.Lock()
+                    update_title="")
+    app.layout = html.Div([dcc.Location(id="url"), html.Div(id="page")],
+                          style={"fontFamily": "sans-serif", "margin": "12px"})
+    snapshots = snapshots or Snapshots(storage, study_sections)
+    snapshot = snapshots.get
+
+    def problem(title: str, exc: Exception) -> html.Div:
+        # shown, never an HTTP 500; no password in the text
+        shown = exc.args[0] if isinstance(exc, D.StudyNotFound) else f"{type(exc).__name__}: {exc}"
+        return html.Div([html.H1(title), html.P(scrub_secrets(str(shown), storage), className="error"),
+                         dcc.Link("All studies", href="/")])
+
+    @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
+    def render(pathname: str | None, search: str | None):
+        pathname = pathname or "/"
+        try:
+            if pathname in extra:
+                return extra[pathname].render(storage, search or "")
+            if not pathname.startswith(STUDY_PREFIX):
+                return index_page(storage, tuple(extra.values()))
+            name = unquote(pathname[len(STUDY_PREFIX):])
+            data, body, trials = snapshot(name)
+        except D.StudyNotFound as exc:
+            return problem("Study not found", exc)
+        except Exception as exc:
+            return problem("Cannot read the storage", exc)
+        try:
+            return study_page(storage, data, study_sections, body, trials)
+        except Exception as exc:  # a view that cannot be built must not become an HTTP 500
+            return problem(f"This study's page cannot be built: {data.name}", exc)
 
     @app.callback(
-        Output("page", "children"), Output("tick", "disabled"), Output("version", "data"),
-        Input("url", "pathname"), Input("tick", "n_intervals"), State("version", "data"),
+        Output("study-body", "children"), Output("tick", "disabled"), Output("version", "data"),
+        Input("tick", "n_intervals"), State("version", "data"), State("study-name", "data"),
+        prevent_initial_call=True,
     )
-    def render(pathname: str | None, _n: int | None, version: Any):
-        pathname = pathname or "/"
-        triggered = dash.ctx.triggered_id
+    def refresh(_n: int | None, version: Any, name: str):
+        """While trials run: replace the body when the data changed; "no update" otherwise. The
+        trial table is not replaced (its own callback re-queries on the new version)."""
         try:
-            if not pathname.startswith(STUDY_PREFIX):
-                return index_page(storage), True, None
-            name = unquote(pathname[len(STUDY_PREFIX):])
-            data = D.load_study_data(storage, name)
-        except D.StudyNotFound as exc:
-            return html.Div([html.H1("Study not found"), html.P(str(exc), className="error"),
-                             dcc.Link("All studies", href="/")]), True, None
-        except Exception as exc:  # show, never crash the page; no password in the text
-            return html.Div([html.H1("Cannot read the storage"),
-                             html.P(scrub_secrets(f"{type(exc).__name__}: {exc}", storage), className="error")]), True, None
-        token = [name, data.version]
-        if triggered == "tick" and version == token:
+            data, body, _ = snapshot(name)
+        except Exception as exc:
+            return [problem("Cannot read the storage", exc)], True, dash.no_update
+        if data.version == version:
             return dash.no_update, not data.live, dash.no_update
-        with built_lock:
-            cached = built.get(name)
-        if cached is not None and cached[0] == data.version:
-            page = cached[1]
-        else:
-            page = study_page(storage, data)
-            with built_lock:
-                built[name] = (data.version, page)
-        return page, not data.live, token
+        return body, not data.live, data.version
+
+    @app.callback(
+        Output("trials-table", "data"), Output("trials-table", "page_count"), Output("trials-note", "children"),
+        Input("trials-table", "page_current"), Input("trials-table", "page_size"),
+        Input("trials-table", "sort_by"), Input("trials-table", "filter_query"), Input("version", "data"),
+        State("study-name", "data"),
+        prevent_initial_call=True,
+    )
+    def trials_page(page_current: int | None, page_size: int | None, sort_by: list | None,
+                    filter_query: str | None, _version: Any, name: str):
+        try:
+            _, _, trials = snapshot(name)
+        except Exception:  # the body's refresh shows the error
+            return dash.no_update, dash.no_update, dash.no_update
+        page = page_of(trials.rows, page_current, page_size, sort_by, filter_query)
+        shown = (f"{page.matched} of {len(trials.rows)} trials match the filter" if filter_query
+                 else f"{len(trials.rows)} trials")
+        return page.rows, page.page_count, shown + "; filtered and sorted on the server; the CSV download has all."
 
     def _study_arg() -> D.StudyData | Response:
         name = request.args.get("study", "")
@@ -221,6 +366,9 @@ def create_app(storage: str) -> dash.Dash:
     def _filename(name: str, ext: str) -> str:
         return (re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "study") + ext
 
+    def _attachment(filename: str) -> dict[str, str]:
+        return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
     @app.server.route("/download/trials.csv")
     def download_trials():
         data = _study_arg()
@@ -228,7 +376,7 @@ def create_app(storage: str) -> dash.Dash:
             return data
         columns, rows = trial_rows(data.records)
         return Response(csv_text(columns, rows), mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-trials.csv")}"'})
+                        headers=_attachment(_filename(data.name, "-trials.csv")))
 
     @app.server.route("/download/export.<fmt>")
     def download_export(fmt: str):
@@ -242,29 +390,45 @@ def create_app(storage: str) -> dash.Dash:
         except NothingToExport as exc:
             return Response(str(exc), status=404, mimetype="text/plain")
         mimetype = "application/json" if fmt == "json" else "application/x-yaml"
-        return Response(text, mimetype=mimetype,
-                        headers={"Content-Disposition": f'attachment; filename="{_filename(data.name, "-best." + fmt)}"'})
+        return Response(text, mimetype=mimetype, headers=_attachment(_filename(data.name, "-export." + fmt)))
 
     return app
 
 
-def run_dashboard(storage: str, host: str = "127.0.0.1", port: int = 8050, allow_remote: bool = False) -> None:
-    """Serve the dashboard until interrupted (blocking).
+def run_dashboard(
+    storage: str,
+    host: str = "127.0.0.1",
+    port: int = 8050,
+    allow_remote: bool = False,
+    *,
+    threads: int = DEFAULT_THREADS,
+    debug: bool = False,
+) -> None:
+    """Serve the dashboard until interrupted (blocking), on waitress with ``threads`` worker
+    threads (``dashboards.server`` says why), or on Flask's development server with ``debug``.
 
     Binding to a non-local address exposes every study in the storage to the network, so it
     needs ``allow_remote=True`` and prints a warning; otherwise a ValueError names the argument.
+    ``debug`` (Flask's interactive debugger) is refused beyond localhost.
     """
+    options = ServerOptions(host=host, port=port, threads=threads, debug=debug)
+    check_options(options)
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ValueError(f"--host {host}: serving beyond this machine needs allow_remote=True "
                          "(the dashboard has no authentication)")
+    if host not in LOCAL_HOSTS and debug:
+        raise ValueError(f"--debug: Flask's debugger runs code sent to it; not with --host {host}")
     if host not in LOCAL_HOSTS:
         print(f"WARNING: the dashboard listens on {host}:{port} without authentication; anyone who "
               "can reach this address can read every study in the storage.", file=sys.stderr)
     D.list_studies(storage)  # fail fast on a bad storage, before the server starts
-    app = create_app(storage)
-    threading.Thread(target=D.warm_cache, args=(storage,), daemon=True, name="dashboard-warm-cache").start()
-    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/", file=sys.stderr)
-    app.run(host=host, port=port, debug=False)
+    snapshots = Snapshots(storage, STUDY_SECTIONS)
+    app = create_app(storage, snapshots=snapshots)
+    threading.Thread(target=snapshots.warm, daemon=True, name="dashboard-warm-cache").start()
+    how = "Flask's development server (--debug)" if debug else f"waitress, {threads} threads"
+    print(f"Dashboard for storage {D.redact(storage)} at http://{host}:{port}/ ({how})", file=sys.stderr, flush=True)
+    serve(app.server, options)
 
 
-__all__ = ["create_app", "run_dashboard", "study_href", "index_page", "study_page"]
+__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "Snapshots", "create_app", "index_page", "run_dashboard",
+           "study_href", "study_page"]

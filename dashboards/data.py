@@ -1,36 +1,45 @@
 """Cached, read-only access to studies for the dashboard and the report.
 
 Studies are read through study.reader (plain SQL where the schema is verified, else one Optuna
-storage object per URL). The records, aggregated points and metrics of a study are cached and
-rebuilt only when its fingerprint changes: the trial counts per status. Any trial that starts,
-finishes, diverges or fails changes it. While trials run, their per-epoch values change without
-changing the counts, so live entries also expire after ``LIVE_TTL_S``. Storage URLs are shown
-only redacted (no password).
+storage object per URL). A study written by another tool, or damaged, is shown as far as it can
+be read: the reader's notes on what it could not read, and the trials this module leaves out of
+the analysis (a swept parameter the figures need as a number that is not one), become
+``StudyData.notes``, which the page and the report show.
+
+The records, aggregated points and metrics of a study are cached and rebuilt only when its
+fingerprint changes: the trial counts per status. Any trial that starts, finishes, diverges or
+fails changes it. While trials run, their per-epoch values change without changing the counts,
+so live entries also expire after ``LIVE_TTL_S``. Storage URLs are shown only redacted.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxstudy.dashboards.metrics import DEFAULT_DELTA, Robustness, compute_robustness, direction_for
 from proxstudy.errors import StudyNotFound
 from proxstudy.study import reader
 from proxstudy.study import records as R
 from proxstudy.study.storage import redact
-from proxstudy.workers.vocabulary import TRAIN_LOSS
+from proxstudy.workers.vocabulary import EPOCH_SERIES, TRAIN_LOSS
 
 __all__ = [
     "STATUS_ORDER",
     "StudyData",
     "StudyNotFound",  # the pages catch it as D.StudyNotFound
     "StudySummary",
+    "analysable",
     "build_study_data",
     "clear_cache",
     "list_studies",
     "load_study_data",
+    "objective_of",
     "redact",
     "study_summary_data",  # pages and logs show only the redacted URL
     "warm_cache",
@@ -71,6 +80,7 @@ class StudyData:
     points: list[R.PointSummary]
     metrics: Robustness
     counts: dict[str, int]
+    notes: list[str] = field(default_factory=list)  # what could not be read or analysed, plain lines
     loaded_at: float = field(default_factory=time.monotonic)
     version: int = field(default_factory=lambda: next(_versions))  # unique per snapshot
 
@@ -84,6 +94,46 @@ class StudyData:
         return tuple(self.counts.get(s, 0) for s in STATUS_ORDER)
 
 
+#: Swept parameters the analysis and the figures use as numbers (grid axes, log scales).
+NUMERIC_PARAMS = (R.PARAM_LR, R.PARAM_TAU, R.PARAM_CG)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def analysable(records: Sequence[R.TrialRecord]) -> tuple[list[R.TrialRecord], list[str]]:
+    """The records the analysis can use, and one note per parameter that kept trials out.
+
+    A trial whose lr, tau_prox or cg_iterations is not a finite number (a study written by
+    another tool: ``lr="fast"``) cannot be placed on a grid axis; it stays in the trial table
+    and is left out of points, metrics and figures. The note shows the value's type, not the
+    value (it may be long or hold markup).
+    """
+    kept: list[R.TrialRecord] = []
+    bad: dict[str, list[R.TrialRecord]] = {}
+    for record in records:
+        wrong = [name for name in NUMERIC_PARAMS if name in record.params and not _is_number(record.params[name])]
+        if wrong:
+            for name in wrong:
+                bad.setdefault(name, []).append(record)
+        else:
+            kept.append(record)
+    notes = []
+    for name, trials in bad.items():
+        kinds = sorted({type(r.params[name]).__name__ for r in trials})
+        which = f"trial {trials[0].number}" if len(trials) == 1 else f"{len(trials)} trials (first: {trials[0].number})"
+        notes.append(f"{which}: param {name!r} is {' or '.join(kinds)}, not a finite number; left out of the "
+                     "analysis and the figures (listed in the trial table)")
+    return kept, notes
+
+
+def objective_of(space: dict | None) -> str:
+    """The study's objective: the space's ``objective`` where it names a per-epoch series."""
+    objective = (space or {}).get("objective")
+    return objective if isinstance(objective, str) and objective in EPOCH_SERIES else TRAIN_LOSS
+
+
 def build_study_data(
     name: str,
     records: list[R.TrialRecord],
@@ -91,15 +141,20 @@ def build_study_data(
     space: dict | None = None,
     direction: str | None = None,
     delta: float = DEFAULT_DELTA,
+    notes: Sequence[str] = (),
 ) -> StudyData:
-    """Aggregate records into points and metrics (pure; used by the cache and by tests)."""
-    objective = str((space or {}).get("objective") or TRAIN_LOSS)
+    """Aggregate records into points and metrics (pure; used by the cache and by tests).
+
+    ``notes``: what the reader could not read; the trials the analysis cannot use are noted too.
+    """
+    objective = objective_of(space)
     direction = direction_for(objective, direction)
-    points = R.aggregate_points(records)
+    usable, left_out = analysable(records)
+    points = R.aggregate_points(usable)
     if counts is None:
         counts = R.count_statuses(records)
-    metrics = compute_robustness(records, direction, delta=delta, k_max=K_MAX)
-    return StudyData(name, objective, direction, space, records, points, metrics, counts)
+    metrics = compute_robustness(usable, direction, delta=delta, k_max=K_MAX)
+    return StudyData(name, objective, direction, space, records, points, metrics, counts, [*notes, *left_out])
 
 
 _cache: dict[tuple[str, str], StudyData] = {}
@@ -127,13 +182,14 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
             and not (cached.live and time.monotonic() - cached.loaded_at > LIVE_TTL_S)
         ):
             return cached
-        records = reader.load_records(url, name)
+        read = reader.read_study(url, name)
         unchanged = cached is not None and not force and cached.counts == counts
-        if cached is not None and unchanged and _progress(records) == _progress(cached.records):
+        if cached is not None and unchanged and _progress(read.records) == _progress(cached.records):
             cached.loaded_at = time.monotonic()  # live, but no running trial reported a new epoch
             return cached
-        settings = reader.study_settings(url, name)
-        data = build_study_data(name, records, counts, settings.space_document, settings.direction)
+        settings = read.settings
+        data = build_study_data(name, read.records, counts, settings.space_document, settings.direction,
+                                notes=read.notes)
         _cache[key] = data
         return data
 
@@ -141,9 +197,10 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
 def study_summary_data(url: str, name: str, *, delta: float = DEFAULT_DELTA) -> StudyData:
     """The study's data with the robustness analysis at ``delta``, read afresh (not cached):
     what `proxstudy summary` prints. Raises StudyNotFound."""
-    settings = reader.study_settings(url, name)
-    records = reader.load_records(url, name)
-    return build_study_data(name, records, None, settings.space_document, settings.direction, delta)
+    read = reader.read_study(url, name)
+    settings = read.settings
+    return build_study_data(name, read.records, None, settings.space_document, settings.direction, delta,
+                            notes=read.notes)
 
 
 def clear_cache() -> None:

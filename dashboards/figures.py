@@ -1,14 +1,18 @@
 """Plotly figures of a robustness study: functions of records, points and the robustness analysis.
 
 No Dash here, so the web app and the static report draw exactly the same figures. Text that
-comes from the study (method names, parameter values) only ever goes into trace names, titles
-and hover text, which Plotly renders as text.
+comes from the study (method names, parameter values) goes into trace names, titles, tick
+labels and hover text, where Plotly reads a subset of HTML (``<b>``, ``<br>``, ``<a>``); every
+such text passes through :func:`plot_text` first, so it shows literally.
 """
 
 from __future__ import annotations
 
+import functools
+import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import plotly.colors
 import plotly.graph_objects as go
@@ -16,11 +20,25 @@ from plotly.subplots import make_subplots
 
 from proxstudy.dashboards.metrics import MINIMIZE, PointRobustness, Robustness, params_label
 from proxstudy.dashboards.tables import METRIC_COLUMNS, Table1, format_lr, format_value, metrics_rows
-from proxstudy.study.records import PARAM_CG, PARAM_LR, PARAM_TAU, STATUS_COMPLETED, PointSummary, TrialRecord
+from proxstudy.study.records import (
+    EPOCH_SERIES,
+    PARAM_CG,
+    PARAM_LR,
+    PARAM_TAU,
+    STATUS_COMPLETED,
+    PointSummary,
+    TrialRecord,
+)
 
 DIVERGED_COLOR = "#d62728"
 METHOD_COLORS = plotly.colors.qualitative.Plotly
 NO_TAU = "n/a"
+
+
+def plot_text(text: object) -> str:
+    """Text from the study as Plotly shows it literally: ``<``, ``>`` and ``&`` as entities
+    (Plotly turns entities back into the characters, and reads tags only before that)."""
+    return html.escape(str(text), quote=False)
 
 
 def _methods(points: Sequence[PointSummary]) -> list[str]:
@@ -71,17 +89,20 @@ def heatmap(robustness: Robustness, method: str, objective: str = "objective") -
     other swept parameters exist, a cell shows the best point sharing its lr, tau and cg.
     """
     r = robustness
-    pts = [p for p in r.method_points(method) if p.lr is not None]
+    with_lr = [(lr, p) for p in r.method_points(method) if (lr := p.lr) is not None]
+    pts = [p for _, p in with_lr]
     log = _log_scale(r)
     cgs = sorted({p.params.get(PARAM_CG) for p in pts}, key=lambda c: (c is None, c or 0)) or [None]
-    titles = [f"cg_iterations={c}" if c is not None else method for c in cgs]
+    titles = [f"cg_iterations={c}" if c is not None else plot_text(method) for c in cgs]
     fig = make_subplots(rows=1, cols=len(cgs), subplot_titles=titles, shared_yaxes=True)
-    lrs = sorted({p.lr for p in pts})
+    lrs = sorted({lr for lr, _ in with_lr})
     taus = sorted({p.params.get(PARAM_TAU) for p in pts}, key=lambda t: (t is None, t or 0))
     xs = [format_lr(lr) for lr in lrs]
     ys = [_tau_label(t) for t in taus]
     sign = 1.0 if r.direction == MINIMIZE else -1.0
     ends = [v for v in (r.initial_value, r.best_value) if v is not None]
+    zmin: float | None
+    zmax: float | None
     if log and ends:
         zmin, zmax = math.log10(min(ends)), math.log10(max(ends))
         tickvals, ticktext = _log_ticks(zmin, zmax)
@@ -93,28 +114,30 @@ def heatmap(robustness: Robustness, method: str, objective: str = "objective") -
         zmin, zmax = None, None
     for col, cg in enumerate(cgs, start=1):
         cell: dict[tuple[float, object], PointRobustness] = {}
-        for p in pts:
+        for point_lr, p in with_lr:
             if p.params.get(PARAM_CG) != cg:
                 continue
-            key = (p.lr, p.params.get(PARAM_TAU))
+            key = (point_lr, p.params.get(PARAM_TAU))
             if key not in cell or sign * p.value < sign * cell[key].value:
                 cell[key] = p
         z, text, custom, div_x, div_y = [], [], [], [], []
         for tau in taus:
-            zr, tr, cr = [], [], []
+            zr: list[float | None] = []
+            tr: list[str] = []
+            cr: list[list[Any]] = []
             for lr in lrs:
-                p = cell.get((lr, tau))
-                if p is None:
+                here = cell.get((lr, tau))
+                if here is None:
                     zr.append(None)
                     tr.append("")
                     cr.append(["no data", "", "", 0, 0, ""])
                     continue
-                zr.append(math.log10(p.value) if log else p.value)
-                tr.append(format_value(p.value))
-                cr.append([format_value(p.value), format_value(p.seed_median),
-                           f"{format_value(min(p.capped))} to {format_value(max(p.capped))}",
-                           p.n_completed, p.n_diverged, f"{p.progress:.2f}"])
-                if p.diverged:
+                zr.append(math.log10(here.value) if log else here.value)
+                tr.append(format_value(here.value))
+                cr.append([format_value(here.value), format_value(here.seed_median),
+                           f"{format_value(min(here.capped))} to {format_value(max(here.capped))}",
+                           here.n_completed, here.n_diverged, f"{here.progress:.2f}"])
+                if here.diverged:
                     div_x.append(format_lr(lr))
                     div_y.append(_tau_label(tau))
             z.append(zr)
@@ -126,7 +149,7 @@ def heatmap(robustness: Robustness, method: str, objective: str = "objective") -
                 texttemplate="%{text}" if len(xs) <= 10 and len(ys) <= 12 else None,  # readable grids only
                 colorscale="Viridis", reversescale=r.direction != MINIMIZE,
                 colorbar=colorbar, showscale=col == 1,
-                name=f"{method} cg{cg}" if cg is not None else method,
+                name=plot_text(f"{method} cg{cg}" if cg is not None else method),
                 hovertemplate="lr=%{x}<br>tau_prox=%{y}<br>capped mean=%{customdata[0]}"
                 "<br>seed median=%{customdata[1]}<br>seed range=%{customdata[2]}"
                 "<br>completed=%{customdata[3]}, diverged=%{customdata[4]}<br>progress q=%{customdata[5]}"
@@ -145,7 +168,7 @@ def heatmap(robustness: Robustness, method: str, objective: str = "objective") -
         fig.update_xaxes(type="category", categoryorder="array", categoryarray=xs, title_text="lr", row=1, col=col)
         fig.update_yaxes(type="category", categoryorder="array", categoryarray=ys, row=1, col=col)
     fig.update_yaxes(title_text="tau_prox", row=1, col=1)
-    fig.update_layout(title={"text": f"{method}: capped {objective} over lr x tau_prox (mean over seeds)"},
+    fig.update_layout(title={"text": f"{plot_text(method)}: capped {objective} over lr x tau_prox (mean over seeds)"},
                       height=400, margin={"t": 80}, legend={"orientation": "h", "x": 0, "y": -0.3})
     return fig
 
@@ -163,21 +186,24 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
     for index, (method, m) in enumerate(r.methods.items()):
         if m.sensitivity_params is None:
             continue
-        row = sorted((p for p in r.method_points(method) if p.lr is not None and p.theta == m.sensitivity_params),
-                     key=lambda p: p.lr)
-        if not row:
+        at_theta = sorted(((lr, p) for p in r.method_points(method)
+                           if (lr := p.lr) is not None and p.theta == m.sensitivity_params), key=lambda pair: pair[0])
+        if not at_theta:
             continue
+        row = [p for _, p in at_theta]
         color = METHOD_COLORS[index % len(METHOD_COLORS)]
-        x = [p.lr for p in row]
+        x = [lr for lr, _ in at_theta]
         label = method
         extra = params_label(m.sensitivity_params)
         if extra:
             label += f" ({extra})"
+        label = plot_text(label)
         fig.add_trace(go.Scatter(x=x, y=[max(p.capped) for p in row], mode="lines", line={"width": 0},
-                                 showlegend=False, hoverinfo="skip", legendgroup=method, name=f"{method} seed max"))
+                                 showlegend=False, hoverinfo="skip", legendgroup=method,
+                                 name=plot_text(f"{method} seed max")))
         fig.add_trace(go.Scatter(x=x, y=[min(p.capped) for p in row], mode="lines", line={"width": 0},
                                  fill="tonexty", fillcolor=_rgba(color, 0.18), showlegend=False,
-                                 hoverinfo="skip", legendgroup=method, name=f"{method} seed min"))
+                                 hoverinfo="skip", legendgroup=method, name=plot_text(f"{method} seed min")))
         fig.add_trace(go.Scatter(
             x=x, y=[p.seed_median for p in row], mode="lines+markers", name=label, legendgroup=method,
             line={"color": color},
@@ -189,7 +215,8 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
         dx = [p for p in row if p.diverged]
         if dx:
             fig.add_trace(go.Scatter(
-                x=[p.lr for p in dx], y=[p.seed_median for p in dx], mode="markers", name=f"{method} diverged",
+                x=[p.lr for p in dx], y=[p.seed_median for p in dx], mode="markers",
+                name=plot_text(f"{method} diverged"),
                 legendgroup=method, marker={"symbol": "x", "size": 12, "color": DIVERGED_COLOR},
                 hovertemplate="lr=%{x}<br>%{customdata} seed(s) diverged<extra></extra>",
                 customdata=[p.n_diverged for p in dx],
@@ -213,17 +240,18 @@ def lr_curves(robustness: Robustness, objective: str = "objective") -> go.Figure
 def sensitivity_bars(robustness: Robustness) -> go.Figure:
     """lr sensitivity per method (0 = as good as the best everywhere, 1 = no progress) with its
     95% bootstrap interval as error bars."""
-    methods = [m for m in robustness.methods.values() if m.lr_sensitivity is not None]
+    methods = [(m.lr_sensitivity, m) for m in robustness.methods.values() if m.lr_sensitivity is not None]
     fig = go.Figure()
-    for index, m in enumerate(methods):
-        lo, hi = m.lr_sensitivity_ci or (m.lr_sensitivity, m.lr_sensitivity)
+    for index, (sens, m) in enumerate(methods):
+        lo, hi = m.lr_sensitivity_ci or (sens, sens)
         fig.add_trace(go.Bar(
-            x=[m.method], y=[m.lr_sensitivity], name=m.method,
+            x=[plot_text(m.method)], y=[sens], name=plot_text(m.method),
             marker={"color": METHOD_COLORS[index % len(METHOD_COLORS)]},
-            error_y={"type": "data", "symmetric": False, "array": [hi - m.lr_sensitivity],
-                     "arrayminus": [m.lr_sensitivity - lo], "thickness": 2, "width": 10},
-            text=[f"{m.lr_sensitivity:.2f}"], textposition="inside", insidetextanchor="middle",
-            customdata=[[f"{lo:.2f}", f"{hi:.2f}", params_label(m.sensitivity_params) or "(no other parameter)"]],
+            error_y={"type": "data", "symmetric": False, "array": [hi - sens],
+                     "arrayminus": [sens - lo], "thickness": 2, "width": 10},
+            text=[f"{sens:.2f}"], textposition="inside", insidetextanchor="middle",
+            customdata=[[f"{lo:.2f}", f"{hi:.2f}",
+                         plot_text(params_label(m.sensitivity_params) or "(no other parameter)")]],
             hovertemplate="%{x}<br>lr sensitivity %{y:.3f}<br>95% CI [%{customdata[0]}, %{customdata[1]}]"
             "<br>at %{customdata[2]}<extra></extra>",
         ))
@@ -240,7 +268,8 @@ def _rgba(color: str, alpha: float) -> str:
 def table1_figure(table: Table1, title: str = "Final training loss (Table 1 view)") -> go.Figure:
     """The paper's Table 1 as a go.Table ("-" marks diverged runs)."""
     header = ["method"] + [format_lr(lr) for lr in table.lrs]
-    columns = [table.rows] + [[row[j] for row in table.cells] for j in range(len(table.lrs))]
+    columns = [[plot_text(row) for row in table.rows]]
+    columns += [[row[j] for row in table.cells] for j in range(len(table.lrs))]
     fig = go.Figure(go.Table(header={"values": header, "align": "center"},
                              cells={"values": columns, "align": ["left"] + ["center"] * len(table.lrs)}))
     fig.update_layout(title={"text": title}, height=120 + 30 * len(table.rows))
@@ -248,7 +277,7 @@ def table1_figure(table: Table1, title: str = "Final training loss (Table 1 view
 
 
 def _series_of(record: TrialRecord, objective: str) -> list:
-    series = getattr(record, objective, None)
+    series = getattr(record, objective, None) if objective in EPOCH_SERIES else None
     if isinstance(series, list) and series:
         return series
     return record.train_loss
@@ -282,10 +311,11 @@ def training_curves(
             secs.append(sum(ts) / len(ts))
         xs = list(range(length)) if x == "epoch" else secs
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers",
-                                 name=f"{method} ({params_label(m.best_params)}, n={len(runs)})"))
+                                 name=plot_text(f"{method} ({params_label(m.best_params)}, n={len(runs)})")))
     fig.update_xaxes(title_text="epoch" if x == "epoch" else "wall-clock seconds")
     fig.update_yaxes(title_text=objective)
-    fig.update_layout(title={"text": f"Training curves of each method's best point vs {'epoch' if x == 'epoch' else 'seconds'}"})
+    axis = "epoch" if x == "epoch" else "seconds"
+    fig.update_layout(title={"text": f"Training curves of each method's best point vs {axis}"})
     return fig
 
 
@@ -310,7 +340,7 @@ def tunability_curve(robustness: Robustness, objective: str = "objective") -> go
         ks = list(range(1, len(m.expected_best) + 1))
         k_max = max(k_max, len(ks))
         fig.add_trace(go.Scatter(
-            x=ks, y=m.expected_best, mode="lines+markers", name=method,
+            x=ks, y=m.expected_best, mode="lines+markers", name=plot_text(method),
             line={"color": METHOD_COLORS[index % len(METHOD_COLORS)]},
             hovertemplate="k=%{x}<br>expected best=%{y:.4g}<extra>%{fullData.name}</extra>",
         ))
@@ -337,10 +367,12 @@ def divergence_view(points: Sequence[PointSummary]) -> go.Figure:
             tot[lr] = tot.get(lr, 0) + p.n_diverged + p.n
         xs = [format_lr(lr) for lr in lrs if tot.get(lr)]
         ys = [div[lr] / tot[lr] for lr in lrs if tot.get(lr)]
-        fig.add_trace(go.Bar(x=xs, y=ys, name=method,
+        fig.add_trace(go.Bar(x=xs, y=ys, name=plot_text(method),
                              customdata=[[div[lr], tot[lr]] for lr in lrs if tot.get(lr)],
-                             hovertemplate="lr=%{x}<br>%{customdata[0]} of %{customdata[1]} seeds diverged<extra></extra>"))
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[format_lr(lr) for lr in lrs], title_text="lr")
+                             hovertemplate="lr=%{x}<br>%{customdata[0]} of %{customdata[1]} seeds diverged"
+                             "<extra></extra>"))
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=[format_lr(lr) for lr in lrs],
+                     title_text="lr")
     fig.update_yaxes(title_text="share of seeds diverged", range=[0, 1.05], tickformat=".0%")
     fig.update_layout(barmode="group", title={"text": "Divergence: share of diverged seeds per learning rate"})
     return fig
@@ -349,11 +381,26 @@ def divergence_view(points: Sequence[PointSummary]) -> go.Figure:
 def study_figures(data) -> dict[str, go.Figure]:
     """Every figure of a study page, by id (``data``: dashboards.data.StudyData)."""
     r: Robustness = data.metrics
-    figs: dict[str, go.Figure] = {"sensitivity": sensitivity_bars(r), "robustness": lr_curves(r, data.objective)}
+    builders: dict[str, Callable[[], go.Figure]] = {
+        "sensitivity": lambda: sensitivity_bars(r),
+        "robustness": lambda: lr_curves(r, data.objective),
+    }
     for method in _methods(data.points):
-        figs[f"heatmap:{method}"] = heatmap(r, method, data.objective)
-    figs["training_epoch"] = training_curves(data.records, r, data.objective, "epoch")
-    figs["training_seconds"] = training_curves(data.records, r, data.objective, "seconds")
-    figs["tunability"] = tunability_curve(r, data.objective)
-    figs["divergence"] = divergence_view(data.points)
-    return figs
+        builders[f"heatmap:{method}"] = functools.partial(heatmap, r, method, data.objective)
+    builders["training_epoch"] = lambda: training_curves(data.records, r, data.objective, "epoch")
+    builders["training_seconds"] = lambda: training_curves(data.records, r, data.objective, "seconds")
+    builders["tunability"] = lambda: tunability_curve(r, data.objective)
+    builders["divergence"] = lambda: divergence_view(data.points)
+    return {key: _drawn(key, build) for key, build in builders.items()}
+
+
+def _drawn(key: str, build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure, or an empty one whose title says it could not be drawn: a study written by
+    another tool can hold data no view expects, and the other views must still be shown."""
+    try:
+        return build()
+    except Exception as exc:  # shown in the figure's place, never an error page
+        fig = go.Figure()
+        fig.update_layout(title={"text": plot_text(f"{key}: cannot be drawn from this study's data "
+                                                   f"({type(exc).__name__}: {str(exc)[:200]})")})
+        return fig

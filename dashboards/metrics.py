@@ -316,18 +316,22 @@ class _MethodLayout:
 
 
 def _layout(name: str, points: list[_Point], indices: list[int]) -> _MethodLayout:
-    with_lr = [i for i in indices if points[i].lr is not None]
-    lrs = np.array(sorted({points[i].lr for i in with_lr}), dtype=float)
-    theta_of = {}
-    for i in with_lr:
+    lr_of: dict[int, float] = {}
+    for i in indices:
+        lr = points[i].lr
+        if lr is not None:
+            lr_of[i] = lr
+    lrs = np.array(sorted(set(lr_of.values())), dtype=float)
+    theta_of: dict[tuple, dict[str, Any]] = {}
+    for i in lr_of:
         theta_of.setdefault(_params_key(points[i].theta), points[i].theta)
     keys = sorted(theta_of)
     grid = np.full((len(keys), len(lrs)), -1, dtype=int)
     row = {k: r for r, k in enumerate(keys)}
     col = {float(lr): c for c, lr in enumerate(lrs)}
-    for i in with_lr:
-        grid[row[_params_key(points[i].theta)], col[points[i].lr]] = i
-    complete = (grid >= 0).all(axis=1) if len(keys) else np.zeros(0, bool)
+    for i, lr in lr_of.items():
+        grid[row[_params_key(points[i].theta)], col[lr]] = i
+    complete = np.asarray((grid >= 0).all(axis=1), dtype=bool)  # (thetas,)
     eligible = complete if complete.any() else np.ones(len(keys), bool)
     layout = _MethodLayout(name, np.array(indices, dtype=int), lrs, [theta_of[k] for k in keys], grid,
                            eligible, np.array([points[i].n_completed > 0 for i in indices], bool))
@@ -443,9 +447,10 @@ def compute_robustness(
     records = list(records)
     sign = -1.0 if direction == MAXIMIZE else 1.0
     informative = [r for r in records if r.status in (STATUS_COMPLETED, STATUS_DIVERGED)]
-    initial = [r.intermediate.get(0) for r in informative]
-    initial = [float(v) for v in initial if v is not None and math.isfinite(v)]
+    epoch0 = [r.intermediate.get(0) for r in informative]
+    initial = [float(v) for v in epoch0 if v is not None and math.isfinite(v)]
     summaries = [s for s in aggregate_points(records) if s.n + s.n_diverged > 0]
+    l0_u: float | None
     if initial:
         l0_u, source = sign * float(np.mean(initial)), SOURCE_EPOCH0
     else:
@@ -489,7 +494,8 @@ def compute_robustness(
         return iv if iv is None or sign > 0 else (-iv[1], -iv[0])
 
     def unitless(samples: np.ndarray | None, estimate: float) -> tuple[float, float]:
-        return (estimate, estimate) if samples is None else _interval(samples, estimate)
+        iv = None if samples is None else _interval(samples, estimate)
+        return (estimate, estimate) if iv is None else iv
 
     point_out = [
         PointRobustness(
@@ -514,7 +520,7 @@ def compute_robustness(
         theta = dict(lay.thetas[int(st.theta[0])]) if has_theta else None
         trained_lr = None
         robust = None
-        if has_theta and st.run_i[0] >= 0:
+        if theta is not None and st.run_i[0] >= 0:
             lo, hi = float(lay.lrs[st.run_i[0]]), float(lay.lrs[st.run_j[0]])
             trained_lr = (lo, hi)
             run = lay.lrs[st.run_i[0]: st.run_j[0] + 1]
@@ -528,20 +534,20 @@ def compute_robustness(
             points=len(idx),
             diverged_points=int(sum(points[i].diverged.any() for i in idx)),
             divergence_rate=float(st.divergence_rate[0]),
-            divergence_rate_ci=unitless(bs and bs.divergence_rate, float(st.divergence_rate[0])),
+            divergence_rate_ci=unitless(bs.divergence_rate if bs else None, float(st.divergence_rate[0])),
             seeds_min=int(n_seeds[idx].min()),
             seeds_max=int(n_seeds[idx].max()),
             best_value=objective(values0[0, best_i]) if best_i is not None else None,
-            best_value_ci=interval(bs and bs.best_value, values0[0, best_i]) if best_i is not None else None,
+            best_value_ci=interval(bs.best_value if bs else None, values0[0, best_i]) if best_i is not None else None,
             best_params=dict(points[best_i].summary.params) if best_i is not None else None,
             median=median(vs),
             worst=(min(vs) if direction == MAXIMIZE else max(vs)),
             lr_sensitivity=sens,
-            lr_sensitivity_ci=unitless(bs and bs.sensitivity, sens) if has_theta else None,
+            lr_sensitivity_ci=unitless(bs.sensitivity if bs else None, sens) if sens is not None else None,
             sensitivity_params=theta,
             trained_lr=trained_lr,
             trained_decades=decades,
-            trained_decades_ci=unitless(bs and np.nan_to_num(bs.width, nan=0.0), decades or 0.0)
+            trained_decades_ci=unitless(np.nan_to_num(bs.width, nan=0.0) if bs else None, decades or 0.0)
             if has_theta else None,
             trained_points=int(st.trained_at_theta[0].sum()) if has_theta else 0,
             lr_points=int((lay.grid[int(st.theta[0])] >= 0).sum()) if has_theta else 0,
@@ -552,7 +558,7 @@ def compute_robustness(
     comparisons = []
     for ai, a in enumerate(method_order):
         for b in method_order[ai + 1:]:
-            p = None
+            prob: float | None = None
             if methods[a].lr_sensitivity is not None and methods[b].lr_sensitivity is not None:
                 if boot:
                     sa = np.round(boot[a].sensitivity, _TIE_DECIMALS)
@@ -560,8 +566,8 @@ def compute_robustness(
                 else:
                     sa = np.round(stats0[a].sensitivity, _TIE_DECIMALS)
                     sb = np.round(stats0[b].sensitivity, _TIE_DECIMALS)
-                p = float(np.mean(sa < sb) + 0.5 * np.mean(sa == sb))
-            comparisons.append(Comparison(a, b, p))
+                prob = float(np.mean(sa < sb) + 0.5 * np.mean(sa == sb))
+            comparisons.append(Comparison(a, b, prob))
 
     return Robustness(
         direction=direction, delta=delta, initial_value=objective(l0_u), initial_value_source=source,
@@ -591,7 +597,8 @@ def _bootstrap(points: list[_Point], n_seeds: np.ndarray, l0_u: float, delta: fl
         draw = rng.integers(0, n_seeds[None, :, None], size=(b, P, S))
         picked = np.take_along_axis(np.broadcast_to(capped, (b, P, S)), draw, axis=2)
         values = np.where(used[None], picked, 0.0).sum(axis=2) / n_seeds[None, :]
-        diverged = (np.take_along_axis(np.broadcast_to(div, (b, P, S)), draw, axis=2) & used[None]).any(axis=2)
+        resampled_div = np.take_along_axis(np.broadcast_to(div, (b, P, S)), draw, axis=2) & used[None]
+        diverged = np.asarray(resampled_div.any(axis=2), dtype=bool)
         parts.append(_evaluate(values, diverged, l0_u, delta, layouts)[2])
         done += b
     return {
@@ -609,12 +616,15 @@ def _json_number(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _json_pair(pair: tuple[float, float] | None) -> list[float] | None:
+def _json_pair(pair: tuple[float, float] | None) -> list[float | None] | None:
     return None if pair is None else [_json_number(pair[0]), _json_number(pair[1])]
 
 
-def summary_document(robustness: Robustness, study: str, objective: str) -> dict[str, Any]:
-    """The ``proxstudy summary --format json`` document (DESIGN.md; its keys are a contract)."""
+def summary_document(robustness: Robustness, study: str, objective: str,
+                     importance: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """The ``proxstudy summary --format json`` document (DESIGN.md; its keys are a contract).
+    ``importance``: per method, each parameter's share of the variance (``dashboards.importance``);
+    given, every method gets an ``importance`` key (``{}`` where nothing is known)."""
     methods = {}
     for name, m in robustness.methods.items():
         methods[name] = {
@@ -638,6 +648,8 @@ def summary_document(robustness: Robustness, study: str, objective: str) -> dict
             "trained_decades_ci": _json_pair(m.trained_decades_ci),
             "robust_params": None if m.robust_params is None else dict(m.robust_params),
         }
+        if importance is not None:
+            methods[name]["importance"] = {k: _json_number(v) for k, v in importance.get(name, {}).items()}
     return {
         "study": study,
         "objective": objective,

@@ -68,8 +68,8 @@ class Table1:
 
     def as_records(self) -> list[dict[str, str]]:
         return [
-            {"method": row, **{format_lr(lr): cell for lr, cell in zip(self.lrs, cells)}}
-            for row, cells in zip(self.rows, self.cells)
+            {"method": row, **{format_lr(lr): cell for lr, cell in zip(self.lrs, cells, strict=True)}}
+            for row, cells in zip(self.rows, self.cells, strict=True)
         ]
 
 
@@ -109,7 +109,8 @@ def table1(
     labels, cells, values = [], [], []
     for (method, cg), pts in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         finite = [p for p in pts if math.isfinite(_rank_value(p, direction))]
-        anchor = (min if direction == MINIMIZE else max)(finite, key=lambda p: _rank_value(p, direction)) if finite else pts[0]
+        pick = min if direction == MINIMIZE else max
+        anchor = pick(finite, key=lambda p: _rank_value(p, direction)) if finite else pts[0]
         fixed = {k: v for k, v in anchor.params.items() if k not in (PARAM_LR, PARAM_CG)}
         label = method if cg is None else f"{method} cg{cg}"
         if fixed:
@@ -121,13 +122,13 @@ def table1(
         }
         row_vals: list[float | None] = []
         for lr in lrs:
-            p = by_lr.get(lr)
-            if p is None:
+            cell = by_lr.get(lr)
+            if cell is None:
                 row_vals.append(None)
-            elif p.diverged:
+            elif cell.diverged:
                 row_vals.append(math.inf)
             else:
-                losses = finals.get((p.method, tuple(sorted(p.params.items()))), [])
+                losses = finals.get((cell.method, tuple(sorted(cell.params.items()))), [])
                 row_vals.append(sum(losses) / len(losses) if losses else None)
         labels.append(label)
         values.append(row_vals)
@@ -186,7 +187,8 @@ def metrics_rows(robustness: Robustness) -> list[dict[str, str]]:
                 "lr_sensitivity": f"{format_number(m.lr_sensitivity)} {format_interval(m.lr_sensitivity_ci)}".strip(),
                 "sensitivity_params": _setting(m.sensitivity_params),
                 "trained_lr": format_lr_range(m.trained_lr),
-                "trained_decades": f"{format_number(m.trained_decades, 1)} {format_interval(m.trained_decades_ci, 1)}".strip(),
+                "trained_decades": (f"{format_number(m.trained_decades, 1)} "
+                                    f"{format_interval(m.trained_decades_ci, 1)}").strip(),
                 "robust_params": params_label(m.robust_params) if m.robust_params is not None else "none",
                 "best": format_value(m.best_value),
                 "best_params": params_label(m.best_params),
@@ -265,9 +267,10 @@ def verdict(robustness: Robustness, objective: str = "objective") -> Verdict:
              f"from the best progress over a method's lr grid: 0 trains as well as the best at every lr, "
              f"1 makes no progress at any.")
     methods = [_method_sentence(m, r.delta) for m in r.methods.values()]
-    ranked = sorted((m for m in r.methods.values() if m.lr_sensitivity is not None), key=lambda m: m.lr_sensitivity)
+    ranked = sorted(((m.lr_sensitivity, m.method) for m in r.methods.values() if m.lr_sensitivity is not None),
+                    key=lambda pair: pair[0])
     ranking = ("Ranked by lr sensitivity (least sensitive first): "
-               + ", ".join(f"{m.method} {format_number(m.lr_sensitivity)}" for m in ranked) + ".") if ranked else ""
+               + ", ".join(f"{name} {format_number(sens)}" for sens, name in ranked) + ".") if ranked else ""
     comparisons = [_comparison_sentence(c.a, c.b, c.p_a_less_sensitive, r.n_resamples) for c in r.comparisons]
     return Verdict(scale, methods, comparisons, ranking)
 
@@ -276,7 +279,7 @@ def text_table(columns: Sequence[tuple[str, str]], rows: Sequence[Mapping[str, A
     """Rows as a fixed-width plain-text table (for terminals)."""
     cells = [[title for _, title in columns]] + [[str(row.get(key, "")) for key, _ in columns] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n"
 
@@ -285,7 +288,8 @@ def summary_text(robustness: Robustness, study: str, objective: str) -> str:
     """``proxstudy summary --format table``: the verdict, then the per-method table."""
     v = verdict(robustness, objective)
     body = "\n".join(f"  {s}" for s in v.sentences if s)
-    return f"{study}: {objective} ({robustness.direction})\n{body}\n\n" + text_table(METRIC_COLUMNS, metrics_rows(robustness))
+    table = text_table(METRIC_COLUMNS, metrics_rows(robustness))
+    return f"{study}: {objective} ({robustness.direction})\n{body}\n\n" + table
 
 
 def trial_rows(records: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:

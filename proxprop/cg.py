@@ -13,12 +13,12 @@ applications of matrix-free solves.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["batched_cg", "EARLY_STOP_TOL", "REFERENCE_EPS"]
+__all__ = ["EARLY_STOP_TOL", "REFERENCE_EPS", "batched_cg"]
 
 #: The reference's relative tolerance of the early stop (on the residual norm).
 EARLY_STOP_TOL = 1e-2
@@ -30,6 +30,12 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     """num / den where den > 0, else 0: a zero residual (g == 0) gives a zero step, not NaN."""
     positive = den > 0
     return torch.where(positive, num / torch.where(positive, den, torch.ones_like(den)), 0.0)
+
+
+def _step_length(rr: Tensor, p_m_p: Tensor, active: Tensor, eps: float, reference_variant: bool) -> Tensor:
+    """CG's alpha per row, zero where the early stop has fired, shaped to scale rows."""
+    alpha = rr / (p_m_p + eps) if reference_variant else _safe_div(rr, p_m_p)
+    return (alpha * active)[..., None]
 
 
 def batched_cg(
@@ -76,21 +82,18 @@ def batched_cg(
     active = torch.ones_like(threshold)
     host_checks = b.device.type == "cpu" and not torch.compiler.is_compiling()
     for k in range(iterations):
-        if k == iterations - 1 and curvature is not None and weight is None:
-            mp = None
+        last = k == iterations - 1
+        if last and curvature is not None and weight is None:
+            # the step length needs only <p, M p>; M p itself is never used again
             p_m_p = curvature(p)
             if joint:
                 p_m_p = p_m_p.sum(dim=-1, keepdim=True).expand_as(p_m_p)
-        else:
-            mp = apply_m(p)
-            p_m_p = dot(p, mp)
-        if reference_variant:
-            alpha = rr / (p_m_p + eps)
-        else:
-            alpha = _safe_div(rr, p_m_p)
-        alpha = (alpha * active)[..., None]
+            x.addcmul_(_step_length(rr, p_m_p, active, eps, reference_variant), p)
+            break
+        mp = apply_m(p)
+        alpha = _step_length(rr, dot(p, mp), active, eps, reference_variant)
         x.addcmul_(alpha, p)
-        if k == iterations - 1:
+        if last:
             break
         r = torch.addcmul(r, alpha, mp, value=-1.0)
         rr_new = dot(r, r)

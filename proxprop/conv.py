@@ -5,7 +5,7 @@ position, C_in*k_h*k_w columns plus a ones column for the bias) and each output 
 column of X.  The direction is solved per output channel (per group for grouped convolutions)
 with one of three strategies picked by a flop model from the shapes:
 
-* Gram: form S = A^T A (p x p) once (gram.py: shift/prefix-sum method for stride-1 convs,
+* Gram: form S = A^T A (p x p) once (gram.py: Fourier or shift method for stride-1 convs,
   chunked im2col GEMM otherwise), then exact Cholesky or CG on S for all channels at once
   (solvers.py).  The right-hand side is the ordinary weight gradient.
 * matrix-free CG: each iteration applies A (a convolution with the candidate weights) and A^T
@@ -18,7 +18,7 @@ with one of three strategies picked by a flop model from the shapes:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from .modes import SolverConfig
 from .solvers import gram_solve_cost, gram_solve_factored
 from .strategies import CG_STRATEGIES, CONV_STRATEGIES, GRAM_METHODS, check_choice
 
-__all__ = ["ProxPropConv2d", "conv2d_direction", "ConvGeometry", "ConvStrategies"]
+__all__ = ["ConvGeometry", "ConvStrategies", "ProxPropConv2d", "conv2d_direction"]
 #: Convolutions (forward + weight gradient) in GEMM-flop equivalents per flop, measured with
 #: oneDNN on the idle 2-core CPU (GEMM 100-200 GFLOP/s): 180-290 GFLOP/s with 16-20 input
 #: channels, 57 with 3 (the paper's first layer), so few-input convolutions count 3x.
@@ -45,9 +45,11 @@ _DUAL_MAX_ELEMENTS = 4_000_000
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
+    """stride, padding, dilation: (height, width) each; padding is numeric (explicit_padding)."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
     groups: int
 
 
@@ -75,6 +77,15 @@ def _conv_backward(
     )
 
 
+def _param_grads(
+    grad_out: Tensor, x: Tensor, weight: Tensor, has_bias: bool, geom: ConvGeometry
+) -> tuple[Tensor, Tensor | None]:
+    """Weight gradient (= A^T g) and bias gradient (None without bias) of ``grad_out``."""
+    _, grad_w, grad_b = _conv_backward(grad_out, x, weight, has_bias, geom, [False, True, has_bias])
+    assert grad_w is not None  # requested by the mask
+    return grad_w, grad_b
+
+
 def _rows(grad_w: Tensor, grad_b: Tensor | None) -> Tensor:
     rows = grad_w.reshape(grad_w.shape[0], -1)
     return rows if grad_b is None else torch.cat([rows, grad_b[:, None]], dim=1)
@@ -95,8 +106,7 @@ def _dual_direction(
     g_rows = grad_out.transpose(0, 1).reshape(m, -1)
     g_dual = gram_solve_factored(gram, g_rows, cfg, dual=True, joint=joint, cg_strategy=cg_strategy).dense()
     g_img = g_dual.reshape(m, batch, *grad_out.shape[2:]).transpose(0, 1).contiguous()
-    _, w_dir, b_dir = _conv_backward(g_img, x, weight, has_bias, geom, [False, True, has_bias])
-    return w_dir, b_dir
+    return _param_grads(g_img, x, weight, has_bias, geom)
 
 
 def _single_group_direction(
@@ -140,8 +150,7 @@ def _single_group_direction(
             return F.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, 1)
 
         def apply_m(v: Tensor) -> Tensor:
-            _, aw, ab = _conv_backward(apply_a(v), x, weight, has_bias, geom, [False, True, has_bias])
-            return torch.add(_rows(aw, ab), v, alpha=inv_tau)
+            return torch.add(_rows(*_param_grads(apply_a(v), x, weight, has_bias, geom)), v, alpha=inv_tau)
 
         def curvature(v: Tensor) -> Tensor:
             return apply_a(v).square().sum(dim=(0, 2, 3)) + inv_tau * v.square().sum(dim=1)
@@ -172,7 +181,8 @@ def conv2d_direction(
     single = ConvGeometry(geom.stride, geom.padding, geom.dilation, 1)
     c_in = x.shape[1] // geom.groups
     m_g = weight.shape[0] // geom.groups
-    w_parts, b_parts = [], []
+    w_parts: list[Tensor] = []
+    b_parts: list[Tensor] = []
     for gi in range(geom.groups):
         outs = slice(gi * m_g, (gi + 1) * m_g)
         w_dir, b_dir = _single_group_direction(
@@ -180,7 +190,8 @@ def conv2d_direction(
             grad_w[outs], None if grad_b is None else grad_b[outs], grad_out[:, outs], how,
         )
         w_parts.append(w_dir)
-        b_parts.append(b_dir)
+        if b_dir is not None:
+            b_parts.append(b_dir)
     return torch.cat(w_parts), (torch.cat(b_parts) if has_bias else None)
 
 
@@ -206,6 +217,7 @@ class _ProxConv2dFunction(torch.autograd.Function):
             grad_out, x, weight, has_bias, ctx.geom, [need_x, need_params, has_bias and need_params]
         )
         if need_params:
+            assert grad_w is not None  # requested by the mask
             grad_w, grad_b = conv2d_direction(
                 x, weight, has_bias, ctx.geom, ctx.cfg, grad_w, grad_b, grad_out, **asdict(ctx.how)
             )
@@ -216,7 +228,7 @@ class _ProxConv2dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None
 
 
-def explicit_padding(module: nn.Module, input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
+def explicit_padding(module: nn.modules.conv._ConvNd, input: Tensor) -> tuple[Tensor, tuple[int, ...]]:
     """Return (input padded as the module would, numeric padding left for the convolution).
 
     String padding ("same"/"valid") and non-zero padding modes are applied with F.pad first so
@@ -229,7 +241,7 @@ def explicit_padding(module: nn.Module, input: Tensor) -> tuple[Tensor, tuple[in
         if module.padding == "valid":
             return input, (0,) * (input.dim() - 2)
         pads: list[int] = []
-        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation)):
+        for k, d in zip(reversed(module.kernel_size), reversed(module.dilation), strict=True):
             total = d * (k - 1)
             pads += [total // 2, total - total // 2]
         return F.pad(input, pads), (0,) * (input.dim() - 2)
@@ -248,8 +260,8 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
       conv_strategy: "gram" (form A^T A, p x p with p = in_channels/groups * k_h * k_w + bias),
         "matrix_free" (CG with one convolution and one weight gradient per iteration; exact
         solves still form A^T A) or "dual" (A A^T from an explicit im2col; tiny batches).
-      gram_method: "unfold" (chunked im2col GEMM) or "shift" (shifted products, stride-1
-        undilated convolutions only; see gram.py).
+      gram_method: "unfold" (chunked im2col GEMM), "shift" (shifted products) or "fft"
+        (Fourier transforms); the last two for stride-1 undilated convolutions (gram.py).
       cg_strategy: "direct", "spectral" or "moments" (solvers.py).
     """
 
@@ -263,7 +275,7 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
         dilation: Any = 1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         device: Any = None,
         dtype: Any = None,
         *,
@@ -280,7 +292,9 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
             dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode,
             device=device, dtype=dtype,
         )
-        self.conv_strategy, self.gram_method, self.cg_strategy = how.conv_strategy, how.gram_method, how.cg_strategy
+        self.conv_strategy = how.conv_strategy
+        self.gram_method = how.gram_method
+        self.cg_strategy = how.cg_strategy
 
     def forward(self, input: Tensor) -> Tensor:
         if self.solver_config.kind == "gradient":
@@ -291,5 +305,7 @@ class ProxPropConv2d(ProxPropOptions, nn.Conv2d):
         return _ProxConv2dFunction.apply(x, self.weight, self.bias, geom, self.solver_config, how)
 
     def extra_repr(self) -> str:
-        forced = dict(conv_strategy=self.conv_strategy, gram_method=self.gram_method, cg_strategy=self.cg_strategy)
-        return f"{nn.Conv2d.extra_repr(self)}, {self.options_repr(**forced)}"
+        options = self.options_repr(
+            conv_strategy=self.conv_strategy, gram_method=self.gram_method, cg_strategy=self.cg_strategy
+        )
+        return f"{nn.Conv2d.extra_repr(self)}, {options}"

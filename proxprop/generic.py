@@ -19,7 +19,8 @@ nn.Linear and nn.Conv2d map to the fast ProxPropLinear / ProxPropConv2d classes.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -63,12 +64,28 @@ class _Flattener:
 
     def unflat(self, matrix: Tensor) -> list[Tensor]:
         parts = torch.split(matrix, self.widths, dim=1)
-        return [part.reshape(shape) for part, shape in zip(parts, self.shapes)]
+        return [part.reshape(shape) for part, shape in zip(parts, self.shapes, strict=True)]
+
+
+class _Bypassable(nn.Module):
+    """Base of the generated layers: ``_bypass()`` makes forward run the plain base module
+    (the autograd function calls it for the forward values and for A, A^T)."""
+
+    _proxprop_bypass: bool  # set with object.__setattr__: a plain attribute, not module state
+
+    @contextlib.contextmanager
+    def _bypass(self) -> Iterator[None]:
+        previous = self._proxprop_bypass
+        object.__setattr__(self, "_proxprop_bypass", True)
+        try:
+            yield
+        finally:
+            object.__setattr__(self, "_proxprop_bypass", previous)
 
 
 class _GenericProxFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, module: nn.Module, cfg: SolverConfig, x: Tensor, *params: Tensor) -> Tensor:
+    def forward(ctx: Any, module: _Bypassable, cfg: SolverConfig, x: Tensor, *params: Tensor) -> Tensor:
         ctx.module, ctx.cfg = module, cfg
         ctx.save_for_backward(x, *params)
         with module._bypass():
@@ -84,27 +101,32 @@ class _GenericProxFunction(torch.autograd.Function):
             x_leaf = x.detach().requires_grad_(need_x)
             leaves = [p.detach().requires_grad_(True) for p in params]
             with module._bypass():
-                out = functional_call(module, dict(zip(names, leaves)), (x_leaf,))
+                out = functional_call(module, dict(zip(names, leaves, strict=True)), (x_leaf,))
             wrt = ([x_leaf] if need_x else []) + leaves
             grads = torch.autograd.grad(out, wrt, grad_out, retain_graph=True, allow_unused=True)
         grad_x = grads[0] if need_x else None
-        atg = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[len(wrt) - len(leaves):])]
+        param_grads = grads[len(wrt) - len(leaves):]
+        atg = [torch.zeros_like(p) if g is None else g for p, g in zip(params, param_grads, strict=True)]
 
         def apply_at(r: Tensor) -> list[Tensor]:
             with torch.enable_grad():
                 res = torch.autograd.grad(out, leaves, r, retain_graph=True, allow_unused=True)
-            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, res)]
+            return [torch.zeros_like(p) if g is None else g for p, g in zip(params, res, strict=True)]
 
         def apply_a(v: list[Tensor]) -> Tensor:
             with torch.no_grad(), module._bypass():
-                return functional_call(module, dict(zip(names, v)), (x,))
+                return functional_call(module, dict(zip(names, v, strict=True)), (x,))
 
         directions = _direction(module, cfg, params, atg, apply_a, apply_at, names, x)
-        grads_params = [d if need else None for d, need in zip(directions, ctx.needs_input_grad[3:])]
+        grads_params = [d if need else None for d, need in zip(directions, ctx.needs_input_grad[3:], strict=True)]
         return (None, None, grad_x, *grads_params)
 
 
-def _direction(module, cfg, params, atg, apply_a, apply_at, names, x) -> list[Tensor]:
+def _direction(
+    module: _Bypassable, cfg: SolverConfig, params: list[Tensor], atg: list[Tensor],
+    apply_a: Callable[[list[Tensor]], Tensor], apply_at: Callable[[Tensor], list[Tensor]],
+    names: list[str], x: Tensor,
+) -> list[Tensor]:
     if cfg.kind == "gradient":
         return atg
     shapes = [p.shape for p in params]
@@ -137,14 +159,14 @@ def _direction(module, cfg, params, atg, apply_a, apply_at, names, x) -> list[Te
     return flat.unflat(result)
 
 
-def _dense_gram(module, names, params, x, flat: _Flattener) -> Tensor:
+def _dense_gram(module: _Bypassable, names: list[str], params: list[Tensor], x: Tensor, flat: _Flattener) -> Tensor:
     """A^T A over all parameters, built column block by column block with torch.func."""
     def forward(*ps: Tensor) -> Tensor:
         with module._bypass():
-            return functional_call(module, dict(zip(names, ps)), (x,))
+            return functional_call(module, dict(zip(names, ps, strict=True)), (x,))
 
     detached = [p.detach() for p in params]
-    _, vjp_fn = torch.func.vjp(forward, *detached)
+    vjp_fn = torch.func.vjp(forward, *detached)[1]
 
     def ata(v: Tensor) -> Tensor:
         ps = flat.unflat(v[None, :])
@@ -166,20 +188,13 @@ def proxprop_module_generator(BaseModule: type[nn.Module]) -> type[nn.Module]:
     if BaseModule is nn.Conv2d:
         return ProxPropConv2d
 
-    class ProxPropModule(ProxPropOptions, BaseModule):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, tau_prox: float = 1.0, optimization_mode: str = "prox_cg1", **kwargs: Any) -> None:
+    class ProxPropModule(ProxPropOptions, _Bypassable, BaseModule):  # type: ignore[misc, valid-type]
+        def __init__(
+            self, *args: Any, tau_prox: float = 1.0, optimization_mode: str = "prox_cg1", **kwargs: Any
+        ) -> None:
             self._init_options(tau_prox, optimization_mode)
             object.__setattr__(self, "_proxprop_bypass", False)
             BaseModule.__init__(self, *args, **kwargs)
-
-        @contextlib.contextmanager
-        def _bypass(self) -> Iterator[None]:
-            previous = self._proxprop_bypass
-            object.__setattr__(self, "_proxprop_bypass", True)
-            try:
-                yield
-            finally:
-                object.__setattr__(self, "_proxprop_bypass", previous)
 
         def forward(self, input: Tensor) -> Tensor:
             if self._proxprop_bypass or self.solver_config.kind == "gradient":

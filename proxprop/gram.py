@@ -12,16 +12,23 @@ Two ways, both exact:
   every entry.  About 2 B H_p W_p C^2 k_h (2k_w - 1) flops instead of 2 n p^2: ~10x fewer for
   5x5 kernels.  Shifted positions are flat offsets into the padded image, so the shifted
   operands are strided views of one (positions, C, B) tensor and need no copies.
+* ``fft`` (stride 1, dilation 1; gram_fft.py): every channel pair's cross-correlation from
+  Fourier transforms, corrected along the image's edges; about 8 B C^2 H W / 2 flops in the
+  products plus the transforms, fewer still than the shift method for 5x5 kernels.
+
+All three are exact up to rounding; the automatic choice is the cheapest by a cost model
+measured on this CPU (conv2d_gram_flops).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .gram_fft import fft_gram_applies, fft_gram_flops, gram_fft, window_column_sums
 from .strategies import GRAM_METHODS, check_choice
 from .threads import single_threaded
 
@@ -31,8 +38,10 @@ __all__ = ["conv2d_gram", "conv2d_gram_flops"]
 _CHUNK_ELEMENTS = 8_000_000
 #: The shift method's batched products (counted with their wasted pairs, see _shift_flops) in
 #: GEMM-flop equivalents: measured on the idle 2-core CPU at 150-160 GFLOP/s for 16-20
-#: channels and 80 for 3 channels, against GEMM's 100-200.
+#: channels and 80 for 3 channels, against GEMM's 100-200 (so few channels count twice; a
+#: single-threaded CPU-time measurement under load gave the same 2:1).
 _SHIFT_SLOWDOWN = 1.3
+_FEW_CHANNELS = 8
 _UNFOLD_SLOWDOWN = 2.0  # im2col copies on top of the GEMM
 #: Rows (positions x channels) of one grouped product in the shift method: measured on the
 #: idle CPU, 32 beats 64 by 8-25% (less waste, see _shift_flops) and 16 is no faster.
@@ -43,14 +52,25 @@ def _shift_applies(stride: Sequence[int], dilation: Sequence[int]) -> bool:
     return tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
 
 
-def _use_shift(x: Tensor, kernel_size, stride, padding, dilation, method: str | None) -> bool:
-    """method None: the cheaper by flop count; "shift" applies to stride-1 undilated convs only."""
+def _method_costs(x: Tensor, kernel_size, stride, padding, dilation) -> dict[str, float]:
+    """GEMM-flop-equivalent cost of every method that applies to this convolution."""
+    costs = {"unfold": _unfold_flops(x, kernel_size, stride, padding, dilation)}
+    if _shift_applies(stride, dilation):
+        costs["shift"] = _shift_flops(x, kernel_size, padding)
+        if fft_gram_applies(tuple(x.shape), tuple(kernel_size), tuple(padding)):
+            costs["fft"] = fft_gram_flops(tuple(x.shape), tuple(kernel_size), tuple(padding))
+    return costs
+
+
+def _gram_method(x: Tensor, kernel_size, stride, padding, dilation, method: str | None) -> tuple[str, float]:
+    """(method, its cost): ``method`` where it applies, else the cheapest; "shift" and "fft"
+    apply to stride-1 undilated convolutions only (elsewhere "unfold" is used)."""
     check_choice("gram_method", method, GRAM_METHODS)
-    if not _shift_applies(stride, dilation):
-        return False
-    if method is not None:
-        return method == "shift"
-    return _shift_flops(x, kernel_size, padding) < _unfold_flops(x, kernel_size, stride, padding, dilation)
+    costs = _method_costs(x, kernel_size, stride, padding, dilation)
+    if method is None:
+        method = min(costs, key=costs.__getitem__)
+    chosen = method if method in costs else "unfold"
+    return chosen, costs[chosen]
 
 
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
@@ -60,7 +80,8 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
 def _unfold_flops(x: Tensor, kernel_size, stride, padding, dilation) -> float:
     batch, channels, h, w = x.shape
     kh, kw = kernel_size
-    n = batch * _out_size(h, kh, stride[0], padding[0], dilation[0]) * _out_size(w, kw, stride[1], padding[1], dilation[1])
+    out_h = _out_size(h, kh, stride[0], padding[0], dilation[0])
+    n = batch * out_h * _out_size(w, kw, stride[1], padding[1], dilation[1])
     p = channels * kh * kw
     return _UNFOLD_SLOWDOWN * 2.0 * n * p * p
 
@@ -73,14 +94,13 @@ def _shift_flops(x: Tensor, kernel_size, padding) -> float:
     kh, kw = kernel_size
     positions = (h + 2 * padding[0]) * (w + 2 * padding[1])
     reach = max(1, _GROUP_ROWS // channels) + 2 * kw - 2
-    return _SHIFT_SLOWDOWN * 2.0 * batch * positions * channels * channels * kh * reach
+    slowdown = _SHIFT_SLOWDOWN * (2.0 if channels < _FEW_CHANNELS else 1.0)
+    return slowdown * 2.0 * batch * positions * channels * channels * kh * reach
 
 
 def conv2d_gram_flops(x: Tensor, kernel_size, stride, padding, dilation, *, method: str | None = None) -> float:
     """GEMM-flop-equivalent cost of conv2d_gram with the method it would pick."""
-    if _use_shift(x, kernel_size, stride, padding, dilation, method):
-        return _shift_flops(x, kernel_size, padding)
-    return _unfold_flops(x, kernel_size, stride, padding, dilation)
+    return _gram_method(x, kernel_size, stride, padding, dilation, method)[1]
 
 
 def conv2d_gram(
@@ -95,9 +115,21 @@ def conv2d_gram(
 ) -> Tensor:
     """A^T A for A = [unfold(x) rows, 1] (p x p with p = C*kh*kw + has_bias).
 
-    method: None (the cheaper by flop count), "unfold" or "shift" (stride 1, dilation 1 only;
-    elsewhere "unfold" is used)."""
-    if _use_shift(x, kernel_size, stride, padding, dilation, method):
+    method: None (the cheapest by the cost model), "unfold", "shift" or "fft" (the last two
+    for stride 1, dilation 1 only; elsewhere "unfold" is used)."""
+    chosen, _ = _gram_method(x, kernel_size, stride, padding, dilation, method)
+    if chosen == "fft":
+        kernel, pads = (kernel_size[0], kernel_size[1]), (padding[0], padding[1])
+        # one thread: with another process on a core, the per-frequency products (hundreds of
+        # small parallel regions) made the 2-thread version 1.5-3x slower in wall time than
+        # this (median of 5 under load: 84/174/118 ms vs 368/241/320 ms on the paper's layers)
+        with single_threaded(x.device):
+            gram = gram_fft(x, kernel, pads)
+        if not has_bias:
+            return gram
+        out_positions = (x.shape[2] + 2 * pads[0] - kernel[0] + 1) * (x.shape[3] + 2 * pads[1] - kernel[1] + 1)
+        return _with_bias(gram, window_column_sums(x, kernel, pads), x.shape[0] * out_positions)
+    if chosen == "shift":
         return _gram_shift(x, tuple(kernel_size), tuple(padding), has_bias)
     return _gram_unfold(x, tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation), has_bias)
 
@@ -174,7 +206,7 @@ def _gram_shift(x: Tensor, kernel_size, padding, has_bias: bool) -> Tensor:
     plane = xt[kw - 1:kw - 1 + pos].sum(dim=2) if has_bias else None  # (positions, C)
     with single_threaded(x.device):
         gram = _assemble_shift(products, masks, pos, wp, kh, kw, width, reach, channels)
-        if not has_bias:
+        if plane is None:
             return gram
         col = masks @ plane  # (kh*kw, C)
         return _with_bias(gram, col.T.reshape(-1), batch * ho * wo)

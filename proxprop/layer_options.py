@@ -15,6 +15,10 @@ class ProxPropOptions:
     Assigning either re-validates it and raises ValueError naming the argument.
     """
 
+    # set with object.__setattr__ (nn.Module's own __setattr__ is bypassed: plain attributes)
+    _solver_config: SolverConfig
+    _optimization_mode: str
+
     def _init_options(self, tau_prox: float, optimization_mode: str) -> None:
         cfg = SolverConfig.make(optimization_mode, tau_prox)
         object.__setattr__(self, "_solver_config", cfg)

@@ -78,7 +78,7 @@ class _ProxLinearFunction(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.cfg = cfg
-        ctx.strategies = dict(solver_form=solver_form, cg_strategy=cg_strategy)
+        ctx.strategies = {"solver_form": solver_form, "cg_strategy": cg_strategy}
         ctx.has_bias = bias is not None
         return F.linear(x, weight, bias)
 
@@ -143,4 +143,5 @@ class ProxPropLinear(ProxPropOptions, nn.Linear):
         )
 
     def extra_repr(self) -> str:
-        return f"{nn.Linear.extra_repr(self)}, {self.options_repr(solver_form=self.solver_form, cg_strategy=self.cg_strategy)}"
+        options = self.options_repr(solver_form=self.solver_form, cg_strategy=self.cg_strategy)
+        return f"{nn.Linear.extra_repr(self)}, {options}"

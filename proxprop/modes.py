@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
-__all__ = ["parse_mode", "check_tau_prox", "SolverConfig", "MODE_KINDS"]
+__all__ = ["MODE_KINDS", "SolverConfig", "check_tau_prox", "parse_mode"]
 
 #: The kinds ``parse_mode`` can return.  ``prox_cg_ref`` is the reference implementation's
 #: (aliased) CG loop, offered only to reproduce the paper's numbers; see ALGORITHM.md section 2.
@@ -67,6 +67,6 @@ class SolverConfig:
         return 1.0 / self.tau_prox
 
     @staticmethod
-    def make(mode: str, tau_prox: float) -> "SolverConfig":
+    def make(mode: str, tau_prox: float) -> SolverConfig:
         kind, iterations = parse_mode(mode)
         return SolverConfig(kind, iterations, check_tau_prox(tau_prox))

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from .cg import EARLY_STOP_TOL, batched_cg
 
-__all__ = ["moment_cg_polynomial", "orthonormal_basis", "MAX_ITERATIONS"]
+__all__ = ["MAX_ITERATIONS", "moment_cg_polynomial", "orthonormal_basis"]
 
 #: Largest N for which solvers.py picks this path automatically (float32).  Measured worst
 #: case (rows whose measures live on disjoint halves of a 6-decade spectrum, float32 inputs,
@@ -49,6 +49,9 @@ __all__ = ["moment_cg_polynomial", "orthonormal_basis", "MAX_ITERATIONS"]
 #: CG is off by up to 1e-1 (tests/test_proxprop_moments.py).  Above 20 the elementwise loop
 #: takes over, below float32's own ~1e-3 accuracy of these solves up to there.
 MAX_ITERATIONS = 20
+
+#: Float64 elements per row block of the measure and of the values (2 MB).
+_BLOCK_ELEMENTS = 262_144
 
 #: Relative size below which a new basis polynomial is taken as zero on the support (the
 #: measure has fewer points than the degree needs; see orthonormal_basis).
@@ -68,7 +71,8 @@ def orthonormal_basis(mu: Tensor, weight: Tensor, degree: int) -> tuple[Tensor, 
     total = weight.sum(dim=-1, keepdim=True)
     q0 = torch.rsqrt(torch.where(total > 0, total, torch.ones_like(total))) * (total > 0)
     basis = [q0.expand_as(mu)]
-    diag, off = [], []  # a_k and b_{k+1}
+    diag: list[Tensor] = []  # a_k
+    off: list[Tensor] = []  # b_{k+1}
     scale = mu.abs().amax(dim=-1, keepdim=True)
     for k in range(degree):
         qk = basis[k]
@@ -111,8 +115,10 @@ def moment_cg_polynomial(
     joint: bool = False,
     reference_variant: bool = False,
     tol: float = EARLY_STOP_TOL,
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """Values X(mu) (..., m, s), float64, of the CG iterate's polynomial for every row.
+    """Values X(mu) (..., m, s) of the CG iterate's polynomial for every row, computed in
+    float64 and returned in ``dtype``.
 
     mu: (..., s) diagonal of M (> 0).  weight: (..., m, s) each row's spectral measure w.
     The CG iterate of a row with coefficients c (w = c^2 in the primal) is  c * X(mu).
@@ -126,20 +132,29 @@ def moment_cg_polynomial(
     inv_mass = torch.where(mass > 0, 1.0 / torch.where(mass > 0, mass, torch.ones_like(mass)), 0.0)
     average = (weight.mT @ inv_mass)[..., 0].double() / weight.shape[-2]
     q, s_map = orthonormal_basis(mu.double(), average, iterations)
-    w64 = weight.double()
     rows, cols, index = _pair_index(size, mu.device)
     products = q[..., rows] * q[..., cols]  # (..., s, D(D+1)/2)
-    gram = (w64 @ products)[..., index]  # (..., m, D, D)
+    # in row blocks: each block's float64 copy stays in cache (one whole-array copy of a
+    # 4000 x 500 measure cost 7 ms, as much as the rest of this function)
+    gram = torch.cat([part.double() @ products for part in _row_blocks(weight, weight.shape[-1])], dim=-2)[..., index]
 
     def inner(u: Tensor, v: Tensor) -> Tensor:
         return (u * (gram @ v[..., None])[..., 0]).sum(dim=-1)
 
     # the constant polynomial 1 = q_0 / q0_value: CG's first residual is the right-hand side
-    one = torch.zeros(*w64.shape[:-1], size, dtype=torch.float64, device=mu.device)
+    one = torch.zeros(*weight.shape[:-1], size, dtype=torch.float64, device=mu.device)
     q0 = q[..., :1, 0:1]  # (..., 1, 1) constant value of q_0
     one[..., 0:1] = torch.where(q0 > 0, 1.0 / torch.where(q0 > 0, q0, torch.ones_like(q0)), 0.0)
     coeffs = batched_cg(
         lambda u: u @ s_map.transpose(-1, -2), one, iterations,
         joint=joint, reference_variant=reference_variant, tol=tol, inner=inner,
     )
-    return coeffs @ q.transpose(-1, -2)
+    basis = q.transpose(-1, -2)
+    return torch.cat([(part @ basis).to(dtype) for part in _row_blocks(coeffs, basis.shape[-1])], dim=-2)
+
+
+def _row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:
+    """(..., m, k) split along m so that a block's float64 work of ``width`` per row (and per
+    leading problem) fits in a core's cache."""
+    per_row = max(1, width * rows[..., :1, :1].numel())
+    return rows.split(max(1, _BLOCK_ELEMENTS // per_row), dim=-2)

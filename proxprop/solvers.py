@@ -44,11 +44,11 @@ from .threads import single_threaded
 
 __all__ = [
     "FactoredRows",
-    "exact_solve",
-    "gram_solve_factored",
-    "gram_solve_cost",
     "cg_strategy_for",
     "eigh_flops_per_n3",
+    "exact_solve",
+    "gram_solve_cost",
+    "gram_solve_factored",
 ]
 
 
@@ -271,8 +271,11 @@ def _eigen_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, dual: bool, joint: b
             weight.mul_(evals.unsqueeze(-2))
         with single_threaded(gram.device):
             values = moments.moment_cg_polynomial(
-                diag, weight, cfg.cg_iterations, joint=joint, reference_variant=reference, tol=tol
+                diag, weight, cfg.cg_iterations, joint=joint, reference_variant=reference, tol=tol,
+                dtype=coeffs.dtype,
             )
+        # same-dtype product: multiplying float32 by float64 in place runs ~8x slower on the
+        # CPU (17 ms vs 2 ms for 4000 x 500)
         return FactoredRows(coeffs.mul_(values), evecs.mT)
     coeffs = batched_cg(
         lambda v: v * diag.unsqueeze(-2), coeffs, cfg.cg_iterations,

@@ -16,23 +16,23 @@ changes what is computed, only how.
     conv_strategy "gram" | "matrix_free" | "dual"
                                              how a convolution gets its system: A^T A;
                                              convolutions per CG iteration; A A^T from im2col
-    gram_method   "unfold" | "shift"         how A^T A of a convolution is formed (gram.py)
+    gram_method   "unfold" | "shift" | "fft" how A^T A of a convolution is formed (gram.py)
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "SOLVER_FORMS",
     "CG_STRATEGIES",
     "CONV_STRATEGIES",
     "GRAM_METHODS",
+    "SOLVER_FORMS",
     "check_choice",
 ]
 
 SOLVER_FORMS = ("primal", "dual")
 CG_STRATEGIES = ("direct", "spectral", "moments")
 CONV_STRATEGIES = ("gram", "matrix_free", "dual")
-GRAM_METHODS = ("unfold", "shift")
+GRAM_METHODS = ("unfold", "shift", "fft")
 
 
 def check_choice(argument: str, value: str | None, choices: tuple[str, ...]) -> str | None:

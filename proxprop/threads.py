@@ -11,11 +11,11 @@ region), so only small factorisations and the scalar loops run inside ``single_t
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
-__all__ = ["single_threaded", "SINGLE_THREAD_SIZE"]
+__all__ = ["SINGLE_THREAD_SIZE", "single_threaded"]
 
 #: Largest matrix that the CPU factorises single-threaded; larger ones (primal systems of wide
 #: layers) have enough work per parallel region to use every thread.

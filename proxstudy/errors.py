@@ -21,6 +21,7 @@ __all__ = [
     "StudyNotFound",
     "SweepError",
     "UsageError",
+    "printable",
 ]
 
 
@@ -40,8 +41,19 @@ class ConfigError(ProxstudyError, ValueError):
         self.source = source
         self.field = field
         self.message = message
-        where = f"{source}: {field}: " if field else f"{source}: "
-        super().__init__(where + message)
+        where = f"{printable(source)}: {printable(field)}: " if field else f"{printable(source)}: "
+        super().__init__(where + printable(message))
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: control, format and line-separator characters (a newline in a
+    method name, a bidi override) shown escaped, as ``\\n`` or ``\\u202e``."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or char == " " else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
 
 
 class DataError(ProxstudyError, ValueError):

@@ -13,4 +13,4 @@ fi
 quiet .venv/bin/python -m pip install -q --upgrade pip
 quiet .venv/bin/python -m pip install -q "torch==2.13.0"
 quiet .venv/bin/python -m pip install -q -e ".[dev]"
-.venv/bin/python -c "import torch, ray, optuna, dash, proxprop" || { echo "set-up failed: see the pip output above" >&2; exit 1; }
+.venv/bin/python -c "import torch, ray, optuna, dash, waitress, optuna_dashboard, proxprop" || { echo "set-up failed: see the pip output above" >&2; exit 1; }

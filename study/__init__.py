@@ -4,10 +4,12 @@ One concern per module, each importing only those listed above it:
 
     records       the record schema (pure: names, TrialRecord, aggregation, ranking)
     records_sql   the fast SQL read of Optuna's tables (reader's fast path)
+    redaction     masking passwords in storage URLs and in texts that quote them
     storage       storage URLs: default, redaction, connectivity check, opening for writes
     space         search-space loading and validation; grids; typed trial configs of points
     reader        the one way to read a study: names, not-found, settings, counts, records
     points        which points a sweep runs (grid, random, TPE)
+    lease         one live driver per study (a lease row with heartbeat and expiry)
     opening       creating or resuming a study; closing a dead driver's trials
     progress      the sweep's progress line
     driver_state  what the searcher and the recorder share

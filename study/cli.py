@@ -22,7 +22,9 @@ EXIT_USAGE = 2
 
 
 def _error(message: str) -> int:
-    text = " ".join(str(message).split("\n")[0].split())  # one line, always
+    from proxstudy.study.redaction import redact_text
+
+    text = redact_text(" ".join(str(message).split("\n")[0].split()))  # one line, no password
     print(f"proxstudy: error: {text}", file=sys.stderr, flush=True)
     return EXIT_USAGE
 
@@ -57,10 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fuse", default="1", metavar="K|auto",
                      help="train up to K points of the grid together as one fused trial (auto: K from "
                           "the model's memory and the device; default 1: one point per trial)")
+    run.add_argument("--wait-for-resources", action="store_true",
+                     help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
     run.add_argument("--force-new", action="store_true",
                      help="the study exists with another search space: start a new, suffixed study")
     run.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's own output")
+    run.add_argument("--no-publish", action="store_true",
+                     help="do not store the robustness figures and verdict in the study for optuna-dashboard")
 
     status = sub.add_parser("status", help="trials done / running / diverged / failed / left")
     status.add_argument("study", nargs="?", default=None, metavar="STUDY")
@@ -69,9 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="the studies in the storage")
     _storage_arg(lst)
 
-    export = sub.add_parser("export", help="the best configuration of each method")
+    export = sub.add_parser("export", help="the best and the most robust configuration of each method")
     export.add_argument("study", metavar="STUDY")
     _storage_arg(export)
+    export.add_argument("--pick", choices=("best", "robust", "both"), default="both",
+                        help="which configuration(s) of each method to write (default: both)")
     export.add_argument("--format", choices=("yaml", "json"), default=None,
                         help="default: from --out's suffix, else yaml")
     export.add_argument("--out", default=None, metavar="FILE", help="write here (default: stdout)")
@@ -83,9 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--delta", type=float, default=None, metavar="D",
                          help="a point is trained when its progress is >= 1 - D (default 0.1)")
 
+    compare = sub.add_parser("compare", help="several studies' robustness numbers side by side")
+    compare.add_argument("studies", nargs="+", metavar="STUDY")
+    _storage_arg(compare)
+    compare.add_argument("--format", choices=("table", "json"), default="table")
+    compare.add_argument("--delta", type=float, default=None, metavar="D",
+                         help="a point is trained when its progress is >= 1 - D (default 0.1)")
+
     train = sub.add_parser("train", help="one run of a trial config or an export file")
     train.add_argument("config", metavar="CONFIG.yaml")
     train.add_argument("--method", default=None, help="the method of an export file to run")
+    train.add_argument("--pick", choices=("best", "robust"), default=None,
+                       help="which configuration of an export file to run (needed when it has both)")
     train.add_argument("--device", default=None, help="auto|cpu|cuda|cuda:N")
 
     report = sub.add_parser("report", help="self-contained HTML report of a study")
@@ -93,12 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_arg(report)
     report.add_argument("--out", required=True, metavar="FILE")
 
+    publish = sub.add_parser("publish", help="store the robustness figures and verdict in the study "
+                                             "(shown by optuna-dashboard)")
+    publish.add_argument("study", metavar="STUDY")
+    _storage_arg(publish)
+
     dash = sub.add_parser("dashboard", help="the web dashboard")
     _storage_arg(dash)
     dash.add_argument("--host", default="127.0.0.1")
     dash.add_argument("--port", type=int, default=8050)
     dash.add_argument("--allow-remote", action="store_true",
                       help="allow a --host other than localhost (the dashboard has no login)")
+    dash.add_argument("--threads", type=int, default=8, metavar="N",
+                      help="worker threads of the waitress server (default 8; requests beyond wait)")
+    dash.add_argument("--debug", action="store_true",
+                      help="serve with Flask's development server and debugger instead (localhost only)")
     return parser
 
 
@@ -120,6 +146,8 @@ def _readable_storage(url: str | None) -> str:
 
 def _out_directory_exists(out: str) -> None:
     directory = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise UsageError(f"--out {out}: is a directory; give the name of the file to write")
     if not os.path.isdir(directory):
         raise UsageError(f"--out {out}: directory {directory} does not exist")
 
@@ -153,6 +181,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         max_retries=args.max_retries,
         device=args.device,
         fuse=_fuse_option(args.fuse),
+        wait_for_resources=args.wait_for_resources,
     )
     summary = run_sweep(args.space, options)
     shown = summary.storage
@@ -171,8 +200,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print("see the results" + (" (password hidden)" if "***" in storage_opt else "") + ":")
     print(f"  proxstudy dashboard{storage_opt}")
     print(f"  proxstudy report {summary.study_name}{storage_opt} --out report.html")
-    print(f"  proxstudy export {summary.study_name}{storage_opt} --out best.yaml")
+    print(f"  proxstudy export {summary.study_name}{storage_opt} --out export.yaml")
+    if not args.no_publish:
+        _publish_after_run(args.storage, summary.study_name)
     return 0 if summary.left == 0 else 1
+
+
+def _publish_after_run(storage: str | None, study_name: str) -> None:
+    """`run` publishes its analysis for optuna-dashboard; a failure there is reported, and the
+    run's own result (its exit status) stands."""
+    from proxstudy.dashboards.publish import publish
+    from proxstudy.study.storage import redact, resolve_storage_url, scrub_secrets
+
+    url = resolve_storage_url(storage)
+    try:
+        published = publish(url, study_name)
+    except Exception as exc:  # the sweep's results are stored; publishing is an extra
+        print(f"proxstudy: publish {study_name}: not published ({type(exc).__name__}: "
+              f"{scrub_secrets(str(exc), url)[:300]}); run `proxstudy publish {study_name} "
+              f"--storage '{redact(url)}'` to retry", file=sys.stderr)
+        return
+    print(f"published {len(published.graph_ids)} figures and the verdict note for optuna-dashboard: "
+          f"optuna-dashboard '{redact(url)}'")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -195,7 +244,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from proxstudy.study.export import export_study
+    from proxstudy.dashboards.exported import study_export_document
+    from proxstudy.study.export import write_export
 
     fmt = args.format
     if fmt is None:
@@ -203,10 +253,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.out:
         _out_directory_exists(args.out)
     url = _readable_storage(args.storage)
-    document = export_study(url, args.study, fmt, args.out)
+    document = study_export_document(url, args.study, args.pick)
+    write_export(document, fmt, args.out)
     if args.out:
+        pick = "" if args.pick != "both" else " --pick best|robust"
         print(f"exported {len(document['methods'])} method(s) of {args.study} to {args.out}; "
-              f"run one with: proxstudy train {args.out} --method NAME", file=sys.stderr)
+              f"run one with: proxstudy train {args.out} --method NAME{pick}", file=sys.stderr)
     return 0
 
 
@@ -222,16 +274,43 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
     data = study_summary_data(_readable_storage(args.storage), args.study, delta=delta)
     if args.format == "json":
-        print(json.dumps(summary_document(data.metrics, args.study, data.objective), indent=2))
+        from proxstudy.dashboards.importance import log_params_of_document, study_importance
+
+        importance = study_importance(data.metrics, log_params_of_document(data.space))
+        shares = {name: found.shares for name, found in importance.items()}
+        print(json.dumps(summary_document(data.metrics, args.study, data.objective, shares), indent=2))
     else:
         print(summary_text(data.metrics, args.study, data.objective))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from proxstudy.dashboards.compare import compare_document, compare_text
+    from proxstudy.dashboards.data import study_summary_data
+    from proxstudy.dashboards.metrics import DEFAULT_DELTA, summary_document
+
+    delta = DEFAULT_DELTA if args.delta is None else args.delta
+    if not 0.0 < delta < 1.0:
+        raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
+    twice = sorted({name for name in args.studies if args.studies.count(name) > 1})
+    if twice:
+        raise UsageError(f"STUDY {twice[0]}: named more than once")
+    url = _readable_storage(args.storage)
+    summaries = []
+    for name in args.studies:
+        data = study_summary_data(url, name, delta=delta)
+        summaries.append(summary_document(data.metrics, name, data.objective))
+    document = compare_document(summaries)
+    print(json.dumps(document, indent=2) if args.format == "json" else compare_text(document))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from proxstudy.workers.train_command import train_main
 
-    return int(train_main(args.config, method=args.method, device=args.device) or 0)
+    return int(train_main(args.config, method=args.method, device=args.device, pick=args.pick) or 0)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -246,6 +325,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from proxstudy.dashboards.publish import publish
+    from proxstudy.study.reader import require_study
+    from proxstudy.study.storage import redact
+
+    url = _readable_storage(args.storage)
+    require_study(url, args.study)
+    published = publish(url, args.study)
+    print(f"study {args.study}: published {len(published.graph_ids)} figures and the verdict note"
+          + (f" (removed {published.removed} figures of an earlier publish)" if published.removed else "")
+          + f"; see them with: optuna-dashboard '{redact(url)}'")
+    return 0
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from proxstudy.dashboards.app import run_dashboard
 
@@ -253,8 +346,30 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
         raise UsageError(f"--host {args.host}: the dashboard has no login; "
                          "add --allow-remote to serve beyond localhost")
-    run_dashboard(url, args.host, args.port, args.allow_remote)
+    _check_listen_address(args.host, args.port)
+    try:
+        run_dashboard(url, args.host, args.port, args.allow_remote, threads=args.threads, debug=args.debug)
+    except ValueError as exc:  # an option out of range, named in the message
+        raise UsageError(str(exc)) from None
     return 0
+
+
+def _check_listen_address(host: str, port: int) -> None:
+    """A port out of range or a host name that does not resolve fails before the server starts."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be between 1 and 65535")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: cannot be resolved to an address of this machine ({exc})") from None
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """A database driver's error as SQLAlchemy raises it (checked without importing it)."""
+    return any(cls.__module__ == "sqlalchemy.exc" and cls.__name__ in ("OperationalError", "DatabaseError")
+               for cls in type(exc).__mro__)
 
 
 _COMMANDS = {
@@ -263,9 +378,11 @@ _COMMANDS = {
     "list": _cmd_list,
     "export": _cmd_export,
     "summary": _cmd_summary,
+    "compare": _cmd_compare,
     "train": _cmd_train,
     "report": _cmd_report,
     "dashboard": _cmd_dashboard,
+    "publish": _cmd_publish,
 }
 
 
@@ -281,13 +398,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             code = _error(str(exc))
         except OSError as exc:  # e.g. --out not writable
             code = _error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        except Exception as exc:
+            if not _is_database_error(exc):
+                raise
+            # The storage failed under a command (damaged, gone away): the environment, not a bug.
+            code = _error(f"storage: {type(exc).__name__}: {getattr(exc, 'orig', None) or exc}")
     except KeyboardInterrupt:
         print("proxstudy: interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:  # a bug, not the user's input: one line unless debugging
         if os.environ.get("PROXSTUDY_DEBUG"):
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        from proxstudy.study.redaction import redact_text
+
+        first = redact_text((str(exc).strip().splitlines() or [""])[0])
         print(f"proxstudy: internal error: {type(exc).__name__}: {first} "
               "(set PROXSTUDY_DEBUG=1 to see the traceback)", file=sys.stderr, flush=True)
         code = 1

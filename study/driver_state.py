@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from optuna.distributions import BaseDistribution
 from optuna.storages import BaseStorage
 
+from proxstudy.study.lease import Lease
 from proxstudy.study.opening import driver_id
 from proxstudy.study.points import PointSource
 from proxstudy.study.progress import Progress
@@ -40,6 +41,7 @@ class DriverState:
     trial_seconds: float = 0.0  # run time of the finished trials on their workers
     ran: int = 0  # trials finished by this sweep
     concurrency: int = 0  # most trials seen running at once
+    lease: Lease | None = None  # the study's driver lease (None: not held, e.g. in tests)
 
     def __getstate__(self) -> dict:
         return {}

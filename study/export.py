@@ -1,61 +1,91 @@
-"""The best configuration of each method, as an export file `proxstudy train` can run.
+"""The export file: chosen configurations of each method, as `proxstudy train` runs them.
 
-Best = the parameter point with the best objective averaged over its completed seeds
-(``records.aggregate_points``), in the study's direction; points where any seed diverged rank
-last, points with no completed seed cannot be exported. The file format is "Export file" in
-docs/INTERFACES.md; the trial config is rebuilt from the study's stored search space, so the
-export needs nothing but the storage and the study name.
+This module fixes the file's layout ("Export file" in docs/INTERFACES.md) and writes it; it
+does not choose the points. The choice -- each method's best and most robust configuration --
+is the robustness analysis' (``dashboards.metrics.picks``), and ``dashboards.exported`` hands
+its picks here as :class:`PickedPoint`. The trial config of each pick is rebuilt from the
+study's stored search space, so an export needs nothing but the storage and the study name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from proxstudy.errors import NothingToExport
 from proxstudy.files import write_atomically
-from proxstudy.study import records as R
-from proxstudy.study.reader import StorageLike, load_records, stored_space, study_settings
-from proxstudy.study.space import trial_config
+from proxstudy.study.reader import StorageLike, stored_space, study_settings
+from proxstudy.study.space import SearchSpace, trial_config
 
-__all__ = ["best_points", "export_document", "export_study", "render"]
+__all__ = ["PICKS", "PICK_CHOICES", "PickedPoint", "export_document", "render", "study_space", "write_export"]
 
-
-def best_points(records: list[R.TrialRecord], maximize: bool) -> dict[str, R.PointSummary]:
-    """Per method, the best parameter point over its seeds (diverged points never win)."""
-    by_method: dict[str, list[R.PointSummary]] = {}
-    for summary in R.aggregate_points(records):
-        by_method.setdefault(summary.method, []).append(summary)
-    direction = R.MAXIMIZE if maximize else R.MINIMIZE
-    best = {method: R.best_point(summaries, direction) for method, summaries in by_method.items()}
-    return {method: point for method, point in best.items() if point is not None}
+#: The picks an export file may hold per method, in file order.
+PICKS = ("best", "robust")
+#: What ``--pick`` of `proxstudy export` accepts.
+PICK_CHOICES = (*PICKS, "both")
 
 
-def export_document(storage: StorageLike, study_name: str) -> dict[str, Any]:
-    """The export file's content (a JSON-able dict) for a study (raises StudyNotFound,
-    NothingToExport)."""
+@dataclass(frozen=True)
+class PickedPoint:
+    """One chosen parameter point of one method and what the study measured there."""
+
+    params: Mapping[str, Any]  # recorded params without method and seed (lr, tau_prox, ...)
+    value: float  # the point's capped seed mean (the robustness analysis' v)
+    seeds: Sequence[int]  # the seeds that completed (at least one)
+    values: Sequence[float]  # their final objectives, in seed order
+    diverged_seeds: int
+    extra: Mapping[str, Any] = field(default_factory=dict)  # pick-specific numbers, e.g. trained_lr
+
+
+def study_space(storage: StorageLike, study_name: str) -> SearchSpace:
+    """The study's stored search space (raises StudyNotFound, NothingToExport)."""
     space = stored_space(study_settings(storage, study_name))
     if space is None:
         raise NothingToExport(f"study {study_name!r} has no stored search space (not made by proxstudy run)")
-    best = best_points(load_records(storage, study_name), space.direction == R.MAXIMIZE)
-    if not best:
-        raise NothingToExport(f"study {study_name!r} has no completed trial to export yet")
+    return space
+
+
+def _entry(space: SearchSpace, method: str, point: PickedPoint) -> dict[str, Any]:
+    seeds = [int(s) for s in point.seeds]
+    values = [float(v) for v in point.values]
+    return {
+        "params": dict(point.params),
+        "value": float(point.value),
+        "objective": {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values)},
+        "diverged_seeds": int(point.diverged_seeds),
+        "seeds": seeds,
+        **point.extra,
+        "trial_config": trial_config(space, method, dict(point.params), seeds[0]).to_dict(),
+    }
+
+
+def export_document(space: SearchSpace, study_name: str,
+                    picked: Mapping[str, Mapping[str, PickedPoint]]) -> dict[str, Any]:
+    """The export file's content (a JSON-able dict): per method in the space's order, each
+    pick of ``picked[method]`` in ``PICKS`` order. Raises NothingToExport when nothing is
+    picked; a pick without a completed seed is a caller's bug (ValueError)."""
     methods: dict[str, Any] = {}
-    for method in space.methods:  # document order
-        point = best.get(method)
-        if point is None:
-            continue
-        seeds = sorted(point.seeds)
-        methods[method] = {
-            "params": dict(point.params),
-            "objective": {"mean": point.mean, "std": point.std, "n": point.n},
-            "seeds": seeds,
-            "trial_config": trial_config(space, method, point.params, seeds[0]).to_dict(),
-        }
+    for method in space.methods:
+        chosen = picked.get(method) or {}
+        entries = {}
+        for kind in PICKS:
+            point = chosen.get(kind)
+            if point is None:
+                continue
+            if not point.seeds:
+                raise ValueError(f"{method} {kind}: a picked point needs a completed seed")
+            entries[kind] = _entry(space, method, point)
+        if entries:
+            methods[method] = entries
+    if not methods:
+        raise NothingToExport(f"study {study_name!r} has no completed point to export yet")
     return {
         "study": study_name,
         "objective": space.objective,
@@ -70,13 +100,11 @@ def render(document: dict[str, Any], fmt: str) -> str:
     return yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 
 
-def export_study(storage: StorageLike, study_name: str, fmt: str = "yaml",
-                 out: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-    """Export to ``out`` (atomically) or stdout; returns the document."""
-    document = export_document(storage, study_name)
+def write_export(document: dict[str, Any], fmt: str = "yaml", out: str | os.PathLike[str] | None = None) -> str:
+    """Write the rendered document to ``out`` (atomically) or stdout; returns the text."""
     text = render(document, fmt)
     if out is None:
         sys.stdout.write(text)
     else:
         write_atomically(text, out)
-    return document
+    return text

@@ -88,9 +88,9 @@ def _pid_alive(pid: int) -> bool:
 def close_interrupted(storage: BaseStorage, study_id: int) -> int:
     """Close the trials a dead driver left RUNNING (FAIL, status ``interrupted``).
 
-    A RUNNING trial whose driver is a live process on this host means another ``proxstudy run``
-    is working on the study: refuse rather than steal its trials. Drivers on other hosts cannot
-    be checked; do not run two drivers on one study at once.
+    The study's lease (study.lease) already keeps a second driver out; as a second line of
+    defence, a RUNNING trial whose driver is a live process on this host (a driver of a version
+    without leases) makes this refuse rather than steal its trials.
     """
     running = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
     host = socket.gethostname()

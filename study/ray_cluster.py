@@ -6,15 +6,15 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ray
 
-from proxstudy.errors import SweepError
+from proxstudy.errors import SweepError, UsageError
 
-__all__ = ["check_ray_address", "cluster_slots", "pending_trials_limit", "quiet_ray", "quiet_ray_loggers",
-           "start_ray"]
+__all__ = ["check_ray_address", "check_trial_fits", "cluster_nodes", "cluster_slots", "local_node",
+           "pending_trials_limit", "quiet_ray", "quiet_ray_loggers", "start_ray"]
 
 _RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.air")
 
@@ -101,3 +101,49 @@ def pending_trials_limit(n: int) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = previous
+
+
+def local_node() -> dict[str, float]:
+    """What the local Ray that :func:`start_ray` starts will offer: every CPU of this machine and
+    the GPUs CUDA shows (known without starting Ray)."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of each live node of the Ray cluster this process is connected to."""
+    return [
+        {key: float(value) for key, value in node.get("Resources", {}).items()}
+        for node in ray.nodes()
+        if node.get("Alive")
+    ]
+
+
+def _amount(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_trial_fits(cpus_per_trial: float, gpus_per_trial: float, nodes: Sequence[Mapping[str, float]],
+                     wait: bool) -> str | None:
+    """Whether one trial's request fits on one node: None when it does; otherwise a
+    :class:`UsageError` naming the option and what the cluster has, or with ``wait`` (an
+    autoscaling cluster that will add nodes) the line saying what the sweep waits for."""
+    most_cpu = max((node.get("CPU", 0.0) for node in nodes), default=0.0)
+    most_gpu = max((node.get("GPU", 0.0) for node in nodes), default=0.0)
+    total_cpu = sum(node.get("CPU", 0.0) for node in nodes)
+    total_gpu = sum(node.get("GPU", 0.0) for node in nodes)
+    has = (f"the cluster has {len(nodes)} node(s), {_amount(total_cpu)} CPU(s) and {_amount(total_gpu)} GPU(s), "
+           f"at most {_amount(most_cpu)} CPU(s) and {_amount(most_gpu)} GPU(s) on one node")
+    fits_cpu = any(node.get("CPU", 0.0) >= cpus_per_trial and node.get("GPU", 0.0) >= gpus_per_trial
+                   for node in nodes)
+    if fits_cpu:
+        return None
+    option, asked = (("--gpus-per-trial", gpus_per_trial) if most_gpu < gpus_per_trial
+                     else ("--cpus-per-trial", cpus_per_trial))
+    if wait:
+        return (f"waiting for the cluster to add a node with {_amount(cpus_per_trial)} CPU(s) and "
+                f"{_amount(gpus_per_trial)} GPU(s) for one trial ({option} {_amount(asked)}); now {has}")
+    raise UsageError(f"{option} {_amount(asked)}: no node can run a trial asking for "
+                     f"{_amount(cpus_per_trial)} CPU(s) and {_amount(gpus_per_trial)} GPU(s); {has} "
+                     "(on an autoscaling cluster add --wait-for-resources)")

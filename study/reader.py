@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.storages import BaseStorage
@@ -27,20 +28,24 @@ from proxstudy.study.records import (
     STATUS_FAILED,
     STATUS_INTERRUPTED,
     STATUS_OF_STATE,
+    STUDY_ATTR_SPACE,
     StudySettings,
     TrialRecord,
     count_statuses,
     record_from_frozen_trial,
+    study_notes,
 )
 from proxstudy.study.space import SearchSpace, parse_space
 from proxstudy.study.storage import redact
 
 __all__ = [
     "StorageLike",
+    "StudyRead",
     "all_trial_counts",
     "clear_cache",
     "load_records",
     "read_storage",
+    "read_study",
     "require_study",
     "stored_space",
     "study_names",
@@ -204,3 +209,43 @@ def load_records(storage: StorageLike, study_name: str, *, fast: bool = True) ->
     api = _api(storage, cached=fast)
     trials = api.get_all_trials(_study_id(api, study_name), deepcopy=False)
     return [record_from_frozen_trial(t) for t in sorted(trials, key=lambda t: t.number)]
+
+
+@dataclass
+class StudyRead:
+    """Everything that could be read of one study, and what could not.
+
+    ``notes`` are plain lines, safe to show, on what could not be read (a study written by
+    another tool, or damaged: a ``train_loss`` that is text, a search space from another
+    version); the rest is read as far as it goes. Empty for studies ``proxstudy run`` wrote.
+    """
+
+    records: list[TrialRecord]
+    settings: StudySettings
+    space: SearchSpace | None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_study(storage: StorageLike, study_name: str) -> StudyRead:
+    """The study's records, settings and search space, with notes on what cannot be read
+    instead of an error (raises only :class:`StudyNotFound` and storage errors)."""
+    settings = study_settings(storage, study_name)
+    records = load_records(storage, study_name)
+    notes: list[str] = []
+    space = None
+    if settings.space_document is not None:
+        try:
+            space = stored_space(settings)
+        except ConfigError as exc:
+            where = f"{exc.field}: " if exc.field else ""
+            notes.append(f"the stored search space cannot be read by this version ({_clip(where + exc.message)})")
+    elif STUDY_ATTR_SPACE in settings.user_attrs:
+        notes.append("the stored search space is not a mapping; it is left out")
+    else:
+        notes.append("the study stores no search space (not made by `proxstudy run`)")
+    notes.extend(study_notes(records))
+    return StudyRead(records, settings, space, notes)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

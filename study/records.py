@@ -93,6 +93,7 @@ __all__ = [
     "point_key",
     "point_value",
     "record_from_frozen_trial",
+    "study_notes",
 ]
 
 # Optuna param names.
@@ -203,6 +204,8 @@ class TrialRecord:
     point_key: str | None = None
     datetime_start: datetime | None = None
     datetime_complete: datetime | None = None
+    #: What could not be read of this trial (stored by another tool, or damaged); plain lines.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def param_items(self) -> tuple[tuple[str, Any], ...]:
@@ -237,40 +240,120 @@ def _status_of(trial: FrozenTrialLike) -> str:
     recorded = trial.user_attrs.get(ATTR_STATUS)
     if trial.state in (TrialState.RUNNING, TrialState.WAITING):
         return STATUS_OF_STATE[trial.state]
-    if recorded in FINAL_STATUSES or recorded == STATUS_INTERRUPTED:
-        return str(recorded)
+    if isinstance(recorded, str) and (recorded in FINAL_STATUSES or recorded == STATUS_INTERRUPTED):
+        return recorded
     # A trial finished by something other than our runner (e.g. Optuna's own tools).
     return STATUS_OF_STATE.get(trial.state, STATUS_FAILED)
 
 
+def _kind(value: Any) -> str:
+    """A value's type for a note, with its article ("a str", "an int"); never the value: it
+    may be huge."""
+    if value is None:
+        return "null"
+    name = type(value).__name__
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def _number_or_none(value: Any) -> tuple[float | None, bool]:
+    """One per-epoch entry as a finite float or None, and whether it was readable as such."""
+    if value is None:
+        return None, True
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None, False
+    try:
+        return finite_or_none(value), True
+    except OverflowError:  # an int too large for a float
+        return None, False
+
+
+def _series(attrs: Mapping[str, Any], name: str, notes: list[str]) -> list[float | None]:
+    """A per-epoch list; entries that are not numbers become None, a non-list is left out."""
+    value = attrs.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        notes.append(f"user attribute {name!r} is {_kind(value)}, not a list of numbers; left out")
+        return []
+    out: list[float | None] = []
+    bad = 0
+    for item in value:
+        number, readable = _number_or_none(item)
+        bad += not readable
+        out.append(number)
+    if bad:
+        notes.append(f"user attribute {name!r} holds entries that are not numbers; shown as missing")
+    return out
+
+
+def _text(attrs: Mapping[str, Any], name: str, notes: list[str]) -> str | None:
+    value = attrs.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    notes.append(f"user attribute {name!r} is {_kind(value)}, not text; left out")
+    return None
+
+
+def _integer(value: Any, what: str, notes: list[str], default: int | None) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    notes.append(f"{what} is {_kind(value)}, not an integer; read as {default}")
+    return default
+
+
 def record_from_frozen_trial(trial: FrozenTrial | FrozenTrialLike) -> TrialRecord:
-    """Convert one Optuna trial into a :class:`TrialRecord`."""
+    """Convert one Optuna trial into a :class:`TrialRecord`.
+
+    Never fails on what another tool (or a damaged database) stored: a field that cannot be
+    read is left out and the record's ``notes`` say which and why.
+    """
+    notes: list[str] = []
     params = dict(trial.params)
     method = str(params.pop(PARAM_METHOD, "unknown"))
-    seed = int(params.pop(PARAM_SEED, 0))
+    seed = _integer(params.pop(PARAM_SEED, None), f"param {PARAM_SEED!r}", notes, 0)
     attrs = trial.user_attrs
-    value = finite_or_none(trial.value) if trial.values else None
-    diverged_epoch = attrs.get(ATTR_DIVERGED_EPOCH)
+    value = _number_or_none(trial.value)[0] if trial.values else None
     return TrialRecord(
         number=trial.number,
         method=method,
         params=params,
-        seed=seed,
+        seed=seed or 0,
         status=_status_of(trial),
         value=value,
         intermediate={int(k): v for k, v in trial.intermediate_values.items()},
-        train_loss=list(attrs.get(ATTR_TRAIN_LOSS) or []),
-        train_accuracy=list(attrs.get(ATTR_TRAIN_ACCURACY) or []),
-        val_loss=list(attrs.get(ATTR_VAL_LOSS) or []),
-        val_accuracy=list(attrs.get(ATTR_VAL_ACCURACY) or []),
-        epoch_seconds=list(attrs.get(ATTR_EPOCH_SECONDS) or []),
-        device=attrs.get(ATTR_DEVICE),
-        diverged_epoch=int(diverged_epoch) if diverged_epoch is not None else None,
-        error=attrs.get(ATTR_ERROR),
-        point_key=attrs.get(ATTR_POINT_KEY),
+        train_loss=_series(attrs, ATTR_TRAIN_LOSS, notes),
+        train_accuracy=_series(attrs, ATTR_TRAIN_ACCURACY, notes),
+        val_loss=_series(attrs, ATTR_VAL_LOSS, notes),
+        val_accuracy=_series(attrs, ATTR_VAL_ACCURACY, notes),
+        epoch_seconds=_series(attrs, ATTR_EPOCH_SECONDS, notes),
+        device=_text(attrs, ATTR_DEVICE, notes),
+        diverged_epoch=_integer(
+            attrs.get(ATTR_DIVERGED_EPOCH), f"user attribute {ATTR_DIVERGED_EPOCH!r}", notes, None
+        ),
+        error=_text(attrs, ATTR_ERROR, notes),
+        point_key=_text(attrs, ATTR_POINT_KEY, notes),
         datetime_start=trial.datetime_start,
         datetime_complete=trial.datetime_complete,
+        notes=notes,
     )
+
+
+def study_notes(records: Iterable[TrialRecord]) -> list[str]:
+    """The records' notes as plain lines, one per distinct problem with how many trials have it
+    (a damaged study of thousands of trials gives a few lines, not thousands)."""
+    trials_of: dict[str, list[int]] = {}
+    for record in records:
+        for note in record.notes:
+            trials_of.setdefault(note, []).append(record.number)
+    lines = []
+    for note, numbers in trials_of.items():
+        which = f"trial {numbers[0]}" if len(numbers) == 1 else f"{len(numbers)} trials (first: {numbers[0]})"
+        lines.append(f"{which}: {note}")
+    return lines
 
 
 def count_statuses(records: Iterable[TrialRecord]) -> dict[str, int]:

@@ -419,6 +419,7 @@ def _copy(record: R.TrialRecord) -> R.TrialRecord:
     out = copy.copy(record)
     out.params = dict(record.params)
     out.intermediate = dict(record.intermediate)
+    out.notes = list(record.notes)
     for name in R.EPOCH_SERIES:
         setattr(out, name, list(getattr(record, name)))
     return out

@@ -11,6 +11,7 @@ every trial itself (study.recorder, the only writer of the storage).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import sys
@@ -23,19 +24,25 @@ from pathlib import Path
 
 import optuna
 import ray
+from optuna.storages import BaseStorage
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
+from sqlalchemy.exc import SQLAlchemyError
 
-from proxstudy.errors import SweepError
+from proxstudy.errors import SweepError, UsageError
 from proxstudy.study.driver_state import DriverState
 from proxstudy.study.fused_searcher import FusedPointSearcher
+from proxstudy.study.lease import Lease, acquire_lease
 from proxstudy.study.opening import close_interrupted, open_study
 from proxstudy.study.points import expected_total, point_source
 from proxstudy.study.progress import Progress
 from proxstudy.study.ray_cluster import (
     check_ray_address,
+    check_trial_fits,
+    cluster_nodes,
     cluster_slots,
+    local_node,
     pending_trials_limit,
     quiet_ray,
     quiet_ray_loggers,
@@ -45,9 +52,16 @@ from proxstudy.study.reader import load_records
 from proxstudy.study.recorder import OptunaRecorder
 from proxstudy.study.records import STATUS_COMPLETED, STATUS_DIVERGED, STATUS_FAILED
 from proxstudy.study.searcher import PointSearcher
-from proxstudy.study.space import SearchSpace, as_search_space, recorded_distributions
-from proxstudy.study.storage import check_storage, open_storage, redact, resolve_storage_url
-from proxstudy.workers.config import validate_device
+from proxstudy.study.space import SearchSpace, as_search_space, check_study_name, recorded_distributions
+from proxstudy.study.storage import (
+    check_storage,
+    open_storage,
+    redact,
+    resolve_storage_url,
+    storage_engine,
+    write_failure,
+)
+from proxstudy.workers.config import check_device_present, validate_device
 from proxstudy.workers.data import check_available
 from proxstudy.workers.fused_trainable import fused_trainable
 from proxstudy.workers.trainable import proxprop_trainable
@@ -74,14 +88,23 @@ class SweepOptions:
     device: str = "auto"  # of every trial: auto | cpu | cuda | cuda:N
     fuse: int | None = 1  # members per fused trial; None: from the model and device; 1: unfused
 
+    wait_for_resources: bool = False  # an autoscaling cluster: wait for nodes that fit a trial
+
     def __post_init__(self) -> None:
+        """Every option is checked here, before anything is read or written."""
         if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise SweepError("--max-concurrent must be >= 1")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
-            raise SweepError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+            raise UsageError(f"--max-concurrent {self.max_concurrent}: must be >= 1")
+        if not (math.isfinite(self.cpus_per_trial) and self.cpus_per_trial > 0):
+            raise UsageError(f"--cpus-per-trial {self.cpus_per_trial}: must be a number > 0")
+        if not (math.isfinite(self.gpus_per_trial) and self.gpus_per_trial >= 0):
+            raise UsageError(f"--gpus-per-trial {self.gpus_per_trial}: must be a number >= 0")
+        if self.max_retries < 0:
+            raise UsageError(f"--max-retries {self.max_retries}: must be >= 0")
+        if self.study_name is not None:
+            check_study_name(self.study_name, "<command line>", "--study-name")
         validate_device(self.device, "<command line>", "--device")
         if self.fuse is not None and (isinstance(self.fuse, bool) or not isinstance(self.fuse, int) or self.fuse < 1):
-            raise SweepError(f"--fuse must be an integer >= 1 or auto, got {self.fuse!r}")
+            raise UsageError(f"--fuse {self.fuse!r}: must be an integer >= 1 or auto")
 
 
 @dataclass
@@ -122,19 +145,46 @@ def run_sweep(space: SearchSpace | str | os.PathLike[str] | Mapping,
     """
     options = options or SweepOptions()
     space = as_search_space(space)
-    check_available(space.dataset)
+    name = options.study_name or space.study_name
+    check_available(space.dataset, space.source, "dataset")
     url = resolve_storage_url(options.storage)
     shown = redact(url)
     check_storage(url, must_exist=False)
+    quiet_ray(options.verbose)
+    started_ray = False
     if options.ray_address:
         check_ray_address(options.ray_address)  # before the study is created
-    quiet_ray(options.verbose)
-    if not options.verbose:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        started_ray = start_ray(options.ray_address, options.verbose)
+    try:
+        # The request against what the cluster has, before anything is written.
+        nodes = cluster_nodes() if ray.is_initialized() else [local_node()]
+        waiting = check_trial_fits(options.cpus_per_trial, options.gpus_per_trial, nodes,
+                                   options.wait_for_resources)
+        check_device_present(options.device, max(n.get("GPU", 0.0) for n in nodes), "<command line>", "--device")
+        if not options.verbose:
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(url)
+        try:
+            lease = acquire_lease(storage_engine(url), name)
+        except SQLAlchemyError as exc:  # no right to create or write the lease table
+            raise write_failure(url, exc) from None
+        with lease:
+            if lease.took_over and options.progress:
+                sys.stderr.write(f"proxstudy: taking over study {name!r} from driver {lease.took_over}, "
+                                 "which is gone\n")
+            try:
+                return _sweep(storage, space, name, options, shown, waiting, lease)
+            except SQLAlchemyError as exc:  # a read-only database, a value the schema refuses
+                raise write_failure(url, exc) from None
+    finally:
+        if started_ray:
+            ray.shutdown()
 
-    storage = open_storage(url)
-    name, study_id, created = open_study(storage, space, options.study_name or space.study_name,
-                                         options.force_new, shown)
+
+def _sweep(storage: BaseStorage, space: SearchSpace, name: str, options: SweepOptions, shown: str,
+           waiting: str | None, lease: Lease) -> SweepSummary:
+    """Open (or resume) the study and run what is left of it, holding the study's lease."""
+    name, study_id, created = open_study(storage, space, name, options.force_new, shown)
     closed = 0 if created else close_interrupted(storage, study_id)
     records = [] if created else load_records(storage, name)
     source = point_source(space, records)
@@ -148,10 +198,12 @@ def run_sweep(space: SearchSpace | str | os.PathLike[str] | Mapping,
         verb = "created" if created else "resuming"
         sys.stderr.write(f"proxstudy: study {name!r} {verb} in {shown}: {source.planned} trial(s) to run, "
                          f"{summary.skipped} already finished\n")
+        if waiting and source.planned > 0:
+            sys.stderr.write(f"proxstudy: {waiting}\n")
     if source.planned > 0:
         driver = DriverState(storage=storage, study_id=study_id, space=space, source=source,
                              distributions=recorded_distributions(space), device=options.device,
-                             cpus_per_trial=float(options.cpus_per_trial), progress=progress)
+                             cpus_per_trial=float(options.cpus_per_trial), progress=progress, lease=lease)
         summary.wall_seconds = _run_trials(driver, options)
         summary.ran, summary.trial_seconds, summary.concurrency = driver.ran, driver.trial_seconds, driver.concurrency
     summary.completed, summary.diverged, summary.failed = progress.completed, progress.diverged, progress.failed

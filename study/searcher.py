@@ -27,7 +27,8 @@ class PointSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         d = self._driver
         with d.lock:
-            point = d.source.next_point()
+            # A driver stalled past its lease's expiry was replaced: it starts no more trials.
+            point = None if d.lease is not None and d.lease.lost else d.source.next_point()
             if point is None:
                 # Tune's documented "no more trials" answer; its annotation leaves this string out
                 return Searcher.FINISHED  # type: ignore[return-value]

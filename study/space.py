@@ -72,9 +72,9 @@ import copy
 import itertools
 import math
 import os
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -101,15 +101,19 @@ from proxstudy.workers.config import (
     CG_MODES,
     MODE_GRADIENT,
     MODES,
+    FastSafeLoader,
     TrialConfig,
     check_keys,
     check_model_fits_data,
     check_objective_fits_model,
     join_field,
+    parse_document_text,
+    read_document_text,
     require_bool,
     require_float,
     require_int,
     require_mapping,
+    require_seed,
     require_str,
     show_value,
     validate_dataset_spec,
@@ -126,8 +130,11 @@ __all__ = [
     "Point",
     "SearchSpace",
     "as_search_space",
+    "check_study_name",
+    "check_trial_count",
     "grid_points",
     "load_space",
+    "max_trials",
     "parse_space",
     "recorded_distributions",
     "trial_config",
@@ -261,24 +268,14 @@ def as_search_space(space: SearchSpace | str | os.PathLike[str] | Mapping) -> Se
 def load_space(path: str | os.PathLike[str]) -> SearchSpace:
     """Read and validate a search-space YAML file (ConfigError on any problem)."""
     source = str(path)
+    doc = parse_document_text(read_document_text(path, source), source, loader=_UniqueKeySafeLoader)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(source, "", "is a directory, not a search-space file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(source, "", "is not a UTF-8 text file") from None
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
-    try:
-        doc = yaml.load(text, Loader=_UniqueKeySafeLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, "", f"not valid YAML: {_yaml_problem(exc)}") from None
-    return parse_space(doc, source)
+        return parse_space(doc, source)
+    except RecursionError:
+        raise ConfigError(source, "", "the document is nested too deeply") from None
 
 
-class _UniqueKeySafeLoader(yaml.SafeLoader):
+class _UniqueKeySafeLoader(FastSafeLoader):
     """yaml.SafeLoader that refuses repeated mapping keys.
 
     Plain safe_load keeps the last of two equal keys, so a copied method block whose name was
@@ -300,14 +297,6 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def _yaml_problem(exc: Exception) -> str:
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    if mark is None:
-        return problem
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-
-
 def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
     """Validate a search-space document (already parsed YAML/JSON) into a SearchSpace."""
     if doc is None:
@@ -322,7 +311,7 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
         if key not in doc or doc[key] is None:
             raise ConfigError(source, key, "is required")
 
-    study_name = require_str(doc["study"], source, "study")
+    study_name = check_study_name(doc["study"], source, "study")
     dataset = validate_dataset_spec(doc["dataset"], source, "dataset")
     model = validate_model_spec(doc["model"], source, "model")
     training, seeds = _parse_training(doc["training"], source)
@@ -332,6 +321,7 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
         raise ConfigError(source, "objective",
                           f"must be one of {', '.join(OBJECTIVES)}, got {show_value(objective)}")
     methods = _parse_methods(doc["methods"], source, sampler["name"])
+    _check_study_size(methods, seeds, sampler, source)
     if sampler["name"] != "grid":
         methods = _harmonise_sampled(methods, source)
 
@@ -363,6 +353,78 @@ def parse_space(doc: Any, source: str = "<string>") -> SearchSpace:
     return space
 
 
+#: Optuna's studies.study_name column holds this many characters (a longer name fails on
+#: PostgreSQL and MySQL only after the driver has started).
+MAX_STUDY_NAME = 512
+
+
+def _check_printable(name: str, source: str, field: str, what: str) -> None:
+    """Names end up in titles, legends, file names and one-line messages: no control, format
+    or line-separator characters (newlines, tabs, bidi overrides, zero-width marks)."""
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"):
+            raise ConfigError(source, field, f"{what} must not contain control characters, "
+                              f"found {char!a} at position {name.index(char)}")
+
+
+def check_study_name(value: Any, source: str, field: str) -> str:
+    """A study name: a non-empty string of at most :data:`MAX_STUDY_NAME` printable characters."""
+    name = require_str(value, source, field)
+    if len(name) > MAX_STUDY_NAME:
+        raise ConfigError(source, field, f"a study name has at most {MAX_STUDY_NAME} characters "
+                          f"(the storage's limit), got {len(name)}")
+    _check_printable(name, source, field, "a study name")
+    return name
+
+
+#: Trials one study may ask for unless PROXSTUDY_MAX_TRIALS says otherwise: checked before a
+#: single point is built, so a typo such as `points: 1000000000` costs one line, not the memory.
+DEFAULT_MAX_TRIALS = 100_000
+#: Optuna stores every param as a float: seeds above this would not read back as themselves,
+#: and resume would not recognise their trials.
+MAX_STORED_SEED = 2**53
+ENV_MAX_TRIALS = "PROXSTUDY_MAX_TRIALS"
+
+
+def max_trials() -> int:
+    """The trial limit of one study: $PROXSTUDY_MAX_TRIALS, else :data:`DEFAULT_MAX_TRIALS`."""
+    text = os.environ.get(ENV_MAX_TRIALS, "").strip()
+    if not text:
+        return DEFAULT_MAX_TRIALS
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(ENV_MAX_TRIALS, "", f"must be a whole number >= 1, got {show_value(text)}")
+    return int(text)
+
+
+def check_trial_count(count: int, source: str, field: str, what: str) -> None:
+    """ConfigError naming ``field`` when ``count`` trials are over the limit (how to raise it)."""
+    limit = max_trials()
+    if count > limit:
+        raise ConfigError(source, field, f"{what} asks for {count:,} trials, over the limit of {limit:,} per "
+                          f"study; split the study, or raise the limit with {ENV_MAX_TRIALS}={count}")
+
+
+def _check_study_size(methods: Mapping[str, MethodSpace], seeds: Sequence[int], sampler: Mapping,
+                      source: str) -> None:
+    """The whole study's trial count against the limit, from the lengths alone (nothing built)."""
+    limit = max_trials()
+    if sampler["name"] != "grid":
+        total = int(sampler["n_trials"]) * len(seeds) * len(methods)
+        if total > limit:
+            check_trial_count(total, source, "sampler.n_trials", f"n_trials x {len(seeds)} seed(s) x "
+                              f"{len(methods)} method(s)")
+        return
+    total = 0
+    for method in methods.values():
+        per_seed = 1
+        for param in method.params.values():
+            per_seed *= max(1, len(param.values))  # exact: Python integers do not overflow
+        total += per_seed * len(seeds)
+        if total > limit:
+            check_trial_count(total, source, join_field("methods", method.name),
+                              f"the grid (up to this method, x {len(seeds)} seed(s))")
+
+
 def _parse_training(value: Any, source: str) -> tuple[dict, tuple[int, ...]]:
     doc = require_mapping(value, source, "training")
     seeds = _parse_seeds(doc.get("seeds", [0]), source, "training.seeds")
@@ -374,14 +436,21 @@ def _parse_seeds(value: Any, source: str, field: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise ConfigError(source, field, f"an integer N means seeds 0..N-1 and must be >= 1, got {value}")
+        check_trial_count(value, source, field, "seeds")
         return tuple(range(value))
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ConfigError(source, field, f"must be a list of integers or an integer N, got {show_value(value)}")
     if not value:
         raise ConfigError(source, field, "must not be empty")
-    seeds = tuple(require_int(v, source, join_field(field, i), 0) for i, v in enumerate(value))
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(source, field, f"seeds repeat: {list(seeds)}")
+    seeds = tuple(require_seed(v, source, join_field(field, i)) for i, v in enumerate(value))
+    seen: set[int] = set()
+    for i, seed in enumerate(seeds):
+        if seed >= MAX_STORED_SEED:
+            raise ConfigError(source, join_field(field, i), "a seed of a sweep must be < 2**53 (Optuna stores "
+                              f"params as floats, exact only below that), got {show_value(seed)}")
+        if seed in seen:
+            raise ConfigError(source, join_field(field, i), f"repeats seed {seed}")
+        seen.add(seed)
     return seeds
 
 
@@ -404,11 +473,12 @@ def _parse_sampler(value: Any, source: str) -> dict:
     check_keys(doc, ("name", "n_trials", "seed"), source, "sampler")
     if doc.get("n_trials") is None:
         raise ConfigError(source, "sampler.n_trials", f"is required for the {name} sampler")
-    return {
-        "name": name,
-        "n_trials": require_int(doc["n_trials"], source, "sampler.n_trials", 1),
-        "seed": require_int(doc.get("seed", 0), source, "sampler.seed", 0),
-    }
+    n_trials = require_int(doc["n_trials"], source, "sampler.n_trials", 1)
+    check_trial_count(n_trials, source, "sampler.n_trials", "n_trials")
+    seed = require_int(doc.get("seed", 0), source, "sampler.seed", 0)
+    if seed >= 2**32:
+        raise ConfigError(source, "sampler.seed", f"must be < 2**32 (the samplers' limit), got {seed}")
+    return {"name": name, "n_trials": n_trials, "seed": seed}
 
 
 def _parse_methods(value: Any, source: str, sampler: str) -> dict[str, MethodSpace]:
@@ -421,6 +491,7 @@ def _parse_methods(value: Any, source: str, sampler: str) -> dict[str, MethodSpa
         if not name or "|" in name or "=" in name or name != name.strip():
             raise ConfigError(source, field, "a method name must be a non-empty string without "
                               "'|', '=' or surrounding spaces (it is part of point keys)")
+        _check_printable(name, source, field, "a method name")
         methods[name] = _parse_method(name, spec, source, field, sampler)
     return methods
 
@@ -582,6 +653,7 @@ def _parse_range(
         values: tuple = ()
     else:
         points = require_int(points, source, join_field(field, "points"), 2)
+        check_trial_count(points, source, join_field(field, "points"), "points")
         values = _range_grid(low, high, points, log, integer)
         if integer and len(set(values)) != len(values):
             raise ConfigError(source, join_field(field, "points"),
@@ -607,12 +679,19 @@ def _range_grid(low: float, high: float, points: int, log: bool, integer: bool) 
     return tuple(values)
 
 
+def _distinct_key(value: Any) -> tuple[type, Any]:
+    """Two values are the same choice when equal and of one type (1 and 1.0 and True differ)."""
+    return type(value), value
+
+
 def _check_distinct(values: Sequence, source: str, field: str) -> None:
-    seen: list[Any] = []
-    for v in values:
-        if any(v == s and type(v) is type(s) for s in seen):
-            raise ConfigError(source, field, f"values repeat: {list(values)}")
-        seen.append(v)
+    """Linear in the number of values (validated values are numbers, bools or strings)."""
+    seen: set[tuple[type, Any]] = set()
+    for index, v in enumerate(values):
+        key = _distinct_key(v)
+        if key in seen:
+            raise ConfigError(source, join_field(field, index), f"repeats an earlier value: {show_value(v)}")
+        seen.add(key)
 
 
 def _is_number(value: Any) -> bool:
@@ -719,8 +798,10 @@ def recorded_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
             sampled and isinstance(params[0].optuna_distribution(), CategoricalDistribution)
         ):
             choices: list = []
+            seen: set[tuple[type, Any]] = set()
             for v in values:
-                if not any(v == c and type(v) is type(c) for c in choices):
+                if _distinct_key(v) not in seen:
+                    seen.add(_distinct_key(v))
                     choices.append(v)
             out[name] = CategoricalDistribution(choices)
             continue

@@ -13,8 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from proxstudy.study import records as R
+from proxstudy.study.lease import live_driver
 from proxstudy.study.points import expected_per_method
-from proxstudy.study.reader import StorageLike, load_records, stored_space_or_none, study_names, study_settings
+from proxstudy.study.reader import StorageLike, read_study, study_names
+from proxstudy.study.storage import storage_engine
+
+#: Notes on what could not be read shown under a study's table (the rest: "and N more").
+MAX_NOTES = 5
 
 __all__ = [
     "Counts",
@@ -63,6 +68,8 @@ class StudyStatus:
     study_name: str
     direction: str
     methods: dict[str, Counts] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what could not be read (reader.read_study)
+    driver: str | None = None  # host:pid of the `proxstudy run` holding the study's lease
 
     @property
     def total(self) -> Counts:
@@ -94,11 +101,20 @@ def counts_from_records(records: Iterable[R.TrialRecord], expected: dict[str, in
 
 def study_status(storage: StorageLike, study_name: str) -> StudyStatus:
     """The counts of one study (raises StudyNotFound)."""
-    settings = study_settings(storage, study_name)
-    space = stored_space_or_none(settings)  # another proxstudy version's document: no "left"
-    expected = expected_per_method(space) if space is not None else None
-    records = load_records(storage, study_name)
-    return StudyStatus(study_name, settings.direction, counts_from_records(records, expected))
+    read = read_study(storage, study_name)  # another proxstudy version's document: no "left"
+    expected = expected_per_method(read.space) if read.space is not None else None
+    return StudyStatus(study_name, read.settings.direction, counts_from_records(read.records, expected),
+                       read.notes, _live_driver(storage, study_name))
+
+
+def _live_driver(storage: StorageLike, study_name: str) -> str | None:
+    if not isinstance(storage, str):
+        return None
+    engine = storage_engine(storage)
+    try:
+        return live_driver(engine, study_name)
+    finally:
+        engine.dispose()
 
 
 def all_study_statuses(storage: StorageLike) -> list[StudyStatus]:
@@ -129,7 +145,12 @@ def format_status(status: StudyStatus) -> str:
     """The `proxstudy status STUDY` text: one row per method and a total row."""
     rows = [_row(m, c) for m, c in status.methods.items()]
     rows.append(_row("total", status.total))
-    return f"study {status.study_name} ({status.direction})\n" + format_table(rows, ["method", *_COLUMNS])
+    running = f", being run by driver {status.driver}" if status.driver else ""
+    text = f"study {status.study_name} ({status.direction}{running})\n" + format_table(rows, ["method", *_COLUMNS])
+    shown = status.notes[:MAX_NOTES]
+    more = len(status.notes) - len(shown)
+    return "\n".join([text, *(f"note: {note}" for note in shown)]
+                     + ([f"note: and {more} more"] if more > 0 else []))
 
 
 def format_list(statuses: list[StudyStatus]) -> str:

@@ -10,23 +10,28 @@ through :func:`redact`, which hides the password.
 from __future__ import annotations
 
 import os
-import re
+import time
 from pathlib import Path
 
 import optuna
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from proxstudy.errors import StorageError
+from proxstudy.study.redaction import redact, redact_text, scrub_secrets, unencoded_at
 
 __all__ = [
     "StorageError",
     "check_storage",
     "open_storage",
     "redact",
+    "redact_text",
     "resolve_storage_url",
     "scrub_secrets",
     "sqlite_path",
+    "storage_engine",
+    "write_failure",
 ]
 
 ENV_STORAGE = "PROXSTUDY_STORAGE"
@@ -39,35 +44,15 @@ def resolve_storage_url(url: str | None = None, cwd: str | os.PathLike | None = 
 
     The SQLite default is made absolute so that messages show where the file really is.
     """
-    if url:
+    if url is not None:
+        if not url.strip():
+            raise StorageError("--storage: the storage URL is empty (leave the option out for the default)")
         return url
     from_env = os.environ.get(ENV_STORAGE, "").strip()
     if from_env:
         return from_env
     base = Path(cwd) if cwd is not None else Path.cwd()
     return f"sqlite:///{(base / DEFAULT_SQLITE_FILE).resolve()}"
-
-
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (safe for logs and messages)."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not parseable: still never show what looks like a password
-        return _PASSWORD_IN_URL.sub(r"\1***@", url)
-
-
-def scrub_secrets(text: str, url: str) -> str:
-    """Remove the URL's password from a driver's error message, should it appear there."""
-    try:
-        password = make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        text = text.replace(str(password), "***")
-    return _PASSWORD_IN_URL.sub(r"\1***@", text)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -102,17 +87,26 @@ def check_storage(url: str, *, must_exist: bool) -> None:
     create the file); for servers one ``SELECT 1`` is run with a short connect timeout.
     """
     shown = redact(url)
+    if not url.strip():
+        raise StorageError("--storage: the storage URL is empty")
     try:
         make_url(url)
-    except Exception as exc:
-        raise StorageError(f"storage URL {shown!r} is not a valid SQLAlchemy URL: {exc}") from None
+    except Exception:
+        raise StorageError(f"storage URL {shown!r} is not a valid SQLAlchemy URL "
+                           "(expected e.g. sqlite:///FILE or postgresql+psycopg://USER@HOST/DB)") from None
+    if unencoded_at(url):
+        raise StorageError(f"storage {shown}: the part before the host holds more than one '@'; "
+                           "write an '@' inside the password as %40")
 
     path = sqlite_path(url)
     if path is not None:
         if must_exist and not path.is_file():
             raise StorageError(f"storage {shown}: no database file at {path}")
+        _check_sqlite_header(path, shown)
         if not must_exist and not path.parent.is_dir():
             raise StorageError(f"storage {shown}: directory {path.parent} does not exist")
+        if not must_exist:
+            _check_writable(path, shown)
         return
     if make_url(url).get_backend_name() == "sqlite":
         return  # in-memory: nothing to reach
@@ -130,17 +124,77 @@ def check_storage(url: str, *, must_exist: bool) -> None:
         engine.dispose()
 
 
+#: The first bytes of every SQLite 3 database file (an empty file is an empty database too).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_sqlite_header(path: Path, shown: str) -> None:
+    """A file that exists but is not a SQLite database fails here, before any driver reads it."""
+    if not path.is_file():
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StorageError(f"storage {shown}: cannot read {path} ({exc.strerror or exc})") from None
+    if head and head != _SQLITE_HEADER:
+        raise StorageError(f"storage {shown}: {path} is not a SQLite database")
+
+
+def _check_writable(path: Path, shown: str) -> None:
+    """A SQLite file (or its directory) that cannot be written fails here, before anything is
+    written: opening the file for update writes nothing (even root gets EPERM on an
+    immutable file)."""
+    if path.is_dir():
+        raise StorageError(f"storage {shown}: {path} is a directory, not a database file")
+    if path.exists():
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError as exc:
+            raise StorageError(f"storage {shown}: the database file {path} cannot be written "
+                               f"({exc.strerror or exc})") from None
+    elif not os.access(path.parent, os.W_OK):
+        raise StorageError(f"storage {shown}: directory {path.parent} is not writable")
+
+
 def _first_line(exc: BaseException) -> str:
     message = str(exc).strip() or type(exc).__name__
     return message.splitlines()[0]
 
 
+#: Tries at opening a storage whose Optuna tables another process is creating at that moment.
+_OPEN_TRIES = 4
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An Optuna RDB storage for ``url`` (creates Optuna's tables if needed)."""
+    """An Optuna RDB storage for ``url`` (creates Optuna's tables if needed).
+
+    Two processes creating the tables of a fresh database at once make one of them fail (an
+    ``IntegrityError`` on ``alembic_version``, or a table that exists after all); that one
+    tries again, and then finds the tables made."""
     engine_kwargs: dict = {"connect_args": _connect_args(url)}
     if sqlite_path(url) is None and not url.startswith("sqlite"):
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except Exception as exc:
-        raise StorageError(f"storage {redact(url)}: {scrub_secrets(_first_line(exc), url)}") from None
+    for attempt in range(_OPEN_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except SQLAlchemyError as exc:
+            if attempt == _OPEN_TRIES - 1:
+                raise StorageError(f"storage {redact(url)}: {scrub_secrets(_first_line(exc), url)}") from None
+            time.sleep(0.2 * (attempt + 1))  # the other process finishes its CREATE TABLEs
+        except Exception as exc:
+            raise StorageError(f"storage {redact(url)}: {scrub_secrets(_first_line(exc), url)}") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def storage_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for ``url`` with the connect arguments the storage uses (the driver
+    lease lives in the study's own database)."""
+    return create_engine(url, connect_args=_connect_args(url))
+
+
+def write_failure(url: str, exc: BaseException) -> StorageError:
+    """The error for a database that refused a write (a read-only file, a name too long)."""
+    reason = scrub_secrets(_first_line(getattr(exc, "orig", None) or exc), url)
+    return StorageError(f"storage {redact(url)}: cannot write the study: {reason}")

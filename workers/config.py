@@ -15,12 +15,19 @@ import dataclasses
 import json
 import math
 import os
+import reprlib
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:
+    from yaml import CSafeLoader as _SafeLoaderBase
+except ImportError:  # PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoaderBase  # type: ignore[assignment]
 
 from proxprop.modes import MODE_KINDS
 from proxstudy.errors import ConfigError
@@ -39,17 +46,23 @@ __all__ = [
     "OBJECTIVES",
     "OPTIMIZER_NAMES",
     "ConfigError",
+    "FastSafeLoader",
     "TrialConfig",
+    "check_device_present",
     "check_model_fits_data",
     "check_objective_fits_model",
     "dataset_input_shape",
     "load_train_file",
+    "parse_document_text",
+    "read_document_text",
+    "require_seed",
     "validate_dataset_spec",
     "validate_device",
     "validate_model_spec",
     "validate_optimizer_spec",
     "validate_training_spec",
     "validate_trial_config",
+    "yaml_problem",
 ]
 
 MODEL_NAMES = ("mlp", "convnet", "autoencoder")
@@ -84,9 +97,18 @@ def require_mapping(value: Any, source: str, field: str) -> dict:
     return dict(value)
 
 
-def show_value(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+#: Shows at most a few levels and items of a value: an error message must cost microseconds
+#: even for a YAML alias bomb (a 1 KB file whose lists expand to billions of items).
+_SHOW = reprlib.Repr()
+for _name, _limit in (("maxlevel", 3), ("maxlist", 4), ("maxtuple", 4), ("maxdict", 4), ("maxset", 4),
+                      ("maxfrozenset", 4), ("maxstring", 60), ("maxother", 60), ("maxlong", 40)):
+    setattr(_SHOW, _name, _limit)
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """A short, bounded ``repr`` of a value for an error message (cost bounded whatever its size)."""
+    text = _SHOW.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_keys(doc: Mapping, allowed: Sequence[str], source: str, field: str) -> None:
@@ -137,6 +159,18 @@ def require_float(
     if below is not None and value >= below:
         raise ConfigError(source, field, f"must be < {below}, got {value}")
     return value
+
+
+#: torch.manual_seed takes seeds in [0, 2**64).
+MAX_SEED = 2**64
+
+
+def require_seed(value: Any, source: str, field: str) -> int:
+    """A seed torch accepts: an integer in [0, 2**64)."""
+    seed = require_int(value, source, field, 0)
+    if seed >= MAX_SEED:
+        raise ConfigError(source, field, f"a seed must be < 2**64 (torch's limit), got {show_value(seed)}")
+    return seed
 
 
 def require_bool(value: Any, source: str, field: str) -> bool:
@@ -324,6 +358,18 @@ def validate_device(value: Any, source: str, field: str) -> str:
     raise ConfigError(source, field, f"must be auto, cpu, cuda or cuda:N, got {show_value(value)}")
 
 
+def check_device_present(device: str, gpus: float, source: str, field: str) -> None:
+    """A validated device string against the GPUs there are (``gpus``: how many CUDA devices
+    the trials can see): asking for CUDA where there is none fails here, not in every trial."""
+    if not device.startswith("cuda"):
+        return
+    if gpus < 1:
+        raise ConfigError(source, field, f"{device} asked for, but no CUDA device is available; use cpu or auto")
+    if device.startswith("cuda:") and int(device[5:]) >= gpus:
+        raise ConfigError(source, field, f"{device} asked for, but there are only {int(gpus)} CUDA device(s) "
+                          f"(cuda:0 to cuda:{int(gpus) - 1})")
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """One trial, validated (docs/INTERFACES.md "Trial config"); made by
@@ -434,7 +480,7 @@ def validate_trial_config(doc: Any, source: str) -> TrialConfig:
         raise ConfigError(source, "cg_iterations", f"is required for mode {mode}")
     cg_iterations = None if cg is None else require_int(cg, source, "cg_iterations", 1)
     optimizer = validate_optimizer_spec(_require(doc, "optimizer", source, ""), source, "optimizer")
-    seed = require_int(_require(doc, "seed", source, ""), source, "seed")
+    seed = require_seed(_require(doc, "seed", source, ""), source, "seed")
     device = validate_device(doc.get("device", "auto"), source, "device")
     check_model_fits_data(model, dataset, source)
     return TrialConfig(dataset=dataset, model=model, training=training, objective=objective, method=method,
@@ -446,25 +492,138 @@ def validate_trial_config(doc: Any, source: str) -> TrialConfig:
 # files for `proxstudy train`
 
 
-def _read_document(path: Path) -> Any:
+#: A search space or trial config is a small text file; more is a mistake (or /dev/zero).
+MAX_DOCUMENT_BYTES = 1 << 20
+
+
+def read_document_text(path: str | os.PathLike[str], source: str) -> str:
+    """The text of a YAML/JSON input file, read with a bound: ConfigError naming ``source`` for
+    a missing, unreadable, binary, oversized or non-regular file (a device, a pipe)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(source, "", "is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(source, "", "is not a regular file (a device or a pipe?)")
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(str(path), "", "file not found") from None
+        raise ConfigError(source, "", "file not found") from None
     except OSError as exc:
-        raise ConfigError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(source, "", f"is larger than {MAX_DOCUMENT_BYTES // 1024} KiB; expected a small text file")
     try:
-        if path.suffix.lower() == ".json":
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "", f"is not a UTF-8 text file (byte {exc.start} cannot be decoded)") from None
+
+
+def yaml_problem(exc: Exception) -> str:
+    """What a YAML (or JSON) parse error says, with its line and column, on one line."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    if mark is None:
+        return problem
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+
+
+#: Brackets deeper than this are refused before parsing: PyYAML's scanner takes time quadratic
+#: in the depth of flow collections (a 6 KB "[[[[..." takes seconds), and no input here needs
+#: more than a handful of levels.
+MAX_NESTING = 100
+
+
+def _flow_depth_over(text: str, limit: int) -> bool:
+    """Whether ``[``/``{`` nest deeper than ``limit`` outside quotes and comments (one pass)."""
+    depth = 0
+    quote = ""
+    previous = "\n"
+    index, end = 0, len(text)
+    while index < end:
+        char = text[index]
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth = max(0, depth - 1)
+        elif char in "'\"" and (previous in " \t\n[{,:"):
+            quote = char
+        elif char == "#" and previous in " \t\n":
+            newline = text.find("\n", index)
+            index = end if newline < 0 else newline
+            previous = "\n"
+            continue
+        previous = char
+        index += 1
+    return False
+
+
+class FastSafeLoader(_SafeLoaderBase):
+    """PyYAML's safe loader on libyaml's parser where it is installed (the wheels have it): the
+    pure-Python parser takes seconds for a 500 KB file, libyaml a tenth of that."""
+
+
+def parse_document_text(text: str, source: str, *, json_file: bool = False,
+                        loader: type[FastSafeLoader] = FastSafeLoader) -> Any:
+    """YAML (or JSON) text into plain data; ConfigError naming ``source`` with the line and
+    column of a syntax error, or for nesting too deep to parse."""
+    kind = "JSON" if json_file else "YAML"
+    if _flow_depth_over(text, MAX_NESTING):
+        raise ConfigError(source, "", f"the {kind} is nested too deeply (more than {MAX_NESTING} levels of brackets)")
+    try:
+        if json_file:
             return json.loads(text)
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=loader)  # a SafeLoader or a subclass of it
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
-        raise ConfigError(str(path), "", f"not valid {kind}: {exc}") from None
+        raise ConfigError(source, "", f"not valid {kind}: {yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(source, "", f"the {kind} is nested too deeply") from None
 
 
-def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[TrialConfig]:
+def _read_document(path: Path) -> Any:
+    source = str(path)
+    return parse_document_text(read_document_text(path, source), source,
+                               json_file=path.suffix.lower() == ".json")
+
+
+EXPORT_PICKS = ("best", "robust")
+
+
+def _export_pick(entry: Mapping, pick: str | None, source: str, field: str) -> tuple[Mapping, str]:
+    """The chosen configuration of one method of an export file, and its field path.
+
+    A method entry holds ``best`` and/or ``robust`` (each with a ``trial_config``); an entry
+    with a ``trial_config`` of its own (files of earlier versions) is its best configuration.
+    """
+    if "trial_config" in entry:
+        if pick not in (None, "best"):
+            raise ConfigError(source, "--pick", f"{field} has only its best configuration, not {pick!r}")
+        return entry, field
+    present = [kind for kind in EXPORT_PICKS if kind in entry]
+    if not present:
+        raise ConfigError(source, field, "has neither a best nor a robust configuration")
+    if pick is None:
+        if len(present) > 1:
+            raise ConfigError(source, "--pick", f"{field} has the best and the most robust configuration; "
+                                                "choose one with --pick best or --pick robust")
+        pick = present[0]
+    if pick not in present:
+        raise ConfigError(source, "--pick", f"{field} has no {pick} configuration (it has: {', '.join(present)})")
+    return require_mapping(entry[pick], source, join_field(field, pick)), join_field(field, pick)
+
+
+def load_train_file(path: str | os.PathLike, method: str | None = None,
+                    pick: str | None = None) -> list[TrialConfig]:
     """Trial configs to run from a bare trial config or an export file (every method in the
-    file's order when `method` is None)."""
+    file's order when `method` is None; of each, the configuration `pick` -- "best" or
+    "robust" -- which may be left out only where the file has one; see :func:`_export_pick`)."""
     path = Path(path)
     source = str(path)
     doc = _read_document(path)
@@ -473,6 +632,8 @@ def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[
         config = validate_trial_config(doc, source)
         if method is not None and method != config.method:
             raise ConfigError(source, "method", f"the file runs method {config.method!r}, not {method!r}")
+        if pick is not None:
+            raise ConfigError(source, "--pick", "a trial config has one configuration; --pick is for export files")
         return [config]
     methods = require_mapping(doc["methods"], source, "methods")
     if not methods:
@@ -485,9 +646,10 @@ def load_train_file(path: str | os.PathLike, method: str | None = None) -> list[
         names = list(methods)
     configs = []
     for name in names:
-        entry = require_mapping(methods[name], source, join_field("methods", name))
-        field = join_field(join_field("methods", name), "trial_config")
-        trial = require_mapping(_require(entry, "trial_config", source, join_field("methods", name)), source, field)
+        entry, where = _export_pick(require_mapping(methods[name], source, join_field("methods", name)),
+                                    pick, source, join_field("methods", name))
+        field = join_field(where, "trial_config")
+        trial = require_mapping(_require(entry, "trial_config", source, where), source, field)
         try:
             configs.append(validate_trial_config(trial, source))
         except ConfigError as exc:  # re-anchor the field inside the export file

@@ -118,14 +118,24 @@ def _how_to_get(spec: Mapping) -> str:
     )
 
 
-def check_available(spec: Mapping) -> None:
-    """Raise DataError now (in the driver) if a validated spec's files are missing and
-    download is off, instead of failing every trial later."""
-    if not CATALOG[spec["name"]].file_backed or spec["download"]:
+def check_available(spec: Mapping, source: str = "<config>", field: str = "dataset") -> None:
+    """Raise DataError now (in the driver), naming the file ``source`` and the ``root`` field,
+    when a validated spec's data cannot be had: a root that is a file, files missing with
+    download off, or a root that a download could not create. Trials would all fail later."""
+    if not CATALOG[spec["name"]].file_backed:
+        return
+    where = f"{source}: {field}.root"
+    root = Path(spec["root"])
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{where}: {root} is a file, not a directory")
+    if spec["download"]:
+        existing = next((p for p in (root, *root.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise DataError(f"{where}: {existing} is a file, so the download cannot create {root}")
         return
     missing = _missing(spec)
     if missing:
-        raise DataError(f"{spec['name']}: {missing[0]} not found; {_how_to_get(spec)}")
+        raise DataError(f"{where}: {missing[0]} not found; {_how_to_get(spec)}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`proxstudy train CONFIG.yaml [--method NAME]`: re-run one configuration and show it.
+"""`proxstudy train CONFIG.yaml [--method NAME] [--pick best|robust]`: re-run one configuration
+and show it.
 
 The CLI (study/cli.py) calls train_main; ConfigError and DataError propagate to it (it prints
 the one-line message and exits 2). The data set is loaded here before training starts, so a
@@ -16,7 +17,7 @@ import torch
 
 from proxstudy.errors import ConfigError
 from proxstudy.workers.config import MODE_GRADIENT, TrialConfig, load_train_file, validate_device
-from proxstudy.workers.data import load_dataset
+from proxstudy.workers.data import check_available, load_dataset
 from proxstudy.workers.training import TrialOutcome, resolve_device, run_trial
 from proxstudy.workers.vocabulary import (
     EPOCH,
@@ -99,6 +100,7 @@ def _run_one(config: TrialConfig, source: str, stream: TextIO, progress_stream: 
             raise RuntimeError(f"there is no {device} (this machine has {torch.cuda.device_count()} CUDA devices)")
     except RuntimeError as exc:
         raise ConfigError(source, "device", str(exc)) from None
+    check_available(config.dataset, source, "dataset")  # names the file and dataset.root
     load_dataset(config.dataset, device)  # DataError here, before any training
     print(f"== {_describe(config)}", file=stream)
     print(TABLE_HEADER, file=stream, flush=True)
@@ -131,16 +133,18 @@ def train_main(
     device: str | None = None,
     stream: TextIO | None = None,
     progress_stream: TextIO | None = None,
+    pick: str | None = None,
 ) -> int:
     """Run the configuration(s) in `path` (a trial config, or an export file: `method`, or every
-    method in turn) and print the per-epoch table to `stream` (stdout).
+    method in turn, each at its configuration `pick`, "best" or "robust", which may be left
+    out where the file has only one) and print the per-epoch table to `stream` (stdout).
 
     Returns 0 when every run completed or diverged (divergence is a result), 1 when one
     failed. Raises ConfigError / DataError for bad input (the CLI turns them into exit 2).
     """
     stream = sys.stdout if stream is None else stream
     progress_stream = sys.stderr if progress_stream is None else progress_stream
-    configs = load_train_file(path, method)
+    configs = load_train_file(path, method, pick)
     if device is not None:
         device = validate_device(device, "<command line>", "--device")
         configs = [config.with_device(device) for config in configs]

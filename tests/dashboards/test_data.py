@@ -68,3 +68,22 @@ def test_interrupted_trials_are_counted_apart_from_failed_ones(storage):
     data = D.load_study_data(storage, "live")
     assert data.counts == summary.counts
     assert data.counts[R.STATUS_COMPLETED] == 4 and data.counts[R.STATUS_RUNNING] == 1
+
+
+def test_trials_with_a_non_numeric_grid_parameter_are_left_out_of_the_analysis_with_a_note():
+    def rec(number, lr, tau=1.0):
+        return R.TrialRecord(number=number, method="pp", params={"lr": lr, "tau_prox": tau}, seed=0,
+                             status=R.STATUS_COMPLETED, value=0.5, intermediate={0: 2.0})
+
+    records = [rec(0, 0.1), rec(1, "fast"), rec(2, 0.01, tau="<i>t</i>"), rec(3, float("nan")), rec(4, True)]
+    kept, notes = D.analysable(records)
+    assert [r.number for r in kept] == [0]
+    assert notes == [  # the type is named, never the value (it may be long or hold markup)
+        "3 trials (first: 1): param 'lr' is bool or float or str, not a finite number; left out of the analysis "
+        "and the figures (listed in the trial table)",
+        "trial 2: param 'tau_prox' is str, not a finite number; left out of the analysis and the figures "
+        "(listed in the trial table)",
+    ]
+    data = D.build_study_data("s", records, notes=["from the reader"])
+    assert len(data.records) == 5 and [p.n for p in data.points] == [1]  # the table keeps every trial
+    assert data.notes[0] == "from the reader" and len(data.notes) == 3

@@ -163,3 +163,36 @@ def test_colour_bar_ticks_thin_out_over_many_decades():
     # one tick per decade (1e-3 ... 1) plus the two ends, labelled in real units
     assert text == ["2e-4", "1e-3", "0.010", "0.100", "1.000", "2.300"]
     assert vals == sorted(vals)
+
+
+def _texts_in(fig: go.Figure) -> list[str]:
+    """Every text Plotly renders from a figure: trace names, x categories, hover data, titles."""
+    out = []
+    for trace in fig.data:
+        out.append(str(getattr(trace, "name", "") or ""))
+        if isinstance(trace, go.Bar):
+            out += [str(x) for x in trace.x]
+    out.append(str(fig.layout.title.text or ""))
+    out += [str(a.text) for a in fig.layout.annotations]
+    return out
+
+
+def test_method_names_with_markup_are_escaped_in_every_figure(records):
+    markup = "<b>X</b><br>"
+    renamed = [TrialRecord(**{**r.__dict__, "method": markup if r.method == "pp" else r.method}) for r in records]
+    figs = FG.study_figures(build_study_data("s", renamed))
+    texts = [t for fig in figs.values() for t in _texts_in(fig)]
+    assert any("&lt;b&gt;X&lt;/b&gt;&lt;br&gt;" in t for t in texts)
+    assert not any("<b>X" in t for t in texts)  # nothing from the study reaches Plotly as markup
+    assert FG.plot_text("a & <i>b</i>") == "a &amp; &lt;i&gt;b&lt;/i&gt;"
+
+
+def test_a_view_that_cannot_be_drawn_says_so_and_the_others_are_drawn(records, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("no <b>such</b> data")
+
+    monkeypatch.setattr(FG, "tunability_curve", broken)
+    figs = FG.study_figures(build_study_data("s", records))
+    title = figs["tunability"].layout.title.text
+    assert title.startswith("tunability: cannot be drawn") and "&lt;b&gt;such" in title
+    assert len(figs["sensitivity"].data) == 2  # the other views are unaffected

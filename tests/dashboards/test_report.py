@@ -58,3 +58,18 @@ def test_existing_report_is_replaced_whole(storage, tmp_path):
     write_report(storage, XSS, str(out))
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]  # no temp file left
+
+
+def test_report_of_a_study_written_by_another_tool(tmp_path):
+    """Issue 13, item 10: `report` writes what can be read plus the notes (no exit 1)."""
+    from tests.support import foreign_study as FS
+
+    url = f"sqlite:///{tmp_path / 'foreign.db'}"
+    FS.build_foreign_study(url)
+    D.clear_cache()
+    for study in (FS.STUDY, FS.TEXT_LR_STUDY):
+        out = tmp_path / f"{study}.html"
+        write_report(url, study, str(out))
+        text = out.read_text(encoding="utf-8")
+        assert '<section id="study-notes">' in text and "stores no search space" in text
+    assert "&lt;b&gt;X&lt;/b&gt;&lt;br&gt;" in (tmp_path / f"{FS.STUDY}.html").read_text(encoding="utf-8")

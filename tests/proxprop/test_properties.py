@@ -63,7 +63,7 @@ def test_gradient_mode_equals_autograd(kind, bias):
     plain = plain_copy(layer)
     loss_of(layer(x)).backward()
     loss_of(plain(x)).backward()
-    for a, b in zip(grads(layer), grads(plain)):
+    for a, b in zip(grads(layer), grads(plain), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
@@ -88,13 +88,13 @@ def test_input_gradient_is_plain_backprop_and_input_untouched(kind, mode):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", PROX_MODES + ["gradient"])
+@pytest.mark.parametrize("mode", [*PROX_MODES, "gradient"])
 def test_gradients_accumulate_like_autograd(kind, mode):
     layer, x = make_layer(kind, mode)
     loss_of(layer(x)).backward()
     once = grads(layer)
     loss_of(layer(x)).backward()
-    for g1, g2 in zip(once, grads(layer)):
+    for g1, g2 in zip(once, grads(layer), strict=True):
         torch.testing.assert_close(g2, 2 * g1, rtol=1e-12, atol=1e-15)
 
 
@@ -150,7 +150,7 @@ def test_cg1_is_the_line_searched_gradient(kind):
     # A^T A v with the plain layer: the gradient of 1/2 |A v|^2 at theta = v (the layer map is
     # linear in (weight, bias) jointly)
     probe = copy.deepcopy(plain)
-    for p, g in zip(probe.parameters(), plain.parameters()):
+    for p, g in zip(probe.parameters(), plain.parameters(), strict=True):
         p.data.copy_(g.grad)
         p.grad = None
     (0.5 * probe(x).pow(2).sum()).backward()
@@ -162,7 +162,7 @@ def test_cg1_is_the_line_searched_gradient(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", PROX_MODES + ["prox_cg3_ref"])
+@pytest.mark.parametrize("mode", [*PROX_MODES, "prox_cg3_ref"])
 def test_zero_upstream_gradient_gives_zero_direction(kind, mode):
     layer, x = make_layer(kind, mode)
     (0.0 * layer(x).sum()).backward()
@@ -177,7 +177,7 @@ def test_float32_close_to_float64(kind, mode):
     l32, x32 = make_layer(kind, mode, tau=0.5, dtype=torch.float32)
     loss_of(l64(x64)).backward()
     loss_of(l32(x32)).backward()
-    for a, b in zip(grads(l32), grads(l64)):
+    for a, b in zip(grads(l32), grads(l64), strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-5 * float(b.abs().max()))
 
@@ -257,7 +257,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("mode", PROX_MODES + ["gradient"])
+@pytest.mark.parametrize("mode", [*PROX_MODES, "gradient"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_matches_cpu(kind, mode, dtype):
     cpu_layer, x = make_layer(kind, mode, dtype=torch.float64)
@@ -266,18 +266,18 @@ def test_cuda_matches_cpu(kind, mode, dtype):
     out = gpu_layer(xg)
     assert out.is_cuda
     loss_of(out).backward()
-    for a, b in zip(grads(gpu_layer), grads(cpu_layer)):
+    for a, b in zip(grads(gpu_layer), grads(cpu_layer), strict=True):
         assert a.is_cuda and a.dtype == dtype
         tol = 1e-9 if dtype == torch.float64 else 2e-3
         torch.testing.assert_close(a.double().cpu(), b, rtol=tol, atol=tol * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("make,kwargs,argument", [
-    (ProxPropLinear, dict(solver_form="dense"), "solver_form"),
-    (ProxPropLinear, dict(cg_strategy="lanczos"), "cg_strategy"),
-    (ProxPropConv2d, dict(conv_strategy="fft"), "conv_strategy"),
-    (ProxPropConv2d, dict(gram_method="im2col"), "gram_method"),
-    (ProxPropConv2d, dict(cg_strategy=3), "cg_strategy"),
+    (ProxPropLinear, {"solver_form": "dense"}, "solver_form"),
+    (ProxPropLinear, {"cg_strategy": "lanczos"}, "cg_strategy"),
+    (ProxPropConv2d, {"conv_strategy": "fft"}, "conv_strategy"),
+    (ProxPropConv2d, {"gram_method": "im2col"}, "gram_method"),
+    (ProxPropConv2d, {"cg_strategy": 3}, "cg_strategy"),
 ])
 def test_bad_strategy_raises_naming_the_argument(make, kwargs, argument):
     with pytest.raises(ValueError, match=argument):

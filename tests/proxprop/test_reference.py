@@ -45,7 +45,7 @@ def conv_matrix(x: np.ndarray, kernel: tuple, stride: tuple, padding: tuple, dil
             for c in range(x.shape[1]):
                 for k in itertools.product(*[range(s) for s in kernel]):
                     idx = tuple(pos[d] * stride[d] + k[d] * dilation[d] for d in range(dims))
-                    row.append(xp[(b, c) + idx])
+                    row.append(xp[(b, c, *idx)])
             rows.append(row)
     a = np.array(rows)
     return np.hstack([a, np.ones((a.shape[0], 1))]) if bias else a
@@ -127,7 +127,7 @@ def grads_matrix(layer) -> np.ndarray:
 def conv_g_matrix(out_grad: torch.Tensor) -> np.ndarray:
     """dL/dZ with one row per (sample, output position), one column per output channel."""
     dims = out_grad.dim()
-    perm = (0,) + tuple(range(2, dims)) + (1,)
+    perm = (0, *tuple(range(2, dims)), 1)
     return out_grad.permute(perm).reshape(-1, out_grad.shape[1]).double().numpy()
 
 
@@ -184,10 +184,10 @@ def test_linear_batched_leading_dims():
 # ----------------------------------------------------------------------------- conv2d
 
 GEOMETRIES = [
-    dict(stride=1, padding=0, dilation=1),
-    dict(stride=2, padding=1, dilation=1),
-    dict(stride=1, padding=2, dilation=2),
-    dict(stride=(2, 1), padding=(0, 1), dilation=(1, 2)),
+    {"stride": 1, "padding": 0, "dilation": 1},
+    {"stride": 2, "padding": 1, "dilation": 1},
+    {"stride": 1, "padding": 2, "dilation": 2},
+    {"stride": (2, 1), "padding": (0, 1), "dilation": (1, 2)},
 ]
 
 
@@ -195,7 +195,7 @@ GEOMETRIES = [
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("strategy,gram,cg", [(None, None, None), ("gram", "unfold", None), ("gram", "shift", None),
-                                              ("gram", None, "moments"), ("dual", None, None),
+                                              ("gram", "fft", None), ("gram", None, "moments"), ("dual", None, None),
                                               ("dual", None, "moments"), ("matrix_free", None, None)])
 def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
     torch.manual_seed(3)
@@ -211,10 +211,11 @@ def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("method", ["unfold", "shift"])
+@pytest.mark.parametrize("method", ["unfold", "shift", "fft"])
 @pytest.mark.parametrize("shape,kernel,padding", [
     ((3, 2, 7, 6), (3, 2), (1, 0)), ((2, 3, 5, 5), (5, 5), (2, 2)), ((4, 1, 6, 7), (3, 3), (0, 1)),
-    ((2, 2, 4, 4), (1, 1), (0, 0)), ((2, 9, 4, 5), (2, 3), (1, 2)),
+    ((2, 2, 4, 4), (1, 1), (0, 0)), ((2, 9, 4, 5), (2, 3), (1, 2)), ((2, 2, 6, 5), (5, 4), (0, 0)),
+    ((2, 2, 5, 6), (3, 3), (4, 3)),
 ])
 def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bias):
     torch.manual_seed(8)
@@ -222,6 +223,38 @@ def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bia
     got = gram_module.conv2d_gram(x, kernel, (1, 1), padding, (1, 1), bias, method=method).numpy()
     a = conv_matrix(x.numpy(), kernel, (1, 1), padding, (1, 1), bias)
     assert_close(got, a.T @ a, rtol=1e-12)
+
+
+def nearly_constant_input(shape: tuple[int, ...]) -> torch.Tensor:
+    """Inputs like a ReLU layer's: a large common level, tiny variations, and one channel
+    almost a copy of another, so that A^T A is nearly rank-deficient (condition ~1e12)."""
+    x = 3.0 + 1e-3 * torch.randn(*shape, dtype=torch.float64)
+    x[:, -1] = x[:, 0] + 1e-6 * torch.randn_like(x[:, 0])
+    return x
+
+
+@pytest.mark.parametrize("padding", [(0, 0), (1, 2), (2, 2), (4, 3)])
+def test_fft_gram_of_ill_conditioned_inputs_matches_explicit_im2col(padding):
+    torch.manual_seed(11)
+    x = nearly_constant_input((3, 3, 9, 8))
+    got = gram_module.conv2d_gram(x, (5, 4), (1, 1), padding, (1, 1), True, method="fft").numpy()
+    a = conv_matrix(x.numpy(), (5, 4), (1, 1), padding, (1, 1), True)
+    expected = a.T @ a
+    assert np.linalg.cond(expected) > 1e10
+    assert_close(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["prox_exact", "prox_cg5"])
+def test_fft_gram_direction_on_ill_conditioned_inputs_matches_reference(mode):
+    torch.manual_seed(12)
+    tau = 1.0
+    layer = ProxPropConv2d(3, 4, 5, padding=2, tau_prox=tau, optimization_mode=mode,
+                           conv_strategy="gram", gram_method="fft").double()
+    x = nearly_constant_input((3, 3, 8, 7))
+    _, g = run_layer(layer, x)
+    a = conv_matrix(x.numpy(), (5, 5), (1, 1), (2, 2), (1, 1), True)
+    expected = ref_direction(a, conv_g_matrix(g), params_matrix(layer), tau, mode)
+    assert_close(grads_matrix(layer), expected, rtol=1e-10)
 
 
 @pytest.mark.parametrize("mode", ["prox_exact", "prox_cg3"])
@@ -243,7 +276,7 @@ def test_conv2d_groups_are_independent_problems(mode):
 @pytest.mark.parametrize("padding,padding_mode", [("same", "zeros"), (1, "reflect"), (1, "circular")])
 def test_conv2d_string_padding_and_padding_modes(padding, padding_mode):
     torch.manual_seed(5)
-    kw = dict(padding=padding, padding_mode=padding_mode, dilation=1)
+    kw = {"padding": padding, "padding_mode": padding_mode, "dilation": 1}
     layer = ProxPropConv2d(2, 2, 3, tau_prox=0.5, optimization_mode="prox_exact", **kw).double()
     plain = nn.Conv2d(2, 2, 3, **kw).double()
     plain.load_state_dict(layer.state_dict())
@@ -263,8 +296,8 @@ def test_conv2d_string_padding_and_padding_modes(padding, padding_mode):
 
 @pytest.mark.parametrize("mode", ["gradient", "prox_exact", "prox_cg1", "prox_cg4", "prox_cg3_ref"])
 @pytest.mark.parametrize("base,shape,kwargs", [
-    (nn.Conv1d, (3, 2, 9), dict(kernel_size=3, stride=2, padding=1)),
-    (nn.Conv3d, (2, 2, 4, 4, 3), dict(kernel_size=(2, 3, 2), padding=(0, 1, 1), dilation=(1, 1, 2))),
+    (nn.Conv1d, (3, 2, 9), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    (nn.Conv3d, (2, 2, 4, 4, 3), {"kernel_size": (2, 3, 2), "padding": (0, 1, 1), "dilation": (1, 1, 2)}),
 ])
 @pytest.mark.parametrize("bias", [True, False])
 def test_generator_convnd_matches_reference(base, shape, kwargs, mode, bias):

@@ -30,7 +30,7 @@ def digits():
 
 
 def mlp(mode: str) -> nn.Module:
-    kw = dict(tau_prox=0.05, optimization_mode=mode)
+    kw = {"tau_prox": 0.05, "optimization_mode": mode}
     return nn.Sequential(
         ProxPropLinear(64, 100, **kw), nn.ReLU(), ProxPropLinear(100, 50, **kw), nn.ReLU(),
         ProxPropLinear(50, 100, **kw), nn.ReLU(), nn.Linear(100, 10),
@@ -38,7 +38,7 @@ def mlp(mode: str) -> nn.Module:
 
 
 def convnet(mode: str) -> nn.Module:
-    kw = dict(tau_prox=1.0, optimization_mode=mode, padding=2)
+    kw = {"tau_prox": 1.0, "optimization_mode": mode, "padding": 2}
     return nn.Sequential(
         nn.Unflatten(1, (1, 8, 8)),
         ProxPropConv2d(1, 16, 5, **kw), nn.ReLU(), nn.MaxPool2d(2),

@@ -83,7 +83,5 @@ def test_reading_commands_import_no_training_or_web_stack(storage, argv):
     assert outcome == {"code": 0, "heavy": []}, result.stderr[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason="proxprop/__init__ imports the layers eagerly (owner: proxprop/); "
-                                      "lazy exports there make the reading commands torch-free as installed")
 def test_proxprop_modes_imports_without_torch():
     assert not _proxprop_modes_pulls_torch()

@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from proxstudy.dashboards.importance import log_params_of, study_importance
 from proxstudy.dashboards.metrics import compute_robustness, summary_document
 from proxstudy.study.cli import main
 from proxstudy.study.reader import load_records
-from tests.support.study_fixtures import build_study
+from proxstudy.study.space import parse_space
+from tests.support.study_fixtures import SyntheticSpace, build_study
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,10 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_json_is_the_summary_document_of_the_stored_study(storage, capsys):
     code, out, err = _run(["summary", "s", "--storage", storage, "--format", "json", "--delta", "0.2"], capsys)
     assert code == 0, err
-    expected = summary_document(compute_robustness(load_records(storage, "s"), "minimize", delta=0.2), "s",
-                                "train_loss")
+    robustness = compute_robustness(load_records(storage, "s"), "minimize", delta=0.2)
+    shares = {name: found.shares for name, found in study_importance(robustness, log_params_of(
+        parse_space(SyntheticSpace().document("s")))).items()}
+    expected = summary_document(robustness, "s", "train_loss", shares)
     assert json.loads(out) == json.loads(json.dumps(expected))
 
 

@@ -122,7 +122,8 @@ def run_sweep_and_check(url: str, study: str, tmp_path: Path, full: bool = True)
     doc = yaml.safe_load(out.read_text())
     assert (doc["study"], doc["objective"], doc["direction"]) == (study, "train_loss", "minimize")
     assert list(doc["methods"]) == ["backprop", "proxprop-cg"]
-    best = doc["methods"]["backprop"]
+    assert "best" in doc["methods"]["backprop"]
+    best = doc["methods"]["backprop"]["best"]
     assert best["params"] == {"lr": 0.1}  # the diverged lr ranks last
     values = [t.value for t in optuna.load_study(study_name=study, storage=url).trials
               if t.params["method"] == "backprop" and t.params["lr"] == 0.1]
@@ -134,7 +135,7 @@ def run_sweep_and_check(url: str, study: str, tmp_path: Path, full: bool = True)
     assert report.returncode == 0, report.stderr[-2000:]
     assert study in (tmp_path / "r.html").read_text(encoding="utf-8")
 
-    trained = proxstudy("train", str(out), "--method", "proxprop-cg", cwd=tmp_path)
+    trained = proxstudy("train", str(out), "--method", "proxprop-cg", "--pick", "best", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "Traceback" not in trained.stderr
 

@@ -42,3 +42,15 @@ def synthetic_space(study: str = "unit", sampler: dict | None = None, seeds=(0, 
 def write_space(path: Path, doc: dict) -> Path:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run `proxstudy ARGV` in this process: (exit status, stdout, stderr) as captured by capsys."""
+    import pytest
+
+    from proxstudy.study.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exit_info.value.code or 0), out, err

@@ -220,19 +220,43 @@ class RunningServer:
         self.stop()
 
 
-def page_callback_payload(pathname: str, version=None, n_intervals=None, trigger: str = "url.pathname") -> dict:
+def page_callback_payload(pathname: str, search: str = "") -> dict:
     """The JSON body Dash's renderer POSTs to /_dash-update-component for the page callback."""
     return {
-        "output": "..page.children...tick.disabled...version.data..",
-        "outputs": [
-            {"id": "page", "property": "children"},
-            {"id": "tick", "property": "disabled"},
-            {"id": "version", "property": "data"},
-        ],
-        "inputs": [
-            {"id": "url", "property": "pathname", "value": pathname},
-            {"id": "tick", "property": "n_intervals", "value": n_intervals},
-        ],
-        "state": [{"id": "version", "property": "data", "value": version}],
-        "changedPropIds": [trigger],
+        "output": "page.children",
+        "outputs": {"id": "page", "property": "children"},
+        "inputs": [{"id": "url", "property": "pathname", "value": pathname}],
+        "state": [{"id": "url", "property": "search", "value": search}],
+        "changedPropIds": ["url.pathname"],
+    }
+
+
+def refresh_callback_payload(study: str, version, n_intervals: int = 1) -> dict:
+    """The body of the study page's live refresh (the interval ticked)."""
+    return {
+        "output": "..study-body.children...tick.disabled...version.data..",
+        "outputs": [{"id": "study-body", "property": "children"}, {"id": "tick", "property": "disabled"},
+                    {"id": "version", "property": "data"}],
+        "inputs": [{"id": "tick", "property": "n_intervals", "value": n_intervals}],
+        "state": [{"id": "version", "property": "data", "value": version},
+                  {"id": "study-name", "property": "data", "value": study}],
+        "changedPropIds": ["tick.n_intervals"],
+    }
+
+
+def trials_callback_payload(study: str, version, page_current: int = 0, page_size: int = 25,
+                            sort_by: list | None = None, filter_query: str = "") -> dict:
+    """The body of the trial table's server-side page request."""
+    table = "trials-table"
+    return {
+        "output": f"..{table}.data...{table}.page_count...trials-note.children..",
+        "outputs": [{"id": table, "property": "data"}, {"id": table, "property": "page_count"},
+                    {"id": "trials-note", "property": "children"}],
+        "inputs": [{"id": table, "property": "page_current", "value": page_current},
+                   {"id": table, "property": "page_size", "value": page_size},
+                   {"id": table, "property": "sort_by", "value": sort_by or []},
+                   {"id": table, "property": "filter_query", "value": filter_query},
+                   {"id": "version", "property": "data", "value": version}],
+        "state": [{"id": "study-name", "property": "data", "value": study}],
+        "changedPropIds": [f"{table}.filter_query"],
     }
