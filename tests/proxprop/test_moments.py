@@ -195,13 +195,15 @@ def test_moments_lose_accuracy_on_disjoint_row_measures(iterations, bound):
     assert 1e-12 < error < bound
 
 
-def test_automatic_choice_keeps_moments_to_float32_and_few_iterations():
+def test_moments_run_only_when_asked_for_by_name():
     cpu = torch.device("cpu")
     cfg3 = SolverConfig.make("prox_cg3", 0.05)
-    assert cg_strategy_for(500, 4000, cfg3, torch.float32, cpu) == "moments"
-    assert cg_strategy_for(500, 4000, cfg3, torch.float64, cpu) != "moments"
-    many = SolverConfig.make(f"prox_cg{MAX_ITERATIONS + 1}", 0.05)
-    assert cg_strategy_for(500, 4000, many, torch.float32, cpu) != "moments"
+    ref3 = SolverConfig.make("prox_cg3_ref", 0.05)
+    for cfg in (cfg3, ref3):
+        for dtype in (torch.float32, torch.float64):
+            assert cg_strategy_for(500, 4000, cfg, dtype, cpu) != "moments"
+            assert cg_strategy_for(100, 65, cfg, dtype, cpu) != "moments"
+    assert cg_strategy_for(500, 4000, cfg3, torch.float32, cpu, cg_strategy="moments") == "moments"
     assert cg_strategy_for(500, 4000, cfg3, torch.float64, cpu, cg_strategy="moments") == "moments"
     with pytest.raises(ValueError, match="cg_strategy"):
         cg_strategy_for(500, 4000, cfg3, torch.float32, cpu, cg_strategy="lanczos")
