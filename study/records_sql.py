@@ -45,7 +45,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -522,7 +522,7 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
     return [record for record in out.values() if record is not None]  # every row was filled above
 
 
-def _plain_rows(conn: sa.engine.Connection, query: sa.Select) -> list[tuple]:
+def _plain_rows(conn: sa.engine.Connection, query: sa.Select) -> Sequence[Any]:
     """The query's rows as the database driver returns them, without SQLAlchemy's Row objects
     and result processing (a million intermediate values at 50,000 trials). Only for columns
     whose driver values are already what SQLAlchemy would return: integers, floats and text;
