@@ -111,7 +111,10 @@ class FusedPointSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         d = self._driver
         with d.lock:
-            if self._static:
+            if d.lease is not None and d.lease.lost:
+                # A driver stalled past its lease's expiry was replaced: it starts no more trials.
+                group = None
+            elif self._static:
                 if not self._ready:
                     self._plan_everything()
                 group = self._ready.popleft() if self._ready else None

@@ -6,15 +6,19 @@ same way); the point sources are the real ones of a grid and a TPE search space.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
+import sqlalchemy as sa
 from ray.tune.search import Searcher
 
 from proxstudy.study.driver_state import DriverState
 from proxstudy.study.fused_searcher import FusedPointSearcher
+from proxstudy.study.lease import LEASE_TABLE, acquire_lease
 from proxstudy.study.points import point_source
 from proxstudy.study.progress import Progress
 from proxstudy.study.space import grid_points, parse_space, recorded_distributions
+from proxstudy.study.storage import storage_engine
 from proxstudy.workers.fused_plan import fusion_key
 from proxstudy.workers.fused_trainable import FUSED_MEMBERS_KEY, MEMBER_REPORTS_KEY
 from proxstudy.workers.trainable import POINT_KEY, TRIAL_CONFIG_KEY
@@ -89,3 +93,17 @@ def test_tpe_points_are_gathered_and_told_per_member():
     counts = Counter(m[POINT_KEY] for group in [first, *rest] for m in group)
     assert sum(counts.values()) == 2 * 4 * 2 and set(counts.values()) == {1}  # 2 methods x 4 x 2 seeds
     assert all(len(group) <= 3 for group in rest)
+
+
+def test_a_driver_that_lost_its_lease_starts_no_more_fused_trials(tmp_path):
+    """A successor took the study over: the stalled driver hands out nothing more, fused or not."""
+    url = f"sqlite:///{tmp_path / 'lease.db'}"
+    lease = acquire_lease(storage_engine(url), "test", ttl_s=30, heartbeat=False)
+    driver = dataclasses.replace(driver_for(synthetic_space(seeds=(0, 1, 2))), lease=lease)
+    searcher = FusedPointSearcher(driver, 4)
+    assert searcher.suggest("t0") != Searcher.FINISHED
+    with storage_engine(url).begin() as conn:  # the lease expired and a successor took it
+        conn.execute(sa.text(f"UPDATE {LEASE_TABLE} SET token = 'theirs'"))
+    assert not lease.renew() and lease.lost
+    assert searcher.suggest("t1") == Searcher.FINISHED
+    lease.release()
