@@ -267,6 +267,18 @@ def _number_or_none(value: Any) -> tuple[float | None, bool]:
         return None, False
 
 
+#: The entry types of a well-formed per-epoch list (what ``history_to_user_attrs`` writes).
+_WELL_FORMED = frozenset({float, type(None)})
+
+
+def _well_formed(value: list) -> bool:
+    """Whether every entry is a finite float or None, checked at C speed (no per-entry Python
+    call): the types by ``map(type, ...)``, finiteness by one sum, which is finite only if
+    every addend is (an inf or NaN makes it inf or NaN; an overflow to inf merely takes the
+    entry-by-entry path). Zeros, dropped with the Nones by ``filter``, add nothing."""
+    return set(map(type, value)) <= _WELL_FORMED and math.isfinite(sum(filter(None, value)))
+
+
 def _series(attrs: Mapping[str, Any], name: str, notes: list[str]) -> list[float | None]:
     """A per-epoch list; entries that are not numbers become None, a non-list is left out."""
     value = attrs.get(name)
@@ -275,6 +287,8 @@ def _series(attrs: Mapping[str, Any], name: str, notes: list[str]) -> list[float
     if not isinstance(value, list):
         notes.append(f"user attribute {name!r} is {_kind(value)}, not a list of numbers; left out")
         return []
+    if _well_formed(value):  # every list our runner writes: checked entry by entry only if not
+        return list(value)
     out: list[float | None] = []
     bad = 0
     for item in value:

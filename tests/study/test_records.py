@@ -121,3 +121,26 @@ def test_best_point_ranks_diverged_last_in_both_directions():
     assert R.best_point([low_but_diverged]) is None
     assert R.point_value(low_but_diverged) == math.inf
     assert R.point_value(low_but_diverged, R.MAXIMIZE) == -math.inf
+
+
+def _entry_by_entry(value: list) -> tuple[list, bool]:
+    """The reference reading of a per-epoch list: every entry through the one-entry check."""
+    read = [R._number_or_none(item) for item in value]
+    return [number for number, _ in read], all(ok for _, ok in read)
+
+
+@pytest.mark.parametrize("value", [
+    [2.3, None, 0.1, -0.0, 0.0, 5e-324], [], [None, None], [1.7976931348623157e308, 1.7976931348623157e308],
+    [1.0, math.inf], [math.nan, 2.0], [-math.inf, math.inf], [1, 2.5], [True, 1.0], [1.0, "2.0"],
+    [1.0, [2.0]], [2**1100, 1.0], [1.0, {"a": 1}],
+])
+def test_series_fast_path_reads_lists_as_entry_by_entry(value):
+    """The C-speed check for well-formed lists gives what the per-entry checks give, including
+    lists whose sum overflows, non-finite floats, ints, bools and text."""
+    notes: list[str] = []
+    got = R._series({R.ATTR_TRAIN_LOSS: value}, R.ATTR_TRAIN_LOSS, notes)
+    expected, readable = _entry_by_entry(value)
+    assert repr(got) == repr(expected)  # repr: -0.0 and 0.0 apart, 1 and 1.0 apart
+    assert [type(x) for x in got] == [type(x) for x in expected]
+    assert bool(notes) == (not readable)
+    assert got is not value  # the record never shares the stored list

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import sqlite3
@@ -263,10 +264,23 @@ def test_multi_objective_study_takes_the_optuna_path(tmp_path):
     "[2.3, null, 0.1, 1e-05, 5e-324, 1.7976931348623157e+308]", "12345678901234567890123",
     "[1, -18446744073709551617, 9223372036854775807]", "NaN", "[Infinity, -Infinity]", "1e400",
     '"\\ud800"', '{"a": [1, {"b": null}], "c": "\\u2603"}', "[1e19, 2.0]", "-0.0", "true",
-    "[" * 500 + "]" * 500,
+    "[" * 500 + "]" * 500, "[1.5, null, 12345678901234567890123]", "[1e308, 1e308, 123456789012345678901234]",
+    "[9.3e18, null, -0.0]",
 ])
 def test_json_loads_is_exactly_json(text):
     expected = json.loads(text)
     got = S.json_loads(text)
     assert json.dumps(got) == json.dumps(expected)
     assert repr(got) == repr(expected)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_reading_restores_the_garbage_collectors_state(sqlite_url, enabled):
+    """The read pauses the cyclic GC and leaves it as it found it, enabled or not."""
+    was = gc.isenabled()
+    try:
+        (gc.enable if enabled else gc.disable)()
+        assert S.read_records(sqlite_url, "s") is not None
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
