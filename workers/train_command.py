@@ -15,8 +15,13 @@ from typing import TextIO
 
 import torch
 
-from proxstudy.errors import ConfigError
-from proxstudy.workers.config import MODE_GRADIENT, TrialConfig, load_train_file, validate_device
+from proxstudy.workers.config import (
+    MODE_GRADIENT,
+    TrialConfig,
+    check_device_present,
+    load_train_file,
+    validate_device,
+)
 from proxstudy.workers.data import check_available, load_dataset
 from proxstudy.workers.training import TrialOutcome, resolve_device, run_trial
 from proxstudy.workers.vocabulary import (
@@ -94,12 +99,7 @@ class _Progress:
 
 
 def _run_one(config: TrialConfig, source: str, stream: TextIO, progress_stream: TextIO) -> TrialOutcome:
-    try:
-        device = resolve_device(config.device)
-        if device.type == "cuda" and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"there is no {device} (this machine has {torch.cuda.device_count()} CUDA devices)")
-    except RuntimeError as exc:
-        raise ConfigError(source, "device", str(exc)) from None
+    device = resolve_device(config.device)  # present: train_main checked it
     check_available(config.dataset, source, "dataset")  # names the file and dataset.root
     load_dataset(config.dataset, device)  # DataError here, before any training
     print(f"== {_describe(config)}", file=stream)
@@ -147,7 +147,11 @@ def train_main(
     configs = load_train_file(path, method, pick)
     if device is not None:
         device = validate_device(device, "<command line>", "--device")
+        check_device_present(device, torch.cuda.device_count(), "<command line>", "--device")
         configs = [config.with_device(device) for config in configs]
+    for config in configs:
+        # The index is checked on the string: torch.device("cuda:4096") wraps round to cuda:0.
+        check_device_present(config.device, torch.cuda.device_count(), str(path), "device")
     failed = 0
     for index, config in enumerate(configs):
         if index:

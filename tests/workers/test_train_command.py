@@ -76,8 +76,14 @@ def test_bad_input_raises_clear_errors(tmp_path):
         train_main(path, device="gpu", stream=io.StringIO())
     with pytest.raises(ConfigError, match="runs method 'proxprop-exact', not 'adam'"):
         train_main(path, "adam", stream=io.StringIO())
-    with pytest.raises(ConfigError, match="device"):
-        train_main(path, device="cuda:99", stream=io.StringIO())  # no such device here
+    for asked in ("cuda:99", "cuda:4096"):  # torch.device("cuda:4096") would wrap round to cuda:0
+        with pytest.raises(ConfigError) as info:
+            train_main(path, device=asked, stream=io.StringIO())
+        assert str(info.value).startswith(f"<command line>: --device: {asked} asked for")
+    path.write_text(yaml.safe_dump(_trial(device="cuda:4096")))
+    with pytest.raises(ConfigError) as info:
+        train_main(path, stream=io.StringIO())
+    assert str(info.value).startswith(f"{path}: device: cuda:4096 asked for")
     missing = tmp_path / "cifar.yaml"
     missing.write_text(yaml.safe_dump(_trial(dataset={"name": "cifar10", "root": str(tmp_path / "none")})))
     out = io.StringIO()
