@@ -10,6 +10,7 @@ through :func:`redact`, which hides the password.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def check_storage(url: str, *, must_exist: bool) -> None:
         if must_exist and not path.is_file():
             raise StorageError(f"storage {shown}: no database file at {path}")
         _check_sqlite_header(path, shown)
+        if must_exist:
+            _check_has_studies_table(path, shown)
         if not must_exist and not path.parent.is_dir():
             raise StorageError(f"storage {shown}: directory {path.parent} does not exist")
         if not must_exist:
@@ -139,6 +142,23 @@ def _check_sqlite_header(path: Path, shown: str) -> None:
         raise StorageError(f"storage {shown}: cannot read {path} ({exc.strerror or exc})") from None
     if head and head != _SQLITE_HEADER:
         raise StorageError(f"storage {shown}: {path} is not a SQLite database")
+
+
+def _check_has_studies_table(path: Path, shown: str) -> None:
+    """A command that only reads refuses a SQLite file without Optuna's tables (an empty file,
+    another program's database): opening it with Optuna would write the tables into it."""
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"storage {shown}: cannot read {path} ({exc})") from None
+    if found is None:
+        raise StorageError(f"storage {shown}: {path} holds no Optuna studies (no Optuna tables); "
+                           "`proxstudy run` creates them")
 
 
 def _check_writable(path: Path, shown: str) -> None:

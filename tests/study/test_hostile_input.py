@@ -200,7 +200,7 @@ def test_a_damaged_database_is_exit_2_not_an_internal_error(tmp_path, capsys):
     data = bytearray(db.read_bytes())
     data[100:] = bytes(len(data) - 100)  # the header survives, every page is zeroed
     db.write_bytes(bytes(data))
-    line = _refused(["status", "--storage", f"sqlite:///{db}"], capsys, "storage: ")
+    line = _refused(["status", "--storage", f"sqlite:///{db}"], capsys, f"cannot read {db}", "malformed")
     assert "internal error" not in line
 
 
@@ -216,3 +216,20 @@ def test_the_trial_limit_is_raised_by_the_environment_and_checked_itself(tmp_pat
     monkeypatch.setenv("PROXSTUDY_MAX_TRIALS", "lots")
     _refused(argv, capsys, "PROXSTUDY_MAX_TRIALS: must be a whole number >= 1, got 'lots'")
     assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("command", [["status"], ["status", "s"], ["summary", "s"], ["export", "s"]])
+def test_reading_commands_write_nothing_into_a_database_without_optuna_tables(tmp_path, capsys, command):
+    import sqlite3
+
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+    before = other.read_bytes()
+    for db in (empty, other):
+        _refused([*command[:1], "--storage", f"sqlite:///{db}", *command[1:]], capsys,
+                 f"{db} holds no Optuna studies")
+    assert empty.stat().st_size == 0
+    assert other.read_bytes() == before
