@@ -215,12 +215,14 @@ _gc_was_enabled = False
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while trials are read, and restored after the last
-    concurrent read ends. Reading 50,000 trials allocates millions of acyclic objects (rows,
-    floats, lists); each allocation burst starts collections that walk the whole heap, the
-    dashboard's cached studies included, which doubled the read's CPU time (benchmarks/
-    dashboard_load.py). Nothing read here forms a cycle, so nothing is left for it to free."""
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while trials are read (or, in the dashboard, a
+    study's analysis is built from them), and restored after the last concurrent pause ends.
+    Reading 50,000 trials allocates millions of acyclic objects (rows, floats, lists); each
+    allocation burst starts collections that walk the whole heap, the dashboard's cached
+    studies included, which doubled the read's CPU time (benchmarks/dashboard_load.py).
+    Nothing read here forms a cycle, so nothing is left for it to free; what a pause's other
+    work leaves in cycles is collected after it."""
     global _gc_pauses, _gc_was_enabled
     with _lock:
         if _gc_pauses == 0:
@@ -239,7 +241,7 @@ def _gc_paused() -> Iterator[None]:
 def read_records(url: str, study_name: str) -> list[R.TrialRecord] | None:
     """All trials of ``study_name`` as records in trial-number order, or None (see module doc)."""
     try:
-        with _connect(url) as conn, _gc_paused():
+        with _connect(url) as conn, gc_paused():
             return _read_records(conn, study_name, (url, study_name))
     except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
         _fallback("reading trials", exc)
@@ -630,6 +632,7 @@ __all__ = [
     "SUPPORTED_ALEMBIC_REVISIONS",
     "all_trial_state_counts",
     "dispose",
+    "gc_paused",
     "json_loads",
     "read_records",
     "read_study_settings",
