@@ -154,7 +154,7 @@ def build_study_data(
     points = R.aggregate_points(usable)
     if counts is None:
         counts = R.count_statuses(records)
-    metrics = compute_robustness(usable, direction, delta=delta, k_max=K_MAX, points=points)
+    metrics = compute_robustness(usable, direction, delta=delta, k_max=K_MAX, aggregated=points)
     return StudyData(name, objective, direction, space, records, points, metrics, counts, [*notes, *left_out])
 
 
