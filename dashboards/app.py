@@ -217,28 +217,33 @@ def study_page(
     trials: TrialTable | None = None,
     *,
     pending: bool = False,
+    status: Any = "",
 ) -> html.Div:
     """The study page for one snapshot of its data: the refreshable body, then the trial table,
     paged on the server (filters, sort and page live in the table, so a refresh keeps them).
-    ``pending``: a newer snapshot is being built; the page polls until it gets it."""
+    ``pending``: a newer snapshot is being built; the page polls until it gets it (``status``,
+    shown above the body, says so)."""
     trials = trials or TrialTable.of(data)
     first = page_of(trials.rows, 0, TRIALS_PAGE_SIZE)
     note = (f"{len(trials.rows)} trials; filter (e.g. cg3, > 0.1, {{method}} contains bp) and sort on the "
             "server; the CSV download above has them all.")
     return _page_frame(data.name, data.version, data.live or pending, REFRESH_MS,
                        body if body is not None else study_body(storage, data, sections),
-                       trials.columns, first.rows, first.page_count, note)
+                       trials.columns, first.rows, first.page_count, note, status)
 
 
 def _page_frame(name: str, version: int | None, polling: bool, interval_ms: int, body: list[Any],
-                columns: list[str], rows: list[dict], page_count: int, trials_note: str) -> html.Div:
-    """The study page's frame: title, state, the refreshable body and the server-paged trials."""
+                columns: list[str], rows: list[dict], page_count: int, trials_note: str,
+                status: Any = "") -> html.Div:
+    """The study page's frame: title, state, the refreshable status line and body, and the
+    server-paged trials."""
     return html.Div(
         [
             html.H1(name, id="study-title"),
             dcc.Store(id="study-name", data=name),
             dcc.Store(id="version", data=version),
             dcc.Interval(id="tick", interval=interval_ms, disabled=not polling),
+            html.Div(status, id="study-status"),
             html.Div(body, id="study-body"),
             html.H2("Trials"),
             html.P(trials_note, id="trials-note"),
@@ -338,25 +343,30 @@ class Snapshots:
         self.sync_trials = sync_trials
         self._built: dict[str, Snapshot] = {}
         self._building: set[str] = set()
+        self._build_locks: dict[str, threading.Lock] = {}
         self._failed: dict[str, tuple[dict[str, int], Exception]] = {}  # counts it failed at, error
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Snapshot:
         """The study's current snapshot, built here if it is not yet (raises what reading raises)."""
-        # Building allocates millions of acyclic objects; collections during it walked every
-        # cached study and nearly doubled its CPU time (benchmarks/dashboard_load.py).
-        with gc_paused():
+        with self._lock:
+            build_lock = self._build_locks.setdefault(name, threading.Lock())
+        # One build per study at a time (the start-up preload and a page's request must not draw
+        # the same snapshot twice). Building allocates millions of acyclic objects; collections
+        # during it walked every cached study and nearly doubled its CPU time
+        # (benchmarks/dashboard_load.py).
+        with build_lock, gc_paused():
             data = D.load_study_data(self.storage, name)
             with self._lock:
                 cached = self._built.get(name)
             if cached is not None and cached.data.version == data.version:
                 return cached
             snapshot = Snapshot(data, study_body(self.storage, data, self.sections), TrialTable.of(data))
-        with self._lock:
-            current = self._built.get(name)
-            if current is None or current.data.version < snapshot.data.version:
-                self._built[name] = snapshot
-            self._failed.pop(name, None)
+            with self._lock:
+                current = self._built.get(name)
+                if current is None or current.data.version < snapshot.data.version:
+                    self._built[name] = snapshot
+                self._failed.pop(name, None)
         return snapshot
 
     def latest(self, name: str) -> Latest:
@@ -436,10 +446,10 @@ def create_app(
         return html.Div([html.H1(title), html.P(scrub_secrets(str(shown), storage), className="error"),
                          dcc.Link("All studies", href="/")])
 
-    def shown_body(latest: Latest) -> list[Any]:
+    def status(latest: Latest) -> Any:
+        """The "updating" note while the snapshot shown is not of the study's current counts."""
         assert latest.snapshot is not None
-        body = latest.snapshot.body
-        return [updating_note(latest.counts), *body] if latest.snapshot.data.counts != latest.counts else body
+        return updating_note(latest.counts) if latest.snapshot.data.counts != latest.counts else ""
 
     @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
     def render(pathname: str | None, search: str | None):
@@ -459,14 +469,14 @@ def create_app(
             return problem("Cannot read the storage", exc)
         data = latest.snapshot.data
         try:
-            return study_page(storage, data, study_sections, shown_body(latest), latest.snapshot.trials,
-                              pending=latest.pending)
+            return study_page(storage, data, study_sections, latest.snapshot.body, latest.snapshot.trials,
+                              pending=latest.pending, status=status(latest))
         except Exception as exc:  # a view that cannot be built must not become an HTTP 500
             return problem(f"This study's page cannot be built: {data.name}", exc)
 
     @app.callback(
         Output("study-body", "children"), Output("tick", "disabled"), Output("version", "data"),
-        Output("tick", "interval"),
+        Output("tick", "interval"), Output("study-status", "children"),
         Input("tick", "n_intervals"), State("version", "data"), State("study-name", "data"),
         prevent_initial_call=True,
     )
@@ -477,14 +487,13 @@ def create_app(
         try:
             latest = snapshots.latest(name)
         except Exception as exc:
-            return [problem("Cannot read the storage", exc)], True, dash.no_update, dash.no_update
+            return [problem("Cannot read the storage", exc)], True, dash.no_update, dash.no_update, ""
         if latest.snapshot is None:  # still computing the first analysis
-            return dash.no_update, False, dash.no_update, PENDING_MS
+            return dash.no_update, False, dash.no_update, PENDING_MS, dash.no_update
         data = latest.snapshot.data
         disabled = not (data.live or latest.pending)
-        if data.version == version:
-            return dash.no_update, disabled, dash.no_update, REFRESH_MS
-        return shown_body(latest), disabled, data.version, REFRESH_MS
+        body = dash.no_update if data.version == version else latest.snapshot.body
+        return body, disabled, dash.no_update if body is dash.no_update else data.version, REFRESH_MS, status(latest)
 
     @app.callback(
         Output("trials-table", "data"), Output("trials-table", "page_count"), Output("trials-note", "children"),

@@ -237,10 +237,13 @@ def test_large_study_page_shows_at_once_and_fills_in(tmp_path, clean):
         updating = _prop(page, "updating", "children")
         assert updating.startswith("Updating: the study now has ") and list(_find(page, "verdict"))
         assert _prop(page, "tick", "disabled") is False
+        # A page already open learns it from its refresh: the note, and the body left as it is.
+        tick = _post(server.base, F.refresh_callback_payload(name, version))
+        assert "study-body" not in tick and tick["study-status"]["children"]["props"]["id"] == "updating"
         gate.open.set()
         newer = _wait_for_version(server.base, name, version)
         assert newer["version"]["data"] > version
-        assert not list(_find(newer["study-body"]["children"], "updating"))
+        assert newer["study-status"]["children"] == "" and not list(_find(newer["study-body"]["children"], "updating"))
         assert newer["study-body"]["children"][0]["props"]["children"].count(
             f"{snapshots.get(name).data.counts[R.STATUS_COMPLETED]} completed") == 1
 
