@@ -5,6 +5,10 @@ opens with the verdict (one sentence per method with its lr sensitivity and inte
 pairwise probabilities), then the figures, the metrics, the Table 1 view and the trials.
 While a study has running trials a ``dcc.Interval`` re-polls every ``REFRESH_MS``; the
 callback answers "no update" unless the cached data changed, so tables keep their filters.
+A study of more than ``SYNC_TRIALS`` trials is read and drawn in a background thread
+(:class:`Snapshots`): until its first analysis is ready the page shows the counts, the first
+page of trials from SQL and a "computing" box, polling every ``PENDING_MS``; after a change it
+shows the previous analysis under an "updating" line until the new one replaces it.
 Downloads are plain Flask routes: ``/download/trials.csv?study=NAME`` and
 ``/download/export.yaml?study=NAME`` (or ``export.json``).
 
