@@ -226,12 +226,13 @@ def study_page(
     """The study page for one snapshot of its data: the refreshable body, then the trial table,
     paged on the server (filters, sort and page live in the table, so a refresh keeps them).
     ``pending``: a newer snapshot is being built; the page polls until it gets it (``status``,
-    shown above the body, says so)."""
+    shown above the body, says why: then every ``PENDING_MS``)."""
     trials = trials or TrialTable.of(data)
     first = page_of(trials.rows, 0, TRIALS_PAGE_SIZE)
     note = (f"{len(trials.rows)} trials; filter (e.g. cg3, > 0.1, {{method}} contains bp) and sort on the "
             "server; the CSV download above has them all.")
-    return _page_frame(data.name, data.version, data.live or pending, REFRESH_MS,
+    says_why = not isinstance(status, str) or bool(status)  # a component, or text (not a Dash truth value)
+    return _page_frame(data.name, data.version, data.live or pending, PENDING_MS if says_why else REFRESH_MS,
                        body if body is not None else study_body(storage, data, sections),
                        trials.columns, first.rows, first.page_count, note, status)
 
@@ -497,7 +498,8 @@ def create_app(
         data = latest.snapshot.data
         disabled = not (data.live or latest.pending)
         body = dash.no_update if data.version == version else latest.snapshot.body
-        return body, disabled, dash.no_update if body is dash.no_update else data.version, REFRESH_MS, status(latest)
+        interval = PENDING_MS if data.counts != latest.counts else REFRESH_MS  # a rebuild for a change: ask often
+        return body, disabled, dash.no_update if body is dash.no_update else data.version, interval, status(latest)
 
     @app.callback(
         Output("trials-table", "data"), Output("trials-table", "page_count"), Output("trials-note", "children"),

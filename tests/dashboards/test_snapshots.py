@@ -240,6 +240,7 @@ def test_large_study_page_shows_at_once_and_fills_in(tmp_path, clean):
         # A page already open learns it from its refresh: the note, and the body left as it is.
         tick = _post(server.base, F.refresh_callback_payload(name, version))
         assert "study-body" not in tick and tick["study-status"]["children"]["props"]["id"] == "updating"
+        assert tick["tick"]["interval"] == A.PENDING_MS and _prop(page, "tick", "interval") == A.PENDING_MS
         gate.open.set()
         newer = _wait_for_version(server.base, name, version)
         assert newer["version"]["data"] > version
