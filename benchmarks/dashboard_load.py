@@ -200,8 +200,7 @@ def main() -> None:
     # As `proxstudy dashboard` serves, before its start-up preload has read anything: a page
     # answered at once (counts, first trials from SQL, "computing"), the analysis polled for.
     cold()
-    path = db
-    last_trial = max_trial_id(path)
+    last_trial = max_trial_id(db)
     snapshots = A.Snapshots(url, A.STUDY_SECTIONS)
     server = F.RunningServer(A.create_app(url, snapshots=snapshots))
     try:
@@ -217,7 +216,7 @@ def main() -> None:
         def poll_version(version) -> None:
             """What the page does: ask for the body every PENDING_MS until a snapshot newer than
             ``version`` comes (each ask counts the trials; asking back to back would slow the
-            build it waits for). An open page asks every REFRESH_MS once it has an analysis."""
+            build it waits for); an open page asks as often while a change is being rebuilt."""
             while "version" not in post(F.refresh_callback_payload(STUDY, version)):
                 time.sleep(A.PENDING_MS / 1000)
 
@@ -250,7 +249,7 @@ def main() -> None:
         updated = (time.perf_counter() - t_finish, updated[1] + after_trial[1])
     finally:
         server.stop()
-        remove_trials_after(path, last_trial)
+        remove_trials_after(db, last_trial)
 
     # What `proxstudy dashboard` does: read and draw every study in the background at start-up;
     # a user's first visit and every reload are then served from that snapshot.
