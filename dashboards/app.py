@@ -5,6 +5,10 @@ opens with the verdict (one sentence per method with its lr sensitivity and inte
 pairwise probabilities), then the figures, the metrics, the Table 1 view and the trials.
 While a study has running trials a ``dcc.Interval`` re-polls every ``REFRESH_MS``; the
 callback answers "no update" unless the cached data changed, so tables keep their filters.
+A study of more than ``SYNC_TRIALS`` trials is read and drawn in a background thread
+(:class:`Snapshots`): until its first analysis is ready the page shows the counts, the first
+page of trials from SQL and a "computing" box, polling every ``PENDING_MS``; after a change it
+shows the previous analysis under an "updating" line until the new one replaces it.
 Downloads are plain Flask routes: ``/download/trials.csv?study=NAME`` and
 ``/download/export.yaml?study=NAME`` (or ``export.json``).
 
@@ -15,9 +19,11 @@ anything but localhost needs ``allow_remote=True`` and prints a warning.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +43,8 @@ from proxstudy.dashboards.metrics import __doc__ as METRICS_DOC
 from proxstudy.dashboards.server import DEFAULT_THREADS, ServerOptions, check_options, serve
 from proxstudy.dashboards.tables import METRIC_COLUMNS, csv_text, format_lr, metrics_rows, table1, trial_rows, verdict
 from proxstudy.dashboards.trial_query import page_of
+from proxstudy.study import reader
+from proxstudy.study.records_sql import gc_paused
 from proxstudy.study.storage import scrub_secrets
 
 REFRESH_MS = 5000
@@ -211,26 +219,78 @@ def study_page(
     sections: tuple[Callable[[D.StudyData], list[Any]], ...] = (),
     body: list[Any] | None = None,
     trials: TrialTable | None = None,
+    *,
+    pending: bool = False,
+    status: Any = "",
 ) -> html.Div:
     """The study page for one snapshot of its data: the refreshable body, then the trial table,
-    paged on the server (filters, sort and page live in the table, so a refresh keeps them)."""
+    paged on the server (filters, sort and page live in the table, so a refresh keeps them).
+    ``pending``: a newer snapshot is being built; the page polls until it gets it (``status``,
+    shown above the body, says why: then every ``PENDING_MS``)."""
     trials = trials or TrialTable.of(data)
     first = page_of(trials.rows, 0, TRIALS_PAGE_SIZE)
+    note = (f"{len(trials.rows)} trials; filter (e.g. cg3, > 0.1, {{method}} contains bp) and sort on the "
+            "server; the CSV download above has them all.")
+    says_why = not isinstance(status, str) or bool(status)  # a component, or text (not a Dash truth value)
+    return _page_frame(data.name, data.version, data.live or pending, PENDING_MS if says_why else REFRESH_MS,
+                       body if body is not None else study_body(storage, data, sections),
+                       trials.columns, first.rows, first.page_count, note, status)
+
+
+def _page_frame(name: str, version: int | None, polling: bool, interval_ms: int, body: list[Any],
+                columns: list[str], rows: list[dict], page_count: int, trials_note: str,
+                status: Any = "") -> html.Div:
+    """The study page's frame: title, state, the refreshable status line and body, and the
+    server-paged trials."""
     return html.Div(
         [
-            html.H1(data.name, id="study-title"),
-            dcc.Store(id="study-name", data=data.name),
-            dcc.Store(id="version", data=data.version),
-            dcc.Interval(id="tick", interval=REFRESH_MS, disabled=not data.live),
-            html.Div(body if body is not None else study_body(storage, data, sections), id="study-body"),
+            html.H1(name, id="study-title"),
+            dcc.Store(id="study-name", data=name),
+            dcc.Store(id="version", data=version),
+            dcc.Interval(id="tick", interval=interval_ms, disabled=not polling),
+            html.Div(status, id="study-status"),
+            html.Div(body, id="study-body"),
             html.H2("Trials"),
-            html.P(f"{len(trials.rows)} trials; filter (e.g. cg3, > 0.1, {{method}} contains bp) and sort on the "
-                   "server; the CSV download above has them all.", id="trials-note"),
-            _datatable("trials-table", [(c, c) for c in trials.columns], first.rows, numeric=NUMERIC_TRIAL_COLUMNS,
+            html.P(trials_note, id="trials-note"),
+            _datatable("trials-table", [(c, c) for c in columns], rows, numeric=NUMERIC_TRIAL_COLUMNS,
                        filter_action="custom", sort_action="custom", sort_mode="multi", page_action="custom",
-                       page_current=0, page_size=TRIALS_PAGE_SIZE, page_count=first.page_count),
+                       page_current=0, page_size=TRIALS_PAGE_SIZE, page_count=page_count),
         ]
     )
+
+
+#: How often a page waiting for its first analysis asks whether it is ready.
+PENDING_MS = 1000
+TRIALS_READING_NOTE = "; filter and sort apply as soon as every trial is read."
+
+
+def computing_body(storage: str, counts: dict[str, int]) -> list[Any]:
+    """The body of a study page whose analysis is still being computed (a large study read cold):
+    the counts now, and what the page is waiting for."""
+    return [
+        html.P(f"Storage: {D.redact(storage)} | trials: {_counts_text(counts)}", id="study-counts"),
+        html.P(f"Computing the robustness analysis of {sum(counts.values())} trials: reading every trial and "
+               "bootstrapping the metrics takes a few seconds for a large study. The verdict, figures and "
+               "tables appear here when it is ready (no reload needed).", id="computing", className="computing",
+               style={"background": "#ddf4ff", "border": "1px solid #54aeff", "padding": "8px 16px"}),
+        dcc.Link("All studies", href="/"),
+    ]
+
+
+def updating_note(counts: dict[str, int]) -> html.P:
+    """Shown above a snapshot that is out of date while its successor is built."""
+    return html.P(f"Updating: the study now has {_counts_text(counts)}. What follows is the analysis of its "
+                  "previous state, replaced in place when the new one is ready.", id="updating",
+                  style={"background": "#ddf4ff", "border": "1px solid #54aeff", "padding": "4px 16px"})
+
+
+def computing_page(storage: str, name: str, counts: dict[str, int]) -> html.Div:
+    """The study page before its first analysis is ready: the counts, a "computing" state and
+    the first page of trials read straight from the storage (a few small queries)."""
+    page = reader.load_trials_page(storage, name, 0, TRIALS_PAGE_SIZE)
+    columns, rows = trial_rows(page.records, page.param_names)
+    return _page_frame(name, None, True, PENDING_MS, computing_body(storage, counts), columns, rows,
+                       max(1, math.ceil(page.total / TRIALS_PAGE_SIZE)), f"{page.total} trials" + TRIALS_READING_NOTE)
 
 
 @dataclass(frozen=True)
@@ -247,26 +307,109 @@ class TrialTable:
         return cls(data.version, columns, rows)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One version of a study's data with its drawn page body and trial rows."""
+
+    data: D.StudyData
+    body: list[Any]
+    trials: TrialTable
+
+
+@dataclass(frozen=True)
+class Latest:
+    """What a request can be answered with at once: the newest built snapshot (None before the
+    first one is built), the study's counts now, and whether a newer snapshot is being built."""
+
+    snapshot: Snapshot | None
+    counts: dict[str, int]
+    pending: bool
+
+
+#: Studies with at most this many trials are read and drawn in the request that asks (well under
+#: a second); larger ones in the background, the page showing what it has meanwhile.
+SYNC_TRIALS = 2000
+
+
 class Snapshots:
     """Per study, the latest data's page body and trial rows, built once per data version (a
-    study of 50,000 trials takes seconds to draw; a reload then only serialises the page)."""
+    study of 50,000 trials takes seconds to read and draw; a reload then only serialises the page).
 
-    def __init__(self, storage: str, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = ()) -> None:
+    :meth:`get` waits for the current snapshot; :meth:`latest` never waits for a study of more
+    than ``sync_trials`` trials: it answers with the newest built snapshot, or none, and builds
+    the current one in a background thread (one per study at a time). Every snapshot is a full
+    rebuild of ``D.load_study_data``'s data, so what the page finally shows is the same either way.
+    """
+
+    def __init__(self, storage: str, sections: tuple[Callable[[D.StudyData], list[Any]], ...] = (),
+                 *, sync_trials: int = SYNC_TRIALS) -> None:
         self.storage = storage
         self.sections = sections
-        self._built: dict[str, tuple[int, list[Any], TrialTable]] = {}
+        self.sync_trials = sync_trials
+        self._built: dict[str, Snapshot] = {}
+        self._building: set[str] = set()
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._failed: dict[str, tuple[dict[str, int], Exception]] = {}  # counts it failed at, error
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> tuple[D.StudyData, list[Any], TrialTable]:
-        data = D.load_study_data(self.storage, name)
+    def get(self, name: str) -> Snapshot:
+        """The study's current snapshot, built here if it is not yet (raises what reading raises)."""
         with self._lock:
-            cached = self._built.get(name)
-        if cached is not None and cached[0] == data.version:
-            return data, cached[1], cached[2]
-        body, trials = study_body(self.storage, data, self.sections), TrialTable.of(data)
+            build_lock = self._build_locks.setdefault(name, threading.Lock())
+        # One build per study at a time (the start-up preload and a page's request must not draw
+        # the same snapshot twice). Building allocates millions of acyclic objects; collections
+        # during it walked every cached study and nearly doubled its CPU time
+        # (benchmarks/dashboard_load.py).
+        with build_lock, gc_paused():
+            data = D.load_study_data(self.storage, name)
+            with self._lock:
+                cached = self._built.get(name)
+            if cached is not None and cached.data.version == data.version:
+                return cached
+            snapshot = Snapshot(data, study_body(self.storage, data, self.sections), TrialTable.of(data))
+            with self._lock:
+                current = self._built.get(name)
+                if current is None or current.data.version < snapshot.data.version:
+                    self._built[name] = snapshot
+                self._failed.pop(name, None)
+        return snapshot
+
+    def latest(self, name: str) -> Latest:
+        """The newest snapshot without waiting for a large study (raises StudyNotFound, and a
+        background build's error while there is no snapshot to show and the counts are those it
+        failed at)."""
+        counts = reader.trial_counts(self.storage, name)
         with self._lock:
-            self._built[name] = (data.version, body, trials)
-        return data, body, trials
+            built = self._built.get(name)
+            failed = self._failed.get(name)
+        if built is not None and not _out_of_date(built.data, counts):
+            return Latest(built, counts, False)
+        if sum(counts.values()) <= self.sync_trials:
+            return Latest(self.get(name), counts, False)
+        if failed is not None and failed[0] == counts:
+            if built is None:
+                raise failed[1]
+            return Latest(built, counts, False)  # shown as it is; a change of counts retries
+        self._start(name, counts)
+        return Latest(built, counts, True)
+
+    def _start(self, name: str, counts: dict[str, int]) -> None:
+        with self._lock:
+            if name in self._building:
+                return
+            self._building.add(name)
+
+        def build() -> None:
+            try:
+                self.get(name)
+            except Exception as exc:  # shown by the next request (latest); never lost in a thread
+                with self._lock:
+                    self._failed[name] = (counts, exc)
+            finally:
+                with self._lock:
+                    self._building.discard(name)
+
+        threading.Thread(target=build, daemon=True, name=f"dashboard-build-{len(name)}").start()
 
     def warm(self) -> None:
         """Read and draw every study once (the server does this in the background at start-up)."""
@@ -275,6 +418,12 @@ class Snapshots:
                 self.get(summary.name)
             except Exception:  # a broken study must not stop the others; its page shows the error
                 continue
+
+
+def _out_of_date(data: D.StudyData, counts: dict[str, int]) -> bool:
+    """Whether a snapshot may not be the study's current state: its counts changed, or it is
+    live and older than ``D.LIVE_TTL_S`` (running trials report epochs without changing counts)."""
+    return data.counts != counts or (data.live and time.monotonic() - data.loaded_at > D.LIVE_TTL_S)
 
 
 def create_app(
@@ -295,13 +444,17 @@ def create_app(
     app.layout = html.Div([dcc.Location(id="url"), html.Div(id="page")],
                           style={"fontFamily": "sans-serif", "margin": "12px"})
     snapshots = snapshots or Snapshots(storage, study_sections)
-    snapshot = snapshots.get
 
     def problem(title: str, exc: Exception) -> html.Div:
         # shown, never an HTTP 500; no password in the text
         shown = exc.args[0] if isinstance(exc, D.StudyNotFound) else f"{type(exc).__name__}: {exc}"
         return html.Div([html.H1(title), html.P(scrub_secrets(str(shown), storage), className="error"),
                          dcc.Link("All studies", href="/")])
+
+    def status(latest: Latest) -> Any:
+        """The "updating" note while the snapshot shown is not of the study's current counts."""
+        assert latest.snapshot is not None
+        return updating_note(latest.counts) if latest.snapshot.data.counts != latest.counts else ""
 
     @app.callback(Output("page", "children"), Input("url", "pathname"), State("url", "search"))
     def render(pathname: str | None, search: str | None):
@@ -312,31 +465,41 @@ def create_app(
             if not pathname.startswith(STUDY_PREFIX):
                 return index_page(storage, tuple(extra.values()))
             name = unquote(pathname[len(STUDY_PREFIX):])
-            data, body, trials = snapshot(name)
+            latest = snapshots.latest(name)
+            if latest.snapshot is None:
+                return computing_page(storage, name, latest.counts)
         except D.StudyNotFound as exc:
             return problem("Study not found", exc)
         except Exception as exc:
             return problem("Cannot read the storage", exc)
+        data = latest.snapshot.data
         try:
-            return study_page(storage, data, study_sections, body, trials)
+            return study_page(storage, data, study_sections, latest.snapshot.body, latest.snapshot.trials,
+                              pending=latest.pending, status=status(latest))
         except Exception as exc:  # a view that cannot be built must not become an HTTP 500
             return problem(f"This study's page cannot be built: {data.name}", exc)
 
     @app.callback(
         Output("study-body", "children"), Output("tick", "disabled"), Output("version", "data"),
+        Output("tick", "interval"), Output("study-status", "children"),
         Input("tick", "n_intervals"), State("version", "data"), State("study-name", "data"),
         prevent_initial_call=True,
     )
     def refresh(_n: int | None, version: Any, name: str):
-        """While trials run: replace the body when the data changed; "no update" otherwise. The
-        trial table is not replaced (its own callback re-queries on the new version)."""
+        """While trials run or an analysis is computed: replace the body when a newer snapshot is
+        ready; "no update" otherwise. The trial table is not replaced (its own callback
+        re-queries on the new version)."""
         try:
-            data, body, _ = snapshot(name)
+            latest = snapshots.latest(name)
         except Exception as exc:
-            return [problem("Cannot read the storage", exc)], True, dash.no_update
-        if data.version == version:
-            return dash.no_update, not data.live, dash.no_update
-        return body, not data.live, data.version
+            return [problem("Cannot read the storage", exc)], True, dash.no_update, dash.no_update, ""
+        if latest.snapshot is None:  # still computing the first analysis
+            return dash.no_update, False, dash.no_update, PENDING_MS, dash.no_update
+        data = latest.snapshot.data
+        disabled = not (data.live or latest.pending)
+        body = dash.no_update if data.version == version else latest.snapshot.body
+        interval = PENDING_MS if data.counts != latest.counts else REFRESH_MS  # a rebuild for a change: ask often
+        return body, disabled, dash.no_update if body is dash.no_update else data.version, interval, status(latest)
 
     @app.callback(
         Output("trials-table", "data"), Output("trials-table", "page_count"), Output("trials-note", "children"),
@@ -348,9 +511,16 @@ def create_app(
     def trials_page(page_current: int | None, page_size: int | None, sort_by: list | None,
                     filter_query: str | None, _version: Any, name: str):
         try:
-            _, _, trials = snapshot(name)
+            latest = snapshots.latest(name)
+            if latest.snapshot is None:  # not every trial read yet: pages in trial order from SQL
+                size = max(1, int(page_size or TRIALS_PAGE_SIZE))
+                current = max(0, int(page_current or 0))
+                sql = reader.load_trials_page(storage, name, current * size, size)
+                _, rows = trial_rows(sql.records, sql.param_names)
+                return rows, max(1, math.ceil(sql.total / size)), f"{sql.total} trials" + TRIALS_READING_NOTE
         except Exception:  # the body's refresh shows the error
             return dash.no_update, dash.no_update, dash.no_update
+        trials = latest.snapshot.trials
         page = page_of(trials.rows, page_current, page_size, sort_by, filter_query)
         shown = (f"{page.matched} of {len(trials.rows)} trials match the filter" if filter_query
                  else f"{len(trials.rows)} trials")
@@ -430,5 +600,5 @@ def run_dashboard(
     serve(app.server, options)
 
 
-__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "Snapshots", "create_app", "index_page", "run_dashboard",
-           "study_href", "study_page"]
+__all__ = ["EXTRA_PAGES", "STUDY_SECTIONS", "ExtraPage", "Latest", "Snapshot", "Snapshots", "computing_page",
+           "create_app", "index_page", "run_dashboard", "study_href", "study_page"]

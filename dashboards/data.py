@@ -26,6 +26,7 @@ from proxstudy.dashboards.metrics import DEFAULT_DELTA, Robustness, compute_robu
 from proxstudy.errors import StudyNotFound
 from proxstudy.study import reader
 from proxstudy.study import records as R
+from proxstudy.study.records_sql import gc_paused
 from proxstudy.study.storage import redact
 from proxstudy.workers.vocabulary import EPOCH_SERIES, TRAIN_LOSS
 
@@ -153,7 +154,7 @@ def build_study_data(
     points = R.aggregate_points(usable)
     if counts is None:
         counts = R.count_statuses(records)
-    metrics = compute_robustness(usable, direction, delta=delta, k_max=K_MAX)
+    metrics = compute_robustness(usable, direction, delta=delta, k_max=K_MAX, aggregated=points)
     return StudyData(name, objective, direction, space, records, points, metrics, counts, [*notes, *left_out])
 
 
@@ -188,8 +189,9 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
             cached.loaded_at = time.monotonic()  # live, but no running trial reported a new epoch
             return cached
         settings = read.settings
-        data = build_study_data(name, read.records, counts, settings.space_document, settings.direction,
-                                notes=read.notes)
+        with gc_paused():  # see records_sql.gc_paused: aggregation allocates, and forms no cycles
+            data = build_study_data(name, read.records, counts, settings.space_document, settings.direction,
+                                    notes=read.notes)
         _cache[key] = data
         return data
 

@@ -438,8 +438,11 @@ def compute_robustness(
     n_resamples: int = N_RESAMPLES,
     rng_seed: int = RNG_SEED,
     k_max: int = K_MAX,
+    aggregated: Sequence[PointSummary] | None = None,
 ) -> Robustness:
-    """The robustness analysis of a study's trial records (see the module docstring)."""
+    """The robustness analysis of a study's trial records (see the module docstring).
+
+    ``aggregated``: ``aggregate_points(records)``, where the caller has computed it already."""
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be between 0 and 1 (exclusive), got {delta!r}")
     if direction not in (MINIMIZE, MAXIMIZE):
@@ -449,7 +452,7 @@ def compute_robustness(
     informative = [r for r in records if r.status in (STATUS_COMPLETED, STATUS_DIVERGED)]
     epoch0 = [r.intermediate.get(0) for r in informative]
     initial = [float(v) for v in epoch0 if v is not None and math.isfinite(v)]
-    summaries = [s for s in aggregate_points(records) if s.n + s.n_diverged > 0]
+    summaries = [s for s in (aggregate_points(records) if aggregated is None else aggregated) if s.n + s.n_diverged > 0]
     l0_u: float | None
     if initial:
         l0_u, source = sign * float(np.mean(initial)), SOURCE_EPOCH0

@@ -292,9 +292,14 @@ def summary_text(robustness: Robustness, study: str, objective: str) -> str:
     return f"{study}: {objective} ({robustness.direction})\n{body}\n\n" + table
 
 
-def trial_rows(records: Sequence[TrialRecord]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The trial table: column ids and one row per trial (JSON-able scalars only)."""
-    param_names = sorted({k for r in records for k in r.params})
+def trial_rows(
+    records: Sequence[TrialRecord], param_names: Sequence[str] | None = None
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The trial table: column ids and one row per trial (JSON-able scalars only).
+
+    ``param_names``: the parameter columns, where ``records`` are one page of a study whose
+    other trials have more (default: every parameter of ``records``)."""
+    param_names = sorted({k for r in records for k in r.params}) if param_names is None else list(param_names)
     columns = ["number", "method", *param_names, "seed", "status", "value", "final_train_loss",
                "epochs", "diverged_epoch", "device", "error"]
     rows = []

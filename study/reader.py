@@ -41,9 +41,11 @@ from proxstudy.study.storage import redact
 __all__ = [
     "StorageLike",
     "StudyRead",
+    "TrialsPage",
     "all_trial_counts",
     "clear_cache",
     "load_records",
+    "load_trials_page",
     "read_storage",
     "read_study",
     "require_study",
@@ -209,6 +211,30 @@ def load_records(storage: StorageLike, study_name: str, *, fast: bool = True) ->
     api = _api(storage, cached=fast)
     trials = api.get_all_trials(_study_id(api, study_name), deepcopy=False)
     return [record_from_frozen_trial(t) for t in sorted(trials, key=lambda t: t.number)]
+
+
+@dataclass(frozen=True)
+class TrialsPage:
+    """One page of a study's trials in trial-number order, read without the rest of them."""
+
+    records: list[TrialRecord]
+    param_names: list[str]  # every swept parameter of the study (method and seed excluded)
+    total: int  # trials in the study
+
+
+def load_trials_page(storage: StorageLike, study_name: str, offset: int, limit: int) -> TrialsPage:
+    """The trials at positions ``offset`` .. ``offset + limit - 1`` of :func:`load_records`,
+    with the study's parameter names and trial count (raises :class:`StudyNotFound`). A few
+    small SQL queries where the fast path applies; otherwise every trial is read and sliced."""
+    if isinstance(storage, str):
+        page = records_sql.read_trials_page(storage, study_name, offset, limit)
+        if page is not None:
+            return TrialsPage(*page)
+        require_study(storage, study_name)
+    records = load_records(storage, study_name)
+    names = sorted({name for record in records for name in record.params})
+    start = max(0, offset)
+    return TrialsPage(records[start:start + max(0, limit)], names, len(records))
 
 
 @dataclass

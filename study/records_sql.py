@@ -215,12 +215,14 @@ _gc_was_enabled = False
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector paused while trials are read, and restored after the last
-    concurrent read ends. Reading 50,000 trials allocates millions of acyclic objects (rows,
-    floats, lists); each allocation burst starts collections that walk the whole heap, the
-    dashboard's cached studies included, which doubled the read's CPU time (benchmarks/
-    dashboard_load.py). Nothing read here forms a cycle, so nothing is left for it to free."""
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while trials are read (or, in the dashboard, a
+    study's analysis is built from them), and restored after the last concurrent pause ends.
+    Reading 50,000 trials allocates millions of acyclic objects (rows, floats, lists); each
+    allocation burst starts collections that walk the whole heap, the dashboard's cached
+    studies included, which doubled the read's CPU time (benchmarks/dashboard_load.py).
+    Nothing read here forms a cycle, so nothing is left for it to free; what a pause's other
+    work leaves in cycles is collected after it."""
     global _gc_pauses, _gc_was_enabled
     with _lock:
         if _gc_pauses == 0:
@@ -239,7 +241,7 @@ def _gc_paused() -> Iterator[None]:
 def read_records(url: str, study_name: str) -> list[R.TrialRecord] | None:
     """All trials of ``study_name`` as records in trial-number order, or None (see module doc)."""
     try:
-        with _connect(url) as conn, _gc_paused():
+        with _connect(url) as conn, gc_paused():
             return _read_records(conn, study_name, (url, study_name))
     except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
         _fallback("reading trials", exc)
@@ -522,6 +524,50 @@ def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[
     return [record for record in out.values() if record is not None]  # every row was filled above
 
 
+def read_trials_page(
+    url: str, study_name: str, offset: int, limit: int
+) -> tuple[list[R.TrialRecord], list[str], int] | None:
+    """One page of the study's trials without reading the rest: the records of the trials at
+    positions ``offset`` .. ``offset + limit - 1`` in trial-number order (what
+    :func:`read_records` would give there), the names of every parameter any trial of the study
+    has, and how many trials it has; or None where the fast path does not apply (module doc).
+
+    For a study page that must show before the whole study is read (a study of 50,000 trials
+    takes seconds); three small indexed queries plus the page's rows."""
+    try:
+        with _connect(url) as conn:
+            study_id = _study_id(conn, study_name)
+            total = conn.execute(
+                sa.select(sa.func.count(_TRIALS.c.trial_id)).where(_TRIALS.c.study_id == study_id)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(
+                    _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state,
+                    _TRIALS.c.datetime_start, _TRIALS.c.datetime_complete,
+                )
+                .where(_TRIALS.c.study_id == study_id)
+                .order_by(_TRIALS.c.number, _TRIALS.c.trial_id)
+                .offset(max(0, offset)).limit(max(0, limit))
+            ).all()
+            names = conn.execute(
+                sa.select(_PARAMS.c.param_name).distinct()
+                .join(_TRIALS, _TRIALS.c.trial_id == _PARAMS.c.trial_id)
+                .where(_TRIALS.c.study_id == study_id)
+            ).scalars().all()
+            trials = {
+                trial_id: _RowTrial(number, TrialState[state], start, complete)
+                for trial_id, number, state, start, complete in rows
+            }
+            if trials:
+                ids = list(trials)
+                _fill_trials(conn, trials, [lambda *columns: sa.select(*columns).where(columns[0].in_(ids))])
+    except (_NotApplicable, sa.exc.SQLAlchemyError) as exc:
+        _fallback("reading a page of trials", exc)
+        return None
+    records = [R.record_from_frozen_trial(trial) for trial in trials.values()]
+    return records, sorted(set(names) - {R.PARAM_METHOD, R.PARAM_SEED}), int(total)
+
+
 def _plain_rows(conn: sa.engine.Connection, query: sa.Select) -> Sequence[Any]:
     """The query's rows as the database driver returns them, without SQLAlchemy's Row objects
     and result processing (a million intermediate values at 50,000 trials). Only for columns
@@ -586,9 +632,11 @@ __all__ = [
     "SUPPORTED_ALEMBIC_REVISIONS",
     "all_trial_state_counts",
     "dispose",
+    "gc_paused",
     "json_loads",
     "read_records",
     "read_study_settings",
+    "read_trials_page",
     "schema_problem",
     "trial_state_counts",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 
 import optuna
@@ -136,6 +137,54 @@ def test_script_named_study_stays_text_and_page_updates_live(site):
     assert browser.eval(method_filter + ".value") == live.backprop
     assert browser.eval("window.__not_reloaded === true")
     assert abs(browser.eval("window.scrollY") - scrolled) < 5
+
+
+def test_large_study_page_shows_computing_then_fills_in_place(site, tmp_path):
+    """A study too large to read and draw within the request (``sync_trials=0`` makes this one
+    such a study): the page shows its counts, a "computing" state and the first trials at once,
+    then the verdict and figures arrive in place; when a trial finishes, an "updating" note
+    stands above the previous analysis until the new one replaces it (no reload)."""
+    _, browser, _, _ = site
+    url, name = f"sqlite:///{tmp_path / 'large.db'}", "large"
+    space = F.build_study(url, name, n_running=1)
+    counts = D.list_studies(url)[0].counts
+    gate = threading.Event()
+
+    def held(data: D.StudyData) -> list:  # a study-page section: the build waits here
+        assert gate.wait(timeout=60)
+        return []
+
+    snapshots = A.Snapshots(url, (held,), sync_trials=0)
+    trial_rows = "document.querySelectorAll('#trials-table td[data-dash-column=\"number\"]').length"
+    with F.RunningServer(A.create_app(url, sections=(held,), snapshots=snapshots)) as server:
+        browser.navigate(server.base + "/study/" + name)
+        browser.wait_for("!!document.querySelector('#computing')", timeout=30)
+        assert f"Computing the robustness analysis of {sum(counts.values())} trials" in browser.eval(
+            "document.querySelector('#computing').innerText")
+        browser.wait_for(f"{trial_rows} === 25")
+        assert browser.eval("document.querySelector('#verdict')") is None
+        browser.eval("window.__not_reloaded = true")
+        gate.set()
+        browser.wait_for("!!document.querySelector('#verdict')", timeout=30)
+        browser.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 16", timeout=45)
+        assert browser.eval("document.querySelector('#computing')") is None
+        assert "proxprop-cg: lr sensitivity " in browser.eval("document.querySelector('#verdict').innerText")
+        assert browser.eval(trial_rows) == 25
+        # A trial finishes while the rebuild is held: "updating" above the previous analysis.
+        gate.clear()
+        study = optuna.load_study(study_name=name, storage=url)
+        F.add_trial(study, space, space.backprop, {"lr": 0.05}, 9, status="completed")
+        browser.wait_for("!!document.querySelector('#updating')", timeout=25)
+        before, after = f"{counts['completed']} completed", f"{counts['completed'] + 1} completed"
+        assert after in browser.eval("document.querySelector('#updating').innerText")
+        assert before in browser.eval("document.querySelector('#study-counts').innerText")
+        assert browser.eval("!!document.querySelector('#verdict')")
+        gate.set()
+        browser.wait_for(f"document.querySelector('#study-counts').innerText.includes('{after}')", timeout=25)
+        assert browser.eval("document.querySelector('#updating')") is None
+        assert browser.eval("window.__not_reloaded === true")
+        assert browser.dialogs() == []
+    gate.set()
 
 
 def test_static_report_renders_every_figure_offline(site, tmp_path):

@@ -234,9 +234,10 @@ def page_callback_payload(pathname: str, search: str = "") -> dict:
 def refresh_callback_payload(study: str, version, n_intervals: int = 1) -> dict:
     """The body of the study page's live refresh (the interval ticked)."""
     return {
-        "output": "..study-body.children...tick.disabled...version.data..",
+        "output": "..study-body.children...tick.disabled...version.data...tick.interval...study-status.children..",
         "outputs": [{"id": "study-body", "property": "children"}, {"id": "tick", "property": "disabled"},
-                    {"id": "version", "property": "data"}],
+                    {"id": "version", "property": "data"}, {"id": "tick", "property": "interval"},
+                    {"id": "study-status", "property": "children"}],
         "inputs": [{"id": "tick", "property": "n_intervals", "value": n_intervals}],
         "state": [{"id": "version", "property": "data", "value": version},
                   {"id": "study-name", "property": "data", "value": study}],
