@@ -131,14 +131,16 @@ def _leaf_output(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] |
         sizes = _window_sizes(shape[2:], module.kernel_size, module.stride, module.padding, module.dilation)
         return (shape[0], module.out_channels, *sizes)
     if isinstance(module, nn.MaxPool2d) and len(shape) == 4 and not module.ceil_mode:
-        def pair(value: object) -> tuple[int, int]:
-            return value if isinstance(value, tuple) else (int(value), int(value))  # type: ignore[return-value]
-
         stride = module.stride if module.stride is not None else module.kernel_size
-        sizes = _window_sizes(shape[2:], pair(module.kernel_size), pair(stride), pair(module.padding),
-                              pair(module.dilation))
+        sizes = _window_sizes(shape[2:], _pair(module.kernel_size), _pair(stride), _pair(module.padding),
+                              _pair(module.dilation))
         return (*shape[:2], *sizes)
     return None
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    """A pooling layer's int-or-tuple field as a (height, width) pair."""
+    return value if isinstance(value, tuple) else (value, value)
 
 
 def _window_sizes(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int], padding: Sequence[int],

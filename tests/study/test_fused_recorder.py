@@ -110,8 +110,8 @@ def test_members_rewrite_their_epoch_lists_as_often_as_one_trial(tmp_path, monke
 
     def epoch(number: int, seconds_later: float) -> dict[str, list | None]:
         clock[0] += seconds_later
-        recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: [report(k, number, "running", 1.0 / (number + 1))
-                                                                            for k in keys]})
+        reports = [report(k, number, "running", 1.0 / (number + 1)) for k in keys]
+        recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: reports})
         recorder._w.flush()
         return {key: t.user_attrs.get(R.ATTR_TRAIN_LOSS) for key, t in recorded(url).items()}
 
