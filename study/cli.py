@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-retries", type=int, default=2, metavar="N",
                      help="retries of a trial whose worker or node died (default 2)")
     run.add_argument("--device", default="auto", help="device of every trial: auto|cpu|cuda|cuda:N")
-    run.add_argument("--fuse", default="1", metavar="K|auto",
-                     help="train up to K points of the grid together as one fused trial (auto: K from "
-                          "the model's memory and the device; default 1: one point per trial)")
+    run.add_argument("--fuse", default="auto", metavar="K|auto",
+                     help="train up to K points of the grid together as one fused trial (default auto: K "
+                          "from the model's memory and the device; 1: one point per trial)")
     run.add_argument("--wait-for-resources", action="store_true",
                      help="an autoscaling cluster: wait for nodes that fit a trial instead of refusing")
     run.add_argument("--force-new", action="store_true",

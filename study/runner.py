@@ -86,7 +86,8 @@ class SweepOptions:
     verbose: bool = False  # Ray's own output
     max_retries: int = DEFAULT_MAX_RETRIES  # of a trial whose worker or node died
     device: str = "auto"  # of every trial: auto | cpu | cuda | cuda:N
-    fuse: int | None = 1  # members per fused trial; None: from the model and device; 1: unfused
+    fuse: int | None = None  # members per fused trial; None (auto, the default): from the model and
+    # the device (workers.fused_plan.default_fuse_size); 1: one point per trial, unfused
 
     wait_for_resources: bool = False  # an autoscaling cluster: wait for nodes that fit a trial
 

@@ -13,9 +13,10 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -198,7 +199,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs["pool_pre_ping"] = True
     for attempt in range(_OPEN_TRIES):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+            if make_url(url).get_backend_name() == "sqlite":
+                _commit_without_fsync(storage.engine)
+            return storage
         except SQLAlchemyError as exc:
             if attempt == _OPEN_TRIES - 1:
                 raise StorageError(f"storage {redact(url)}: {scrub_secrets(_first_line(exc), url)}") from None
@@ -206,6 +210,21 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         except Exception as exc:
             raise StorageError(f"storage {redact(url)}: {scrub_secrets(_first_line(exc), url)}") from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _commit_without_fsync(engine: Engine) -> None:
+    """The sweep's SQLite connections commit with ``synchronous=NORMAL``: the driver writes a
+    commit per epoch of every trial, and with SQLite's default (FULL) each waits for the disk
+    (5-18 ms here against 1 ms; a fused sweep's writes fell 16 s behind its trials).  A commit
+    still survives the driver's crash or kill -9 (the OS holds it); a power cut may lose the
+    last ones.  The journal mode stays SQLite's default, so readers need nothing new."""
+    def set_synchronous(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", set_synchronous)
+    engine.dispose()  # the connections made while creating the tables get it too
 
 
 def storage_engine(url: str) -> Engine:

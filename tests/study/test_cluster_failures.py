@@ -238,10 +238,10 @@ def _assert_each_point_once_finished(study: str, expected: set[str]) -> None:
     assert statuses == {R.STATUS_COMPLETED: len(expected)}, statuses
 
 
-def _run_cli(space: Path, storage: str, ray_address: str, log: Path) -> subprocess.Popen:
+def _run_cli(space: Path, storage: str, ray_address: str, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [PROXSTUDY, "run", str(space), "--storage", storage, "--ray-address", ray_address,
-         "--max-concurrent", "2", "--cpus-per-trial", "1"],
+         "--max-concurrent", "2", "--cpus-per-trial", "1", *extra],
         stdout=subprocess.PIPE, stderr=open(log, "w"), env=ray_env(), cwd=log.parent,
         start_new_session=True,
     )
@@ -306,7 +306,9 @@ def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, sta
         expected = _expected_keys(space)
         doomed = start_worker_node(nodes=2)
         log = tmp_path / "run.log"
-        proc = _run_cli(space, PG_URL, ray_head, log)
+        # --fuse 1: the one trial on the doomed node is the one victim (fused trials' retries of
+        # their unfinished members: tests/study/test_fused_recorder.py)
+        proc = _run_cli(space, PG_URL, ray_head, log, "--fuse", "1")
         cli_procs.append(proc)
 
         def trial_hangs_on_the_doomed_node() -> bool:

@@ -96,3 +96,52 @@ def test_a_fused_trial_that_dies_for_good_fails_its_open_members(tmp_path):
     assert trials[keys[0]].state == TrialState.COMPLETE and trials[keys[0]].user_attrs[R.ATTR_ATTEMPTS] == 1
     assert trials[keys[1]].state == TrialState.FAIL and trials[keys[1]].user_attrs[R.ATTR_STATUS] == "failed"
     assert trials[keys[1]].user_attrs[R.ATTR_ERROR]
+
+
+def test_members_rewrite_their_epoch_lists_as_often_as_one_trial(tmp_path, monkeypatch):
+    """K members' per-epoch lists are rewritten every K x ATTR_FLUSH_S (intermediate values at
+    every epoch): a fused trial costs the single storage writer what one trial costs."""
+    from proxstudy.study import recorder as recorder_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(recorder_module.time, "monotonic", lambda: clock[0])
+    recorder, trial, keys, url = fused_setup(tmp_path, 3)  # K = 3: every 3 x ATTR_FLUSH_S
+    recorder.on_trial_start(0, [trial], trial)
+
+    def epoch(number: int, seconds_later: float) -> dict[str, list | None]:
+        clock[0] += seconds_later
+        reports = [report(k, number, "running", 1.0 / (number + 1)) for k in keys]
+        recorder.on_trial_result(0, [trial], trial, {MEMBER_REPORTS_KEY: reports})
+        recorder._w.flush()
+        return {key: t.user_attrs.get(R.ATTR_TRAIN_LOSS) for key, t in recorded(url).items()}
+
+    lists = epoch(0, 0.0)  # the first epoch's lists are written at once
+    assert all(v == [1.0] for v in lists.values()), lists
+    flush = recorder_module.ATTR_FLUSH_S
+    lists = epoch(1, 3 * flush)
+    assert all(v == [1.0, 0.5] for v in lists.values()), lists
+    lists = epoch(2, 2 * flush)  # one unfused trial would rewrite now; the members wait
+    assert all(v == [1.0, 0.5] for v in lists.values()), lists
+    lists = epoch(3, 1 * flush)
+    assert all(v == [1.0, 0.5, 1 / 3, 0.25] for v in lists.values()), lists
+    assert all(t.intermediate_values == {0: 1.0, 1: 0.5, 2: 1 / 3, 3: 0.25} for t in recorded(url).values())
+    recorder.on_trial_complete(0, [trial], trial)
+    recorder.close()
+
+
+def test_the_sweeps_sqlite_commits_do_not_wait_for_the_disk(tmp_path):
+    """open_storage's SQLite connections use synchronous=NORMAL; a commit is still a commit
+    (another connection reads it)."""
+    import sqlite3
+
+    from sqlalchemy import text
+
+    path = tmp_path / "s.db"
+    storage = open_storage(f"sqlite:///{path}")
+    with storage.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL (FULL is 2)
+    study_id = storage.create_new_study([optuna.study.StudyDirection.MINIMIZE], "s")
+    trial_id = storage.create_new_trial(study_id)
+    storage.set_trial_intermediate_value(trial_id, 3, 0.25)
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT step, intermediate_value FROM trial_intermediate_values").fetchall() == [(3, 0.25)]

@@ -107,3 +107,16 @@ def test_a_driver_that_lost_its_lease_starts_no_more_fused_trials(tmp_path):
     assert not lease.renew() and lease.lost
     assert searcher.suggest("t1") == Searcher.FINISHED
     lease.release()
+
+
+def test_groups_are_handed_out_largest_first():
+    """Members x flops per step x epochs, non-increasing: the ProxProp groups (more flops a
+    step) before backprop's, though the grid lists backprop first."""
+    from proxstudy.workers.fused_plan import member_cost
+
+    driver = driver_for(synthetic_space(seeds=(0, 1, 2)))
+    groups = suggest_all(FusedPointSearcher(driver, 4))
+    work = [len(g) * member_cost(g[0][TRIAL_CONFIG_KEY]).flops_per_step for g in groups]
+    assert work == sorted(work, reverse=True)
+    modes = [g[0][TRIAL_CONFIG_KEY].mode for g in groups]
+    assert modes[0] == "prox_cg" and modes[-1] == "gradient", modes

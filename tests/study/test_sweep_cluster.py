@@ -74,7 +74,9 @@ def test_sweep_through_ray_address_runs_on_both_nodes(two_node_cluster, tmp_path
         dataset = {"name": "usps", "root": str(tmp_path / "data"), "download": True, "url": base,
                    "md5": {name: md5(payload) for name, payload in files.items()}, "val_size": 16}
         driver = subprocess.Popen(
-            [PROXSTUDY, "run", _write_space(tmp_path, dataset), "--storage", url, "--ray-address", two_node_cluster],
+            # --fuse 1: one point per trial, so that the two running trials are one per node
+            [PROXSTUDY, "run", _write_space(tmp_path, dataset), "--storage", url, "--ray-address", two_node_cluster,
+             "--fuse", "1"],
             cwd=tmp_path, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:

@@ -87,3 +87,29 @@ def test_default_k_fills_small_models_and_few_large_ones_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_default_k_on_a_gpu_fuses_the_paper_model():
     assert default_fuse_size(config(**PAPER_MLP), "cuda") > 1
+
+
+@pytest.mark.parametrize(("spec", "input_shape"), [
+    ({"name": "mlp", "hidden": [64, 64]}, (1, 8, 8)),
+    ({"name": "convnet", "channels": [16, 20, 20], "kernel_size": 5}, (3, 32, 32)),
+    ({"name": "convnet", "channels": [4, 6, 8], "kernel_size": 3}, (1, 9, 11)),  # odd sizes: floors
+    ({"name": "autoencoder", "hidden": [30, 10], "output": "sigmoid"}, (1, 8, 8)),
+])
+def test_layer_shapes_worked_out_equal_a_forward_on_meta(spec, input_shape):
+    from proxstudy.workers.fused_plan import _chain_shapes, _meta_shapes
+    from proxstudy.workers.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, 10, "gradient", None)
+    worked_out = _chain_shapes(model, (7, *input_shape))
+    assert worked_out is not None
+    assert [(m, i, o) for m, i, o in worked_out] == [(m, i, o) for m, i, o in _meta_shapes(model, 7, input_shape)]
+
+
+def test_layer_shapes_of_an_unknown_layer_come_from_a_forward():
+    from proxstudy.workers.fused_plan import _chain_shapes, _layer_shapes
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 8), torch.nn.LayerNorm(8))
+    assert _chain_shapes(model, (5, 1, 8, 8)) is None
+    assert [shape for _, _, shape in _layer_shapes(model, 5, (1, 8, 8))] == [(5, 64), (5, 8), (5, 8)]
