@@ -97,6 +97,23 @@ def orthonormal_basis(mu: Tensor, weight: Tensor, degree: int) -> tuple[Tensor, 
     return q, s_map
 
 
+def _average_measure(weight: Tensor) -> Tensor:
+    """The rows' average normalised measure (..., s) in float64: it only chooses the basis.
+
+    One matrix-vector product in the input dtype.  1/mass is formed in float64 and capped at
+    the dtype's largest value: a row of tiny gradients (a nearly dead ReLU unit, |c| ~ 1e-20)
+    has a subnormal float32 mass whose reciprocal overflows to inf, and inf * 0 (the measure's
+    empty points) made the average, hence the basis and EVERY row's result, NaN.  That was the
+    divergence of the digits demo (cg3-paper, lr 3.16) with this path.  A capped row weighs
+    less than 1 in the average, which costs nothing: any positive measure is a valid basis.
+    """
+    mass = weight.sum(dim=-1, keepdim=True, dtype=torch.float64)
+    positive = mass > 0
+    inv_mass = torch.where(positive, 1.0 / torch.where(positive, mass, torch.ones_like(mass)), 0.0)
+    inv_mass = inv_mass.clamp_max(torch.finfo(weight.dtype).max).to(weight.dtype)
+    return (weight.mT @ inv_mass)[..., 0].double() / weight.shape[-2]
+
+
 def _pair_index(size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Upper-triangle pairs (j <= k) and the (size, size) map from (j, k) to the pair number."""
     rows, cols = torch.triu_indices(size, size, device=device)
@@ -126,11 +143,7 @@ def moment_cg_polynomial(
     reference's early stop, ``joint``), computed from H instead of elementwise passes.
     """
     size = iterations + 1
-    # the rows' average normalised measure only chooses the basis: one matrix-vector product
-    # in the input dtype, then float64
-    mass = weight.sum(dim=-1, keepdim=True)
-    inv_mass = torch.where(mass > 0, 1.0 / torch.where(mass > 0, mass, torch.ones_like(mass)), 0.0)
-    average = (weight.mT @ inv_mass)[..., 0].double() / weight.shape[-2]
+    average = _average_measure(weight)
     q, s_map = orthonormal_basis(mu.double(), average, iterations)
     rows, cols, index = _pair_index(size, mu.device)
     products = q[..., rows] * q[..., cols]  # (..., s, D(D+1)/2)
