@@ -195,15 +195,16 @@ def test_moments_lose_accuracy_on_disjoint_row_measures(iterations, bound):
     assert 1e-12 < error < bound
 
 
-def test_moments_run_only_when_asked_for_by_name():
+def test_moments_chosen_automatically_only_below_float64_and_up_to_max_iterations():
+    """The switch between the moments path and the elementwise loops (solvers._cg_costs)."""
     cpu = torch.device("cpu")
+    for name in ("prox_cg3", "prox_cg3_ref", "prox_cg10"):
+        cfg = SolverConfig.make(name, 0.05)
+        assert cg_strategy_for(500, 4000, cfg, torch.float32, cpu) == "moments"  # the paper's MLP
+        assert cg_strategy_for(500, 4000, cfg, torch.float64, cpu) != "moments"
+    too_many = SolverConfig.make(f"prox_cg{MAX_ITERATIONS + 1}", 0.05)
+    assert cg_strategy_for(500, 4000, too_many, torch.float32, cpu) != "moments"
     cfg3 = SolverConfig.make("prox_cg3", 0.05)
-    ref3 = SolverConfig.make("prox_cg3_ref", 0.05)
-    for cfg in (cfg3, ref3):
-        for dtype in (torch.float32, torch.float64):
-            assert cg_strategy_for(500, 4000, cfg, dtype, cpu) != "moments"
-            assert cg_strategy_for(100, 65, cfg, dtype, cpu) != "moments"
-    assert cg_strategy_for(500, 4000, cfg3, torch.float32, cpu, cg_strategy="moments") == "moments"
     assert cg_strategy_for(500, 4000, cfg3, torch.float64, cpu, cg_strategy="moments") == "moments"
     with pytest.raises(ValueError, match="cg_strategy"):
         cg_strategy_for(500, 4000, cfg3, torch.float32, cpu, cg_strategy="lanczos")
