@@ -252,5 +252,5 @@ def test_moments_layer_with_a_dead_unit_matches_direct():
         layer(x).backward(g)
         grads[strategy] = layer.weight.grad
     assert torch.isfinite(grads["moments"]).all()
-    # float32 paths differ by rounding: measured 1e-6 relative over the whole matrix
+    # float32 paths differ by rounding: measured 1.8e-6 relative over the whole matrix
     assert rel(grads["moments"].double().numpy(), grads["direct"].double().numpy()) < 1e-5
