@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cg import batched_cg
-from .gram import conv2d_gram, conv2d_gram_flops
+from .gram import conv2d_gram, conv2d_gram_flops, row_gram
 from .layer_options import ProxPropOptions
 from .modes import SolverConfig
 from .solvers import gram_solve_cost, gram_solve_factored
@@ -100,9 +100,9 @@ def _dual_direction(
     batch, m = grad_out.shape[:2]
     cols = F.unfold(x, weight.shape[2:], dilation=geom.dilation, padding=geom.padding, stride=geom.stride)
     a = cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (n, p0), rows ordered (b, i, j)
-    gram = a @ a.T
+    gram = row_gram(a)
     if has_bias:
-        gram = gram + 1.0
+        gram += 1.0
     g_rows = grad_out.transpose(0, 1).reshape(m, -1)
     g_dual = gram_solve_factored(gram, g_rows, cfg, dual=True, joint=joint, cg_strategy=cg_strategy).dense()
     g_img = g_dual.reshape(m, batch, *grad_out.shape[2:]).transpose(0, 1).contiguous()

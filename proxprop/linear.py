@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gram import row_gram
 from .layer_options import ProxPropOptions
 from .modes import SolverConfig
 from .solvers import gram_solve_cost, gram_solve_factored
@@ -38,7 +39,7 @@ def linear_direction(
         primal_cost = 2.0 * n * k * k + gram_solve_cost(p, m, cfg, a.device, a.dtype, cg_strategy=cg_strategy)
         solver_form = "dual" if dual_cost <= primal_cost else "primal"
     if solver_form == "dual":
-        gram = a @ a.T
+        gram = row_gram(a)
         if has_bias:
             gram += 1.0
         # g' = g^T (...)^{-1} stays factored: (g' a) is the weight-gradient product, and
@@ -50,13 +51,13 @@ def linear_direction(
         col_sums = a.sum(dim=0)
         n_col = torch.full((1, 1), float(n), dtype=a.dtype, device=a.device)
         gram = torch.cat(
-            [torch.cat([a.T @ a, col_sums[:, None]], dim=1),
+            [torch.cat([row_gram(a.T), col_sums[:, None]], dim=1),
              torch.cat([col_sums[None, :], n_col], dim=1)],
             dim=0,
         )
         rhs = torch.cat([gw, g.sum(dim=0)[:, None]], dim=1)
     else:
-        gram = a.T @ a
+        gram = row_gram(a.T)
         rhs = gw
     direction = gram_solve_factored(gram, rhs, cfg, dual=False, cg_strategy=cg_strategy).dense()
     if has_bias:

@@ -19,9 +19,9 @@ CG strategies (strategies.py), chosen per call by a flop model unless forced:
 * "spectral": one eigh of the Gram matrix, then elementwise CG on the diagonal system
               (~10 passes per iteration);
 * "moments":  one eigh, then CG's scalars from each row's spectral moments (moments.py):
-              two products and a few passes whatever N.  Only when asked for by name
-              (cg_strategy="moments"), below float64 and for N <= moments.MAX_ITERATIONS: see
-              cg_strategy_for for why it is not chosen automatically.
+              two products and a few passes whatever N.  The switch to the other paths is in
+              _cg_costs: moments is a candidate only below float64 and for
+              N <= moments.MAX_ITERATIONS, where its error stays under float32's own.
 All rows are solved together: the Gram matrix is factored once per layer and step.
 
 Leading batch dimensions (the layers of several stacked models at once): gram_solve_factored
@@ -165,11 +165,6 @@ def cg_strategy_for(
     if cg_strategy is not None:
         return "spectral" if (cg_strategy == "direct" and joint) else cg_strategy
     costs = _cg_costs(size, rows, cfg, dtype, device, joint)
-    # "moments" is never chosen automatically: its single steps agree with the other ways to
-    # float32 rounding, but in float32 training of the digits demo (prox_cg3_ref, lr 3.16) every
-    # seed diverged where "direct" and "spectral" trained; until that is understood it runs only
-    # when asked for by name.
-    costs.pop("moments", None)
     return min(costs, key=costs.__getitem__)
 
 
@@ -276,13 +271,11 @@ def _eigen_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, dual: bool, joint: b
         if dual:
             weight.mul_(evals.unsqueeze(-2))
         with single_threaded(gram.device):
-            values = moments.moment_cg_polynomial(
+            solved = moments.moment_cg_polynomial(
                 diag, weight, cfg.cg_iterations, joint=joint, reference_variant=reference, tol=tol,
-                dtype=coeffs.dtype,
+                times=coeffs,
             )
-        # same-dtype product: multiplying float32 by float64 in place runs ~8x slower on the
-        # CPU (17 ms vs 2 ms for 4000 x 500)
-        return FactoredRows(coeffs.mul_(values), evecs.mT)
+        return FactoredRows(solved, evecs.mT)
     coeffs = batched_cg(
         lambda v: v * diag.unsqueeze(-2), coeffs, cfg.cg_iterations,
         weight=evals if dual else None, joint=joint, reference_variant=reference, tol=tol,

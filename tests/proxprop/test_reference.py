@@ -225,6 +225,17 @@ def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bia
     assert_close(got, a.T @ a, rtol=1e-12)
 
 
+@pytest.mark.parametrize("rows", [1, 100, 168, 169, 500, 777])
+def test_row_gram_is_the_full_product(rows):
+    """row_gram computes only the upper triangle's row blocks (2 to 9 blocks here)."""
+    a = torch.randn(rows, 37, dtype=torch.float64, generator=torch.Generator().manual_seed(rows))
+    got = gram_module.row_gram(a)
+    assert_close(got.numpy(), a.numpy() @ a.numpy().T, rtol=1e-12)
+    assert_close(got.numpy(), got.numpy().T, rtol=1e-14)
+    transposed = gram_module.row_gram(a.T)  # the primal form passes a strided view
+    assert_close(transposed.numpy(), a.numpy().T @ a.numpy(), rtol=1e-12)
+
+
 def nearly_constant_input(shape: tuple[int, ...]) -> torch.Tensor:
     """Inputs like a ReLU layer's: a large common level, tiny variations, and one channel
     almost a copy of another, so that A^T A is nearly rank-deficient (condition ~1e12)."""
