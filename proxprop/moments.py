@@ -28,8 +28,10 @@ O(s N^2 + m N^2 + m s N^2 / 2) and keeps float32 results at eigendecomposition a
 
 Where it loses accuracy: a row whose measure lives on a part of the spectrum that the
 average barely weights (rows with nearly disjoint spectral supports on a wide spectrum) sees
-an ill-conditioned H; its error grows with N (tests/test_proxprop_moments.py measures it).
+an ill-conditioned H; its error grows with N (tests/proxprop/test_moments.py measures it).
 solvers.py therefore uses this path only for float32 and lower and for N <= MAX_ITERATIONS.
+Rows of very different size share one basis, so the normalisation that averages them must
+not overflow: see _average_measure (a nearly dead unit once made every row NaN).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ __all__ = ["MAX_ITERATIONS", "moment_cg_polynomial", "orthonormal_basis"]
 #: against CG in extended precision): 7e-8 at N = 3, 1e-6 at N = 5, 1e-4 at N = 10, 5e-4 at
 #: N = 20 (float32 textbook CG: 2e-7 to 6e-7).  On realistic spectra (8 decades, or a bulk
 #: under large outliers as ReLU inputs give) the path stays within 1e-8 while float32 textbook
-#: CG is off by up to 1e-1 (tests/test_proxprop_moments.py).  Above 20 the elementwise loop
+#: CG is off by up to 1e-1 (tests/proxprop/test_moments.py).  Above 20 the elementwise loop
 #: takes over, below float32's own ~1e-3 accuracy of these solves up to there.
 MAX_ITERATIONS = 20
 
