@@ -16,8 +16,13 @@ Ratios within 1e-12 of a tau count as within (floating-point ties).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import make_url
+
+from proxstudy.study.redaction import redact
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -30,6 +35,8 @@ __all__ = [
     "profile_figure",
     "profile_taus",
     "sensitivity_ratios",
+    "storage_label",
+    "study_labels",
 ]
 
 #: The per-method numbers of each study's summary that a comparison shows.
@@ -86,12 +93,37 @@ def performance_profile(ratios: Mapping[str, Mapping[str, float]], taus: Sequenc
     }
 
 
-def compare_document(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def study_labels(studies: Sequence[tuple[str, str]]) -> list[str]:
+    """A distinct label for each (study name, storage URL): the name, or where the same name
+    comes from several storages (CPU and GPU runs of one space), the name and its storage."""
+    labels = []
+    for name, url in studies:
+        if sum(other == name for other, _ in studies) == 1:
+            labels.append(name)
+        else:
+            labels.append(f"{name} ({storage_label(url)})")
+    if len(set(labels)) < len(labels):  # same name, storages whose short forms agree
+        labels = [f"{label} [{i + 1}]" for i, label in enumerate(labels)]
+    return labels
+
+
+def storage_label(url: str) -> str:
+    """A short, password-free name of a storage: a SQLite file's name, else host/database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return os.path.basename(parsed.database or "") or ":memory:"
+    return f"{parsed.host or ''}/{parsed.database or ''}"
+
+
+def compare_document(summaries: Sequence[Mapping[str, Any]],
+                     storages: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The `proxstudy compare --format json` document of several summary documents.
 
-    ``studies``: their names in order; ``methods``: method -> study -> the COMPARED_KEYS of that
-    study's summary (a study without the method is absent); ``profile``: the performance
-    profile over its step points ``taus`` (``ratios``: study -> method -> r, null for inf).
+    ``studies``: their labels in order (the study names, see :func:`study_labels`);
+    ``storages``: label -> its storage URL, password redacted (when given); ``methods``:
+    method -> study -> the COMPARED_KEYS of that study's summary (a study without the method is
+    absent); ``profile``: the performance profile over its step points ``taus`` (``ratios``:
+    study -> method -> r, null for inf).
     """
     names = [str(doc["study"]) for doc in summaries]
     methods: dict[str, dict[str, Any]] = {}
@@ -105,6 +137,7 @@ def compare_document(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     taus = profile_taus(ratios)
     return {
         "studies": names,
+        **({"storages": {label: redact(url) for label, url in storages.items()}} if storages is not None else {}),
         "objectives": {doc["study"]: doc.get("objective") for doc in summaries},
         "methods": methods,
         "profile": {

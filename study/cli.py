@@ -93,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="several studies' robustness numbers side by side")
     compare.add_argument("studies", nargs="+", metavar="STUDY")
-    _storage_arg(compare)
+    compare.add_argument("--storage", metavar="URL", action="append", default=None,
+                         help="the studies' storage (default as for the other commands); given once per "
+                              "STUDY, in order, the studies may live in different storages")
     compare.add_argument("--format", choices=("table", "json"), default="table")
     compare.add_argument("--delta", type=float, default=None, metavar="D",
                          help="a point is trained when its progress is >= 1 - D (default 0.1)")
@@ -287,22 +289,29 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from proxstudy.dashboards.compare import compare_document, compare_text
+    from proxstudy.dashboards.compare import compare_document, compare_text, study_labels
     from proxstudy.dashboards.data import study_summary_data
     from proxstudy.dashboards.metrics import DEFAULT_DELTA, summary_document
 
     delta = DEFAULT_DELTA if args.delta is None else args.delta
     if not 0.0 < delta < 1.0:
         raise UsageError(f"--delta {args.delta}: must be between 0 and 1 (exclusive)")
-    twice = sorted({name for name in args.studies if args.studies.count(name) > 1})
+    given = args.storage or [None]
+    if len(given) not in (1, len(args.studies)):
+        raise UsageError(f"--storage: given {len(given)} times for {len(args.studies)} studies; give it once "
+                         "(every study in one storage) or once per STUDY, in the same order")
+    urls = [_readable_storage(url) for url in given] * (len(args.studies) // len(given))
+    studies = list(zip(args.studies, urls, strict=True))
+    twice = sorted({name for name, url in studies if studies.count((name, url)) > 1})
     if twice:
-        raise UsageError(f"STUDY {twice[0]}: named more than once")
-    url = _readable_storage(args.storage)
+        raise UsageError(f"STUDY {twice[0]}: named more than once for the same storage")
+    labels = study_labels(studies)
     summaries = []
-    for name in args.studies:
+    for (name, url), label in zip(studies, labels, strict=True):
         data = study_summary_data(url, name, delta=delta)
-        summaries.append(summary_document(data.metrics, name, data.objective))
-    document = compare_document(summaries)
+        summaries.append(summary_document(data.metrics, label, data.objective))
+    storages = {label: url for (_, url), label in zip(studies, labels, strict=True)}
+    document = compare_document(summaries, storages=storages)
     print(json.dumps(document, indent=2) if args.format == "json" else compare_text(document))
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from proxstudy.dashboards.compare import (
     compare_document,
@@ -17,6 +19,7 @@ from proxstudy.dashboards.compare import (
 )
 from tests.support import study_fixtures as F
 from tests.support.cli import run_main
+from tests.support.postgres import PG_URL, needs_pg
 from tests.support.robustness_reference import reference
 
 INF = math.inf
@@ -107,6 +110,42 @@ def test_compare_table_and_bad_input(storage, capsys):
     assert code == 2 and "STUDY wide: named more than once" in err
     code, _, err = run_main(["compare", "wide", "--storage", storage, "--delta", "1.5"], capsys)
     assert code == 2 and "--delta" in err
+
+
+def test_compare_studies_of_the_same_name_in_different_storages(storage, tmp_path, capsys):
+    """CPU and GPU runs of one space: the same study name in two storages, told apart by label."""
+    other = f"sqlite:///{tmp_path / 'gpu.db'}"
+    F.build_study(other, "wide", F.SyntheticSpace(lrs=(5e-3, 0.05, 0.5), seeds=(0, 1, 2)))
+    argv = ["compare", "wide", "wide", "--storage", storage, "--storage", other, "--format", "json"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    labels = ["wide (studies.db)", "wide (gpu.db)"]
+    assert doc["studies"] == labels and doc["storages"] == dict(zip(labels, (storage, other), strict=True))
+    for label, url in zip(labels, (storage, other), strict=True):
+        for method, r in reference(url, "wide").items():
+            assert doc["methods"][method][label]["lr_sensitivity"] == pytest.approx(r.sensitivity, abs=1e-12)
+    code, _, err = run_main(["compare", "wide", "narrow", "wide", "--storage", storage, "--storage", other], capsys)
+    assert code == 2 and "--storage: given 2 times for 3 studies" in err
+    code, _, err = run_main(["compare", "wide", "wide", "--storage", other, "--storage", other], capsys)
+    assert code == 2 and "STUDY wide: named more than once for the same storage" in err
+
+
+@needs_pg
+def test_compare_across_sqlite_and_postgresql_never_shows_the_password(storage, capsys):
+    name = f"compare-pg-{uuid.uuid4().hex[:12]}"
+    F.build_study(PG_URL, name, F.SyntheticSpace(lrs=(5e-3, 0.05, 0.5), seeds=(0, 1)))
+    secret = "pw-" + uuid.uuid4().hex  # trust auth: the server never asks for it
+    with_password = make_url(PG_URL).set(password=secret).render_as_string(hide_password=False)
+    for output in ("json", "table"):
+        argv = ["compare", "wide", name, "--storage", storage, "--storage", with_password, "--format", output]
+        code, out, err = run_main(argv, capsys)
+        assert code == 0, err
+        assert secret not in out + err
+    doc = json.loads(run_main([*argv[:-1], "json"], capsys)[1])
+    assert doc["studies"] == ["wide", name] and "***" in doc["storages"][name]
+    for method, r in reference(PG_URL, name).items():
+        assert doc["methods"][method][name]["lr_sensitivity"] == pytest.approx(r.sensitivity, abs=1e-12)
 
 
 def test_compare_and_importance_pages_render_in_chromium(storage):
