@@ -11,9 +11,9 @@ member as its own trial.
 
 Reports are batched: the member reports of every evaluation are gathered and sent at most every
 ``REPORT_INTERVAL_S`` (and once at the end), so a fused trial sends fewer reports than one unfused
-trial.  A Tune function trainable waits for the driver to take each report (a round trip through
-Tune's event loop, tens of ms on a busy 2-core machine), which made up most of a small fused
-trial's wall time when every evaluation was its own report.  The driver records every epoch
+trial.  A Tune function trainable waits for the driver to take each report (Ray's session
+reports synchronously: a round trip through Tune's event loop, which a busy driver answers
+late), so a fused trial of fast epochs waited once per epoch.  The driver records every epoch
 all the same, at most REPORT_INTERVAL_S late.  Should the worker die, the members whose final
 reports had not been sent yet are unfinished to the driver and re-run (as after any worker loss).
 """
