@@ -9,18 +9,12 @@ diverged_epoch, device, error) plus ``POINT_KEY``.  A member that fails is repor
 with status "failed" and its error; the others go on.  The driver (study.recorder) records each
 member as its own trial.
 
-Reports are batched: the member reports of every evaluation are gathered and sent at most every
-``REPORT_INTERVAL_S`` (and once at the end), so a fused trial sends fewer reports than one unfused
-trial.  A Tune function trainable waits for the driver to take each report (a round trip through
-Tune's event loop, tens of ms on a busy 2-core machine), which made up most of a small fused
-trial's wall time when every evaluation was its own report.  The driver records every epoch
-all the same, at most REPORT_INTERVAL_S late.  Should the worker die, the members whose final
-reports had not been sent yet are unfinished to the driver and re-run (as after any worker loss).
+Reports are batched per evaluation (all members of an epoch in one message), so a fused trial
+sends as many reports as one unfused trial, not K times as many.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,19 +27,10 @@ from proxstudy.workers.trainable import POINT_KEY, TRIAL_CONFIG_KEY, failure_met
 from proxstudy.workers.training import TrialOutcome
 from proxstudy.workers.vocabulary import STATUS_FAILED
 
-__all__ = [
-    "FUSED_MEMBERS_KEY",
-    "MEMBER_REPORTS_KEY",
-    "REPORT_INTERVAL_S",
-    "failure_report",
-    "fused_trainable",
-    "member_reports",
-]
+__all__ = ["FUSED_MEMBERS_KEY", "MEMBER_REPORTS_KEY", "failure_report", "fused_trainable", "member_reports"]
 
 FUSED_MEMBERS_KEY = "_fused_members"
 MEMBER_REPORTS_KEY = "member_reports"
-#: Seconds between two Tune reports of a fused trial (see the module doc).
-REPORT_INTERVAL_S = 1.0
 
 
 def failure_report(point_key: str, outcome: TrialOutcome) -> dict[str, Any]:
@@ -69,27 +54,12 @@ def fused_trainable(config: dict[str, Any]) -> None:
     keys: list[str] = [str(m[POINT_KEY]) for m in members]
     configs: list[TrialConfig] = [m[TRIAL_CONFIG_KEY] for m in members]
 
-    pending: list[dict[str, Any]] = []
-    last_sent = time.monotonic()
-
-    def flush() -> None:
-        nonlocal last_sent
-        if pending:
-            batch = list(pending)
-            pending.clear()
-            tune.report({MEMBER_REPORTS_KEY: batch})
-        last_sent = time.monotonic()
-
     def send(reports: list[tuple[int, dict]]) -> None:
-        pending.extend({**report, POINT_KEY: keys[member]} for member, report in reports)
-        if time.monotonic() - last_sent >= REPORT_INTERVAL_S:
-            flush()
+        if reports:
+            tune.report({MEMBER_REPORTS_KEY: [{**report, POINT_KEY: keys[member]} for member, report in reports]})
 
     def on_finish(member: int, outcome: TrialOutcome) -> None:
         if outcome.status == STATUS_FAILED:
-            pending.append(failure_report(keys[member], outcome))
+            tune.report({MEMBER_REPORTS_KEY: [failure_report(keys[member], outcome)]})
 
-    try:
-        run_fused_trials(configs, on_finish=on_finish, on_reports=send)
-    finally:
-        flush()  # what the members recorded before a callback raised is not lost either
+    run_fused_trials(configs, on_finish=on_finish, on_reports=send)

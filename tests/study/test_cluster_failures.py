@@ -342,7 +342,10 @@ def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, start_worke
     space = _write_space(tmp_path, study, epochs=8)
     expected = _expected_keys(space)
     log = tmp_path / "run.log"
-    proc = _run_cli(space, proxied_url, ray_head, log)
+    # --fuse 1: trials finish one by one, so the outage after the first finished one comes
+    # with trials still to run (fused members of one fused trial finish together, and two
+    # fused trials on two slots can finish all 6 points at once)
+    proc = _run_cli(space, proxied_url, ray_head, log, "--fuse", "1")
     cli_procs.append(proc)
 
     _wait_for(lambda: _n_finished(study) >= 1, 120, "the first finished trial", proc, log)
@@ -362,7 +365,7 @@ def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, start_worke
         # Stopped: one clear line about the storage, then a resume finishes the study.
         assert any("storage" in line.lower() for line in stderr.splitlines()), stderr[-3000:]
         log2 = tmp_path / "resume.log"
-        resume = _run_cli(space, proxied_url, ray_head, log2)
+        resume = _run_cli(space, proxied_url, ray_head, log2, "--fuse", "1")
         cli_procs.append(resume)
         code2, stderr2 = _finish(resume, log2, timeout=150)
         assert code2 == 0, stderr2[-3000:]

@@ -47,7 +47,9 @@ def test_kill_9_mid_sweep_then_resume_records_every_point_once(tmp_path):
         states = trial_states(url, "resume")
         return states[TrialState.COMPLETE] >= 2 and states[TrialState.RUNNING] >= 1
 
-    kill_9_run_when([str(space_file), "--storage", url, "--max-concurrent", "2"], tmp_path, ready,
+    # --fuse 1: trials finish one by one, so finished and running trials coexist for a while;
+    # two equal fused trials would end together (fused kill -9: tests/study/test_fused_sweep.py)
+    kill_9_run_when([str(space_file), "--storage", url, "--max-concurrent", "2", "--fuse", "1"], tmp_path, ready,
                     "finished and running trials at once", poll=0.2)
 
     before = optuna.load_study(study_name="resume", storage=url).get_trials(deepcopy=False)
@@ -55,7 +57,7 @@ def test_kill_9_mid_sweep_then_resume_records_every_point_once(tmp_path):
     running_before = [t.number for t in before if t.state == TrialState.RUNNING]
     assert finished_before and running_before
 
-    resumed = subprocess.run([PROXSTUDY, "run", str(space_file), "--storage", url],
+    resumed = subprocess.run([PROXSTUDY, "run", str(space_file), "--storage", url, "--fuse", "1"],
                              cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{len(running_before)} interrupted trial(s) closed and re-run" in resumed.stdout
