@@ -40,12 +40,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import itertools
 import json
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -388,50 +386,6 @@ def json_loads(text: str) -> Any:
     return json.loads(text)
 
 
-#: A JSON array of numbers and nulls only (no strings, no nested arrays): the per-epoch lists,
-#: seven in eight user attributes of a trial. Such texts are decoded together (below).
-_NUMBER_ARRAY = re.compile(r"\[[0-9eE.+\-, null]*\]")
-_NUMBERS_OR_NONE = frozenset({float, int, type(None)})
-
-
-def json_loads_all(texts: Sequence[str]) -> list[Any]:
-    """``[json_loads(text) for text in texts]``, with the per-epoch lists among them decoded by
-    one orjson call over all of them (a 50,000-trial study holds 250,000; one call per text
-    cost most of the read's JSON time).
-
-    Exactly equal to decoding each text alone: only texts that are one flat array of numbers
-    and nulls are joined (each stays one element of the joined array, so nothing shifts), and
-    they are kept only where orjson accepts the whole join and no entry can differ from json's
-    (none is an out-of-range float: orjson refuses those; none is as large as ``_HUGE``, so no
-    huge integer became a float). Otherwise those texts, and all others, are decoded one by one.
-    """
-    out: list[Any] = [None] * len(texts)
-    joined: list[int] = []
-    match = _NUMBER_ARRAY.fullmatch
-    for i, text in enumerate(texts):
-        if match(text):
-            joined.append(i)
-        else:
-            out[i] = json_loads(text)
-    if joined:
-        arrays: list[Any] | None
-        try:
-            arrays = orjson.loads("[" + ",".join([texts[i] for i in joined]) + "]")
-        except orjson.JSONDecodeError:
-            arrays = None
-        if arrays is not None:
-            entries = list(itertools.chain.from_iterable(arrays))
-            if not set(map(type, entries)) <= _NUMBERS_OR_NONE or not (
-                sum(map(abs, filter(None, entries))) < _HUGE
-            ):
-                arrays = None
-        if arrays is None or len(arrays) != len(joined):
-            arrays = [json_loads(texts[i]) for i in joined]
-        for i, value in zip(joined, arrays, strict=True):
-            out[i] = value
-    return out
-
-
 @functools.lru_cache(maxsize=4096)
 def _distribution(distribution_json: str) -> BaseDistribution:
     """A study holds few distinct distributions: parse each JSON text once."""
@@ -657,10 +611,11 @@ def _fill_trials(conn: sa.engine.Connection, trials: dict[int, _RowTrial], selec
         trial = trials.get(trial_id)
         if trial is not None:
             trial.intermediate_values[step] = value if value_type == "FINITE" else _FLOAT_OF_TYPE[value_type]
-    attrs = [row for row in rows(_USER_ATTRS.c.trial_id, _USER_ATTRS.c.key, _USER_ATTRS.c.value_json)
-             if row[0] in trials]
-    for (trial_id, key, _), value in zip(attrs, json_loads_all([row[2] for row in attrs]), strict=True):
-        trials[trial_id].user_attrs[key] = value
+    loads = json_loads
+    for trial_id, key, value_json in rows(_USER_ATTRS.c.trial_id, _USER_ATTRS.c.key, _USER_ATTRS.c.value_json):
+        trial = trials.get(trial_id)
+        if trial is not None:
+            trial.user_attrs[key] = loads(value_json)
 
 
 def dispose() -> None:
@@ -679,7 +634,6 @@ __all__ = [
     "dispose",
     "gc_paused",
     "json_loads",
-    "json_loads_all",
     "read_records",
     "read_study_settings",
     "read_trials_page",

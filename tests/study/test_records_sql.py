@@ -274,39 +274,6 @@ def test_json_loads_is_exactly_json(text):
     assert repr(got) == repr(expected)
 
 
-_TRICKY_TEXTS = [
-    "[2.3, null, 0.1, 1e-05, 5e-324, 1.7976931348623157e+308]", "12345678901234567890123",
-    "[1, -18446744073709551617, 9223372036854775807]", "NaN", "[Infinity, -Infinity]", "1e400",
-    '"\\ud800"', '{"a": [1, {"b": null}], "c": "\\u2603"}', "[1e19, 2.0]", "-0.0", "true",
-    "[" * 500 + "]" * 500, "[1.5, null, 12345678901234567890123]", "[1e308, 1e308, 123456789012345678901234]",
-    "[9.3e18, null, -0.0]", "[1e400]", "[]", "[ ]", "[1, 2]", "[-0.0, 0, 1E+2]", '"cpu"', "null",
-]
-
-
-@pytest.mark.parametrize("batch", [
-    ["[2.3, null, 0.1]", "[1.5, 2.5]", "[]", '"cpu"', "7", "[null]"],  # joined in one call
-    ["[2.3, null]", "[1, 2]", "[0.5]"],  # an integer entry: each decoded alone
-    ["[2.3, null]", "[9.3e18, 1.0]", '"x"'],  # a huge entry: each decoded alone
-    ["[2.3, null]", "[1e400]"],  # orjson refuses the join: each decoded alone
-    ["[1.0]", "[12345678901234567890123]", "[2.0]"],  # an integer beyond 64 bits
-    _TRICKY_TEXTS,
-])
-def test_json_loads_all_is_exactly_json_of_each(batch):
-    """The per-epoch lists decoded together give what json gives each text alone, in order."""
-    expected = [json.loads(text) for text in batch]
-    got = S.json_loads_all(batch)
-    assert repr(got) == repr(expected)
-    assert [type(v) for v in got] == [type(v) for v in expected]
-
-
-def test_json_loads_all_raises_as_json_on_a_bad_text():
-    """A damaged text among lists fails as decoding it alone fails (the join hides nothing)."""
-    with pytest.raises(ValueError):
-        S.json_loads_all(["[1.0, 2.0]", "[1.0,]", "[3.0]"])
-    with pytest.raises(ValueError):
-        json.loads("[1.0,]")
-
-
 @pytest.mark.parametrize("enabled", [True, False])
 def test_reading_restores_the_garbage_collectors_state(sqlite_url, enabled):
     """The read pauses the cyclic GC and leaves it as it found it, enabled or not."""
