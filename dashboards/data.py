@@ -100,6 +100,8 @@ NUMERIC_PARAMS = (R.PARAM_LR, R.PARAM_TAU, R.PARAM_CG)
 
 
 def _is_number(value: Any) -> bool:
+    if type(value) is float:  # the common case, without the calls below: x - x is 0 iff x is finite
+        return value - value == 0.0
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -114,7 +116,8 @@ def analysable(records: Sequence[R.TrialRecord]) -> tuple[list[R.TrialRecord], l
     kept: list[R.TrialRecord] = []
     bad: dict[str, list[R.TrialRecord]] = {}
     for record in records:
-        wrong = [name for name in NUMERIC_PARAMS if name in record.params and not _is_number(record.params[name])]
+        params = record.params
+        wrong = [name for name in NUMERIC_PARAMS if name in params and not _is_number(params[name])]
         if wrong:
             for name in wrong:
                 bad.setdefault(name, []).append(record)
