@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxstudy.dashboards import heap
 from proxstudy.dashboards.metrics import DEFAULT_DELTA, Robustness, compute_robustness, direction_for
 from proxstudy.errors import StudyNotFound
 from proxstudy.study import reader
@@ -214,6 +215,7 @@ def clear_cache() -> None:
         _cache.clear()
         _locks.clear()
     reader.clear_cache()
+    heap.release()
 
 
 def warm_cache(url: str) -> None:
