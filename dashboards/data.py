@@ -187,7 +187,7 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
             and not (cached.live and time.monotonic() - cached.loaded_at > LIVE_TTL_S)
         ):
             return cached
-        read = reader.read_study(url, name)
+        read = reader.read_study(url, name, shared=True)  # the dashboard never changes a record
         unchanged = cached is not None and not force and cached.counts == counts
         if cached is not None and unchanged and _progress(read.records) == _progress(cached.records):
             cached.loaded_at = time.monotonic()  # live, but no running trial reported a new epoch

@@ -609,7 +609,7 @@ def _bootstrap(points: list[_Point], n_seeds: np.ndarray, l0_u: float, delta: fl
         values = picked.sum(axis=2) / n_seeds[None, :]
         resampled_div = div_flat.take(draw)
         resampled_div[:, ~used] = False
-        diverged = resampled_div.any(axis=2)
+        diverged = np.asarray(resampled_div.any(axis=2), dtype=bool)
         parts.append(_evaluate(values, diverged, l0_u, delta, layouts)[2])
         done += b
     return {
