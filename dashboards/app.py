@@ -35,7 +35,7 @@ from dash import Input, Output, State, dcc, html
 from dash.dash_table.DataTable import DataTable
 from flask import Response, request
 
-from proxstudy.dashboards import analysis_pages
+from proxstudy.dashboards import analysis_pages, heap
 from proxstudy.dashboards import data as D
 from proxstudy.dashboards.exported import NothingToExport, export_text
 from proxstudy.dashboards.figures import study_figures
@@ -372,6 +372,7 @@ class Snapshots:
                 if current is None or current.data.version < snapshot.data.version:
                     self._built[name] = snapshot
                 self._failed.pop(name, None)
+            heap.settle()  # still paused: the collector never walks the new snapshot (dashboards.heap)
         return snapshot
 
     def latest(self, name: str) -> Latest:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxstudy.dashboards import heap
 from proxstudy.dashboards.metrics import DEFAULT_DELTA, Robustness, compute_robustness, direction_for
 from proxstudy.errors import StudyNotFound
 from proxstudy.study import reader
@@ -100,6 +101,8 @@ NUMERIC_PARAMS = (R.PARAM_LR, R.PARAM_TAU, R.PARAM_CG)
 
 
 def _is_number(value: Any) -> bool:
+    if type(value) is float:  # the common case, without the calls below: x - x is 0 iff x is finite
+        return value - value == 0.0
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -114,7 +117,8 @@ def analysable(records: Sequence[R.TrialRecord]) -> tuple[list[R.TrialRecord], l
     kept: list[R.TrialRecord] = []
     bad: dict[str, list[R.TrialRecord]] = {}
     for record in records:
-        wrong = [name for name in NUMERIC_PARAMS if name in record.params and not _is_number(record.params[name])]
+        params = record.params
+        wrong = [name for name in NUMERIC_PARAMS if name in params and not _is_number(params[name])]
         if wrong:
             for name in wrong:
                 bad.setdefault(name, []).append(record)
@@ -183,7 +187,7 @@ def load_study_data(url: str, name: str, *, force: bool = False) -> StudyData:
             and not (cached.live and time.monotonic() - cached.loaded_at > LIVE_TTL_S)
         ):
             return cached
-        read = reader.read_study(url, name)
+        read = reader.read_study(url, name, shared=True)  # the dashboard never changes a record
         unchanged = cached is not None and not force and cached.counts == counts
         if cached is not None and unchanged and _progress(read.records) == _progress(cached.records):
             cached.loaded_at = time.monotonic()  # live, but no running trial reported a new epoch
@@ -211,6 +215,7 @@ def clear_cache() -> None:
         _cache.clear()
         _locks.clear()
     reader.clear_cache()
+    heap.release()
 
 
 def warm_cache(url: str) -> None:

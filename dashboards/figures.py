@@ -297,8 +297,8 @@ def training_curves(
     for method, m in robustness.methods.items():
         if m.best_params is None:
             continue
-        target = tuple(sorted(m.best_params.items()))
-        runs = [r for r in records if r.method == method and r.param_items == target and r.status == STATUS_COMPLETED]
+        target = m.best_params  # dict equality: the same point as equal param_items, without a sort per trial
+        runs = [r for r in records if r.method == method and r.status == STATUS_COMPLETED and r.params == target]
         if not runs:
             continue
         length = min(len(_series_of(r, objective)) for r in runs)

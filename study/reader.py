@@ -196,16 +196,20 @@ def all_trial_counts(storage: StorageLike) -> dict[str, dict[str, int]]:
 # -- the trials
 
 
-def load_records(storage: StorageLike, study_name: str, *, fast: bool = True) -> list[TrialRecord]:
+def load_records(storage: StorageLike, study_name: str, *, fast: bool = True,
+                 shared: bool = False) -> list[TrialRecord]:
     """All trials of a study as records, in trial-number order (raises :class:`StudyNotFound`).
 
     A storage URL is read with a few SQL queries (``study.records_sql``: seconds instead of tens
     of seconds for thousands of trials) wherever its schema is the one verified there; otherwise,
     for storage objects, and with ``fast=False``, through the Optuna API (``fast=False`` with a
     URL: a fresh storage object, the reference reading). Both give equal records.
+
+    ``shared=True``: the records must not be changed; the SQL path may hand out the records it
+    keeps for reuse instead of copies (``records_sql.read_records``).
     """
     if fast and isinstance(storage, str):
-        records = records_sql.read_records(storage, study_name)
+        records = records_sql.read_records(storage, study_name, shared=shared)
         if records is not None:
             return records
     api = _api(storage, cached=fast)
@@ -252,11 +256,12 @@ class StudyRead:
     notes: list[str] = field(default_factory=list)
 
 
-def read_study(storage: StorageLike, study_name: str) -> StudyRead:
+def read_study(storage: StorageLike, study_name: str, *, shared: bool = False) -> StudyRead:
     """The study's records, settings and search space, with notes on what cannot be read
-    instead of an error (raises only :class:`StudyNotFound` and storage errors)."""
+    instead of an error (raises only :class:`StudyNotFound` and storage errors); ``shared``:
+    read-only records, as in :func:`load_records`."""
     settings = study_settings(storage, study_name)
-    records = load_records(storage, study_name)
+    records = load_records(storage, study_name, shared=shared)
     notes: list[str] = []
     space = None
     if settings.space_document is not None:

@@ -252,6 +252,23 @@ def test_rereading_reuses_only_unchanged_finished_trials(sqlite_url, monkeypatch
     assert [r.seed for r in third] == [0, 1, 2]
 
 
+def test_shared_records_are_the_kept_ones(sqlite_url):
+    """``shared=True`` hands out the records kept for reuse (no copy) for finished trials, equal
+    to the copies every other read gets; unfinished trials are read afresh either way."""
+    copies = S.read_records(sqlite_url, "s")
+    shared = S.read_records(sqlite_url, "s", shared=True)
+    again = S.read_records(sqlite_url, "s", shared=True)
+    _assert_same_records(shared, copies)
+    _assert_same_records(again, load_records(sqlite_url, "s", fast=False))
+    done = [i for i, r in enumerate(shared) if r.status == R.STATUS_COMPLETED]
+    live = [i for i, r in enumerate(shared) if r.status in (R.STATUS_RUNNING, R.STATUS_WAITING)]
+    assert done and live
+    assert all(again[i] is shared[i] for i in done)
+    assert not any(again[i] is shared[i] for i in live)
+    fresh = S.read_records(sqlite_url, "s")
+    assert not any(fresh[i] is shared[i] or copies[i] is shared[i] for i in done)  # copies stay copies
+
+
 def test_multi_objective_study_takes_the_optuna_path(tmp_path):
     url = f"sqlite:///{tmp_path / 'multi.db'}"
     study = optuna.create_study(study_name="mo", storage=url, directions=["minimize", "maximize"])
