@@ -229,8 +229,10 @@ def _commit_without_fsync(engine: Engine) -> None:
 
 def storage_engine(url: str) -> Engine:
     """A SQLAlchemy engine for ``url`` with the connect arguments the storage uses (the driver
-    lease lives in the study's own database)."""
-    return create_engine(url, connect_args=_connect_args(url))
+    lease lives in the study's own database). A server's pooled connections are checked before
+    use, as the storage's are: after an outage the pool holds dead ones."""
+    pre_ping = sqlite_path(url) is None and not url.startswith("sqlite")
+    return create_engine(url, connect_args=_connect_args(url), pool_pre_ping=pre_ping)
 
 
 def write_failure(url: str, exc: BaseException) -> StorageError:

@@ -370,3 +370,41 @@ def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, start_worke
         code2, stderr2 = _finish(resume, log2, timeout=150)
         assert code2 == 0, stderr2[-3000:]
     _assert_each_point_once_finished(study, expected)
+
+
+@needs_pg
+def test_storage_outage_during_fused_trials_stops_cleanly_and_resume_completes(ray_head, start_worker_node, pg_proxy,
+                                                                              tmp_path, cli_procs, study_name):
+    """The default path (fused trials): the outage comes after the members' first recorded
+    epoch, long before any member can finish (200 epochs), and every point still ends once."""
+    start_worker_node(nodes=2)
+    proxy, proxied_url = pg_proxy
+    study = study_name
+    space = _write_space(tmp_path, study, epochs=200)
+    expected = _expected_keys(space)
+    log = tmp_path / "run.log"
+    proc = _run_cli(space, proxied_url, ray_head, log, "--fuse", "auto")
+    cli_procs.append(proc)
+
+    _wait_for(lambda: any(t.intermediate_values for t in _trials(study)), 180, "a member's first epoch", proc, log)
+    proxy.outage()
+    outage_end = time.monotonic() + 6
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
+    assert _n_finished(study) == 0 and proc.poll() is None, log.read_text()[-3000:]
+    time.sleep(max(0.0, outage_end - time.monotonic()))
+    proxy.restore()
+
+    code, stderr = _finish(proc, log, timeout=300)
+    print(f"first run: exit {code}\n{stderr[-3000:]}")
+    assert "Traceback" not in stderr, stderr[-3000:]
+    if code != 0:
+        assert any("storage" in line.lower() for line in stderr.splitlines()), stderr[-3000:]
+        log2 = tmp_path / "resume.log"
+        resume = _run_cli(space, proxied_url, ray_head, log2, "--fuse", "auto")
+        cli_procs.append(resume)
+        code2, stderr2 = _finish(resume, log2, timeout=300)
+        assert code2 == 0, stderr2[-3000:]
+    else:  # rode it out: the lease is released through a pool that held dead connections
+        assert "releasing the lease" not in stderr, stderr[-3000:]
+    _assert_each_point_once_finished(study, expected)
