@@ -408,3 +408,45 @@ def test_storage_outage_during_fused_trials_stops_cleanly_and_resume_completes(r
     else:  # rode it out: the lease is released through a pool that held dead connections
         assert "releasing the lease" not in stderr, stderr[-3000:]
     _assert_each_point_once_finished(study, expected)
+
+
+@needs_pg
+def test_lost_worker_node_during_fused_trials_reruns_only_its_members(ray_head, start_worker_node, tmp_path,
+                                                                       cli_procs, study_name):
+    """The default path (fused trials) under the same deterministic node loss: the fused trial
+    hangs in its data download on the only node with a CPU until that node is killed; its
+    members are run again on the node that remains and every point ends once."""
+    from proxstudy.study import records as R
+
+    study = study_name
+    files = {"usps.bz2": usps_bytes(*usps_arrays(256, seed=1)), "usps.t.bz2": usps_bytes(*usps_arrays(32, seed=2))}
+    held, requested = threading.Event(), threading.Event()
+    held.set()
+    with serve(files, held=held, requested=requested) as base:
+        dataset = {"name": "usps", "root": str(tmp_path / "data"), "download": True, "url": base,
+                   "md5": {name: md5(payload) for name, payload in files.items()}, "val_size": 32}
+        space = _write_space(tmp_path, study, epochs=2, dataset=dataset)
+        expected = _expected_keys(space)
+        doomed = start_worker_node(nodes=2)
+        log = tmp_path / "run.log"
+        proc = _run_cli(space, PG_URL, ray_head, log, "--fuse", "auto")
+        cli_procs.append(proc)
+
+        def members_hang_on_the_doomed_node() -> bool:
+            return requested.is_set() and any(t.state.name == "RUNNING" for t in _trials(study))
+
+        _wait_for(members_hang_on_the_doomed_node, 120, "a fused trial on the worker node", proc, log)
+        victims = {t.number for t in _trials(study) if t.state.name == "RUNNING"}
+        doomed.kill()
+        held.clear()
+        start_worker_node(nodes=2)
+
+        code, stderr = _finish(proc, log, timeout=200)
+    assert code == 0, stderr[-3000:]
+    _assert_each_point_once_finished(study, expected)
+    assert len(victims) >= 2, victims  # a fused trial's members, each its own Optuna trial
+    for trial in _trials(study):
+        if trial.number in victims:
+            assert int(trial.user_attrs.get(R.ATTR_ATTEMPTS, 1)) >= 2, (trial.user_attrs, stderr[-3000:])
+            assert trial.user_attrs.get(R.ATTR_STATUS) == R.STATUS_COMPLETED
+    assert "Traceback" not in stderr, stderr[-4000:]
