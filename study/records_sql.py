@@ -472,18 +472,23 @@ def _copy(record: R.TrialRecord) -> R.TrialRecord:
     return out
 
 
-def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[str, str],
-                  shared: bool) -> list[R.TrialRecord]:
-    study_id = _study_id(conn, study_name)
-    rows = conn.execute(
+def _trial_rows(study_id: int) -> sa.Select:
+    """The study's trial rows (id, number, state, start, completion) in record order:
+    load_records sorts Optuna's trial-id order stably by number, which is this order."""
+    return (
         sa.select(
             _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state,
             _TRIALS.c.datetime_start, _TRIALS.c.datetime_complete,
         )
         .where(_TRIALS.c.study_id == study_id)
-        # load_records sorts Optuna's trial-id order stably by number: the same order.
         .order_by(_TRIALS.c.number, _TRIALS.c.trial_id)
-    ).all()
+    )
+
+
+def _read_records(conn: sa.engine.Connection, study_name: str, cache_key: tuple[str, str],
+                  shared: bool) -> list[R.TrialRecord]:
+    study_id = _study_id(conn, study_name)
+    rows = conn.execute(_trial_rows(study_id)).all()
     with _lock:
         known = _finished.get(cache_key, {})
     out: dict[int, R.TrialRecord | None] = {}
@@ -547,15 +552,7 @@ def read_trials_page(
             total = conn.execute(
                 sa.select(sa.func.count(_TRIALS.c.trial_id)).where(_TRIALS.c.study_id == study_id)
             ).scalar_one()
-            rows = conn.execute(
-                sa.select(
-                    _TRIALS.c.trial_id, _TRIALS.c.number, _TRIALS.c.state,
-                    _TRIALS.c.datetime_start, _TRIALS.c.datetime_complete,
-                )
-                .where(_TRIALS.c.study_id == study_id)
-                .order_by(_TRIALS.c.number, _TRIALS.c.trial_id)
-                .offset(max(0, offset)).limit(max(0, limit))
-            ).all()
+            rows = conn.execute(_trial_rows(study_id).offset(max(0, offset)).limit(max(0, limit))).all()
             names = conn.execute(
                 sa.select(_PARAMS.c.param_name).distinct()
                 .join(_TRIALS, _TRIALS.c.trial_id == _PARAMS.c.trial_id)
