@@ -99,18 +99,22 @@ def clean():
     D.clear_cache()
 
 
-def test_incremental_snapshot_equals_full_rebuild_sqlite(tmp_path, clean):
-    _check_incremental(f"sqlite:///{tmp_path / 'inc.db'}", "inc")
-
-
-@needs_pg
-def test_incremental_snapshot_equals_full_rebuild_postgresql(clean):
-    name = f"dash-inc-{uuid.uuid4().hex[:10]}"
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def place(request, tmp_path):
+    """(storage URL, study name) on SQLite or the shared PostgreSQL (the study deleted after)."""
+    name = f"dash-{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}", name
+        return
     try:
-        _check_incremental(PG_URL, name)
+        yield PG_URL, name
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=PG_URL)
+
+
+def test_incremental_snapshot_equals_full_rebuild(place, clean):
+    _check_incremental(*place)
 
 
 def _check_trials_page(url: str, name: str) -> None:
@@ -127,18 +131,8 @@ def _check_trials_page(url: str, name: str) -> None:
         reader.load_trials_page(url, "nope", 0, 25)
 
 
-def test_a_page_of_trials_equals_the_slice_of_all_records_sqlite(tmp_path, clean):
-    _check_trials_page(f"sqlite:///{tmp_path / 'page.db'}", "page")
-
-
-@needs_pg
-def test_a_page_of_trials_equals_the_slice_of_all_records_postgresql(clean):
-    name = f"dash-page-{uuid.uuid4().hex[:10]}"
-    try:
-        _check_trials_page(PG_URL, name)
-    finally:
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=name, storage=PG_URL)
+def test_a_page_of_trials_equals_the_slice_of_all_records(place, clean):
+    _check_trials_page(*place)
 
 
 # -- over HTTP: a study too large to be drawn in the request (sync_trials=0 makes every study one)
