@@ -289,10 +289,13 @@ def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen, log:
 
 
 @needs_pg
+@pytest.mark.parametrize("fuse", ["1", "auto"])
 def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, start_worker_node, tmp_path, cli_procs,
-                                                                   study_name):
-    """Deterministic: the first trial runs on the only node with a CPU and hangs in its data
-    download (a loopback server that holds its answer) until that node has been killed."""
+                                                                   study_name, fuse):
+    """Deterministic: the first trial (--fuse 1) or fused trial (auto, the default: its
+    members) runs on the only node with a CPU and hangs in its data download (a loopback
+    server that holds its answer) until that node has been killed; what ran there is run
+    again on the node that remains and every point ends once."""
     from proxstudy.study import records as R
 
     study = study_name
@@ -306,9 +309,7 @@ def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, sta
         expected = _expected_keys(space)
         doomed = start_worker_node(nodes=2)
         log = tmp_path / "run.log"
-        # --fuse 1: the one trial on the doomed node is the one victim (fused trials' retries of
-        # their unfinished members: tests/study/test_fused_recorder.py)
-        proc = _run_cli(space, PG_URL, ray_head, log, "--fuse", "1")
+        proc = _run_cli(space, PG_URL, ray_head, log, "--fuse", fuse)
         cli_procs.append(proc)
 
         def trial_hangs_on_the_doomed_node() -> bool:
@@ -320,11 +321,15 @@ def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, sta
         held.clear()
         start_worker_node(nodes=2)  # the node that remains
 
-        code, stderr = _finish(proc, log, timeout=150)
+        code, stderr = _finish(proc, log, timeout=200)
     assert code == 0, stderr[-3000:]
     _assert_each_point_once_finished(study, expected)
-    # The trial that was running on the dead node was run again (same Optuna trial) and finished.
-    assert len(victims) == 1, victims
+    # What was running on the dead node was run again (same Optuna trials) and finished: one
+    # trial unfused, a fused trial's members (each its own Optuna trial) fused.
+    if fuse == "1":
+        assert len(victims) == 1, victims
+    else:
+        assert len(victims) >= 2, victims
     for trial in _trials(study):
         if trial.number in victims:
             assert int(trial.user_attrs.get(R.ATTR_ATTEMPTS, 1)) >= 2, (trial.user_attrs, stderr[-3000:])
@@ -334,64 +339,33 @@ def test_lost_worker_node_trials_are_retried_on_the_remaining_node(ray_head, sta
 
 
 @needs_pg
+@pytest.mark.parametrize("fuse", ["1", "auto"])
 def test_storage_outage_stops_cleanly_and_resume_completes(ray_head, start_worker_node, pg_proxy, tmp_path, cli_procs,
-                                                          study_name):
+                                                          study_name, fuse):
+    """The outage hits the sweep mid-way: unfused after the first finished trial (trials finish
+    one by one); fused after the members' first recorded epoch, long before any member can
+    finish (members of one fused trial finish together)."""
     start_worker_node(nodes=2)
     proxy, proxied_url = pg_proxy
     study = study_name
-    space = _write_space(tmp_path, study, epochs=8)
+    space = _write_space(tmp_path, study, epochs=8 if fuse == "1" else 200)
     expected = _expected_keys(space)
     log = tmp_path / "run.log"
-    # --fuse 1: trials finish one by one, so the outage after the first finished one comes
-    # with trials still to run (fused members of one fused trial finish together, and two
-    # fused trials on two slots can finish all 6 points at once)
-    proc = _run_cli(space, proxied_url, ray_head, log, "--fuse", "1")
+    proc = _run_cli(space, proxied_url, ray_head, log, "--fuse", fuse)
     cli_procs.append(proc)
 
-    _wait_for(lambda: _n_finished(study) >= 1, 120, "the first finished trial", proc, log)
+    if fuse == "1":
+        _wait_for(lambda: _n_finished(study) >= 1, 120, "the first finished trial", proc, log)
+    else:
+        _wait_for(lambda: any(t.intermediate_values for t in _trials(study)), 180, "a member's first epoch", proc, log)
     proxy.outage()
     outage_end = time.monotonic() + 6
     # The fault is real and hits the sweep mid-way: the port refuses, trials are still to come.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
-    assert _n_finished(study) < len(expected) and proc.poll() is None, log.read_text()[-3000:]
-    time.sleep(max(0.0, outage_end - time.monotonic()))
-    proxy.restore()
-
-    code, stderr = _finish(proc, log, timeout=150)
-    print(f"first run: exit {code}\n{stderr[-3000:]}")
-    assert "Traceback" not in stderr, stderr[-3000:]
-    if code != 0:
-        # Stopped: one clear line about the storage, then a resume finishes the study.
-        assert any("storage" in line.lower() for line in stderr.splitlines()), stderr[-3000:]
-        log2 = tmp_path / "resume.log"
-        resume = _run_cli(space, proxied_url, ray_head, log2, "--fuse", "1")
-        cli_procs.append(resume)
-        code2, stderr2 = _finish(resume, log2, timeout=150)
-        assert code2 == 0, stderr2[-3000:]
-    _assert_each_point_once_finished(study, expected)
-
-
-@needs_pg
-def test_storage_outage_during_fused_trials_stops_cleanly_and_resume_completes(ray_head, start_worker_node, pg_proxy,
-                                                                              tmp_path, cli_procs, study_name):
-    """The default path (fused trials): the outage comes after the members' first recorded
-    epoch, long before any member can finish (200 epochs), and every point still ends once."""
-    start_worker_node(nodes=2)
-    proxy, proxied_url = pg_proxy
-    study = study_name
-    space = _write_space(tmp_path, study, epochs=200)
-    expected = _expected_keys(space)
-    log = tmp_path / "run.log"
-    proc = _run_cli(space, proxied_url, ray_head, log, "--fuse", "auto")
-    cli_procs.append(proc)
-
-    _wait_for(lambda: any(t.intermediate_values for t in _trials(study)), 180, "a member's first epoch", proc, log)
-    proxy.outage()
-    outage_end = time.monotonic() + 6
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
-    assert _n_finished(study) == 0 and proc.poll() is None, log.read_text()[-3000:]
+    finished = _n_finished(study)
+    assert (finished < len(expected) if fuse == "1" else finished == 0) and proc.poll() is None, \
+        log.read_text()[-3000:]
     time.sleep(max(0.0, outage_end - time.monotonic()))
     proxy.restore()
 
@@ -399,54 +373,13 @@ def test_storage_outage_during_fused_trials_stops_cleanly_and_resume_completes(r
     print(f"first run: exit {code}\n{stderr[-3000:]}")
     assert "Traceback" not in stderr, stderr[-3000:]
     if code != 0:
+        # Stopped: one clear line about the storage, then a resume finishes the study.
         assert any("storage" in line.lower() for line in stderr.splitlines()), stderr[-3000:]
         log2 = tmp_path / "resume.log"
-        resume = _run_cli(space, proxied_url, ray_head, log2, "--fuse", "auto")
+        resume = _run_cli(space, proxied_url, ray_head, log2, "--fuse", fuse)
         cli_procs.append(resume)
         code2, stderr2 = _finish(resume, log2, timeout=300)
         assert code2 == 0, stderr2[-3000:]
     else:  # rode it out: the lease is released through a pool that held dead connections
         assert "releasing the lease" not in stderr, stderr[-3000:]
     _assert_each_point_once_finished(study, expected)
-
-
-@needs_pg
-def test_lost_worker_node_during_fused_trials_reruns_only_its_members(ray_head, start_worker_node, tmp_path,
-                                                                       cli_procs, study_name):
-    """The default path (fused trials) under the same deterministic node loss: the fused trial
-    hangs in its data download on the only node with a CPU until that node is killed; its
-    members are run again on the node that remains and every point ends once."""
-    from proxstudy.study import records as R
-
-    study = study_name
-    files = {"usps.bz2": usps_bytes(*usps_arrays(256, seed=1)), "usps.t.bz2": usps_bytes(*usps_arrays(32, seed=2))}
-    held, requested = threading.Event(), threading.Event()
-    held.set()
-    with serve(files, held=held, requested=requested) as base:
-        dataset = {"name": "usps", "root": str(tmp_path / "data"), "download": True, "url": base,
-                   "md5": {name: md5(payload) for name, payload in files.items()}, "val_size": 32}
-        space = _write_space(tmp_path, study, epochs=2, dataset=dataset)
-        expected = _expected_keys(space)
-        doomed = start_worker_node(nodes=2)
-        log = tmp_path / "run.log"
-        proc = _run_cli(space, PG_URL, ray_head, log, "--fuse", "auto")
-        cli_procs.append(proc)
-
-        def members_hang_on_the_doomed_node() -> bool:
-            return requested.is_set() and any(t.state.name == "RUNNING" for t in _trials(study))
-
-        _wait_for(members_hang_on_the_doomed_node, 120, "a fused trial on the worker node", proc, log)
-        victims = {t.number for t in _trials(study) if t.state.name == "RUNNING"}
-        doomed.kill()
-        held.clear()
-        start_worker_node(nodes=2)
-
-        code, stderr = _finish(proc, log, timeout=200)
-    assert code == 0, stderr[-3000:]
-    _assert_each_point_once_finished(study, expected)
-    assert len(victims) >= 2, victims  # a fused trial's members, each its own Optuna trial
-    for trial in _trials(study):
-        if trial.number in victims:
-            assert int(trial.user_attrs.get(R.ATTR_ATTEMPTS, 1)) >= 2, (trial.user_attrs, stderr[-3000:])
-            assert trial.user_attrs.get(R.ATTR_STATUS) == R.STATUS_COMPLETED
-    assert "Traceback" not in stderr, stderr[-4000:]
