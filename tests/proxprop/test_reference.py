@@ -18,6 +18,7 @@ from torch import nn
 import proxprop
 from proxprop import ProxPropConv2d, ProxPropLinear, proxprop_module_generator
 from proxprop import gram as gram_module
+from proxprop import gram_fft as gram_fft_module
 from proxprop import solvers as solvers_module
 
 TOL = 1e-2  # the reference's early-stop tolerance
@@ -210,19 +211,51 @@ def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
     assert_close(grads_matrix(layer), expected)
 
 
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("method", ["unfold", "shift", "fft"])
-@pytest.mark.parametrize("shape,kernel,padding", [
+@pytest.fixture(params=["fft", "matmul"])
+def fft_gram_transform(request, monkeypatch):
+    """The Fourier Gram method's plane transform, forced: torch.fft, or one product with a DFT
+    table (gram_fft.py picks the latter for small planes, i.e. for most shapes here)."""
+    monkeypatch.setattr(gram_fft_module, "_matmul_transform_is_cheaper",
+                        lambda *args: request.param == "matmul")
+    return request.param
+
+
+@pytest.mark.parametrize("lengths", [(10, 8), (12, 12), (9, 7)])
+def test_dft_table_transform_equals_torch_fft(lengths):
+    """The DFT-table transform gives rfft2's spectrum of the zero-padded planes, frequency-major."""
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got = gram_fft_module._spectra(x, lengths, matmul=True)
+    spectrum = np.fft.rfft2(np.pad(x.numpy(), ((0, 0), (0, 0), (0, lengths[0] - 5), (0, lengths[1] - 6))))
+    expected = np.stack([spectrum.real, spectrum.imag], axis=-1)  # (4, 3, F_h, F_w, 2)
+    expected = expected.reshape(4, 3, -1, 2).transpose(2, 3, 0, 1)
+    assert_close(got.numpy(), expected, rtol=1e-13)
+
+
+GRAM_CASES = [
     ((3, 2, 7, 6), (3, 2), (1, 0)), ((2, 3, 5, 5), (5, 5), (2, 2)), ((4, 1, 6, 7), (3, 3), (0, 1)),
     ((2, 2, 4, 4), (1, 1), (0, 0)), ((2, 9, 4, 5), (2, 3), (1, 2)), ((2, 2, 6, 5), (5, 4), (0, 0)),
     ((2, 2, 5, 6), (3, 3), (4, 3)),
-])
-def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bias):
+]
+
+
+def check_gram_against_im2col(shape, kernel, padding, method, bias):
     torch.manual_seed(8)
     x = torch.randn(*shape, dtype=torch.float64)
     got = gram_module.conv2d_gram(x, kernel, (1, 1), padding, (1, 1), bias, method=method).numpy()
     a = conv_matrix(x.numpy(), kernel, (1, 1), padding, (1, 1), bias)
     assert_close(got, a.T @ a, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("method", ["unfold", "shift", "fft"])
+@pytest.mark.parametrize("shape,kernel,padding", GRAM_CASES)
+def test_conv2d_gram_matches_explicit_im2col(shape, kernel, padding, method, bias):
+    check_gram_against_im2col(shape, kernel, padding, method, bias)
+
+
+@pytest.mark.parametrize("shape,kernel,padding", GRAM_CASES)
+def test_fft_gram_with_either_transform_matches_explicit_im2col(shape, kernel, padding, fft_gram_transform):
+    check_gram_against_im2col(shape, kernel, padding, "fft", True)
 
 
 @pytest.mark.parametrize("rows", [1, 100, 168, 169, 500, 777])
@@ -245,7 +278,7 @@ def nearly_constant_input(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("padding", [(0, 0), (1, 2), (2, 2), (4, 3)])
-def test_fft_gram_of_ill_conditioned_inputs_matches_explicit_im2col(padding):
+def test_fft_gram_of_ill_conditioned_inputs_matches_explicit_im2col(padding, fft_gram_transform):
     torch.manual_seed(11)
     x = nearly_constant_input((3, 3, 9, 8))
     got = gram_module.conv2d_gram(x, (5, 4), (1, 1), padding, (1, 1), True, method="fft").numpy()
