@@ -220,15 +220,17 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
     gram = full[:, :, dy[:, None, :, None], dx[None, :, None, :]].permute(0, 2, 3, 1, 4, 5)
     row_masks = torch.stack(_band_masks(kh, padding[0])).to(x.device, x.dtype)  # (2, kh, kh, bh, bh)
     col_masks = torch.stack(_band_masks(kw, padding[1])).to(x.device, x.dtype)
+    # the bands are copied before they are permuted: gathering a permuted view of x directly
+    # walks all of x once per band row (1 ms vs 0.14 ms for a band of the 16x16 layer)
     if bh > 0:  # output rows outside the window: pairs of rows within one edge band
         corr = torch.stack([
-            _correlation_1d(x[:, :, rows].permute(3, 0, 1, 2).reshape(w, batch, channels * bh), kw)
+            _correlation_1d(x[:, :, rows].contiguous().permute(3, 0, 1, 2).reshape(w, batch, channels * bh), kw)
             for rows in (slice(0, bh), slice(h - bh, h))
         ]).reshape(2, channels, bh, channels, bh, -1)[..., dx]  # (2, c, r, c', r', kj, kj')
         gram = gram - torch.einsum("nabrs,ncrdsjl->cajdbl", row_masks, corr)
     if bw > 0:  # output columns outside the window
         corr = torch.stack([
-            _correlation_1d(x[..., cols].permute(2, 0, 1, 3).reshape(h, batch, channels * bw), kh)
+            _correlation_1d(x[..., cols].contiguous().permute(2, 0, 1, 3).reshape(h, batch, channels * bw), kh)
             for cols in (slice(0, bw), slice(w - bw, w))
         ]).reshape(2, channels, bw, channels, bw, -1)[..., dy]  # (2, c, q, c', q', ki, ki')
         gram = gram - torch.einsum("njlqt,ncqdtab->cajdbl", col_masks, corr)
