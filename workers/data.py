@@ -46,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 from proxstudy.errors import DataError
 from proxstudy.files import atomic_output
@@ -352,6 +351,10 @@ def _scaled(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _load_host(spec: Mapping) -> tuple[dict[str, np.ndarray], int]:
     name = spec["name"]
     if name == "digits":
+        # imported here: scikit-learn (with scipy) takes about a second to import, and the
+        # sweep driver, which imports this module through the trainables, never loads data
+        from sklearn.datasets import load_digits
+
         bunch = load_digits()
         x = bunch.data.reshape(-1, 1, 8, 8).astype(np.float32)
         y = bunch.target.astype(np.int64)
