@@ -6,9 +6,10 @@ over the output positions O = [0, h_o) x [0, w_o) (x zero outside the image, P t
 Summed over all o instead of O it is the cross-correlation R_cc'(k' - k) of the two channel
 planes, which depends on the shift only: one real FFT of every plane, one (C x C) product over
 the batch per frequency, one inverse FFT, about 8 B C^2 H W / 2 flops in all (the shift method
-of gram.py needs about 2 B C^2 H W k_h (2 k_w - 1)).  Small planes (the ConvNet's 16x16 and
-8x8) are transformed by one matrix product with a DFT table instead, which runs faster than
-the FFT and its transpose to frequency-major order and yields that order directly.
+of gram.py needs about 2 B C^2 H W k_h (2 k_w - 1)).  Small planes (the paper ConvNet's 32x32,
+16x16 and 8x8) are transformed by the separable DFT as matrix products instead (along the
+rows, then along the columns), which runs faster than the FFT and its transpose to
+frequency-major order and yields that order directly.
 
 The positions o outside O whose patches still touch the image lie in bands of
 beta = k - 1 - P rows (columns) along the image's edges (none for padding >= k - 1), so
@@ -35,8 +36,6 @@ _TRANSFORM_FLOPS = 700.0
 #: Measured single-threaded CPU time of the paper's three convolutions (batch 500) over the
 #: model: 1.6x, where the shift method's model (gram.py) fits its own measured time.
 _FFT_SLOWDOWN = 1.6
-#: Largest DFT table (elements) the matrix-product transform may use (16 MB in float32).
-_MAX_TABLE_ELEMENTS = 4_000_000
 
 
 def _band(kernel: int, padding: int) -> int:
@@ -59,9 +58,7 @@ def fft_gram_flops(x_shape: tuple[int, ...], kernel_size: tuple[int, ...], paddi
     batch, channels, h, w = x_shape
     kh, kw = kernel_size
     lh, lw = _fft_length(h + kh - 1), _fft_length(w + kw - 1)
-    transforms = _TRANSFORM_FLOPS * batch * channels * lh * lw
-    if _matmul_transform_is_cheaper(x_shape, (lh, lw)):
-        transforms = 2.0 * 2 * lh * (lw // 2 + 1) * h * w * batch * channels
+    transforms = min(_transform_flops(x_shape, (lh, lw)))
     products = 12.0 * batch * channels**2 * lh * (lw // 2 + 1)  # 6 B C^2 per frequency, at half speed
     bh, bw = _band(kh, padding[0]), _band(kw, padding[1])
     bands = 2 * 2.0 * batch * (kw * w * (channels * bh) ** 2 + kh * h * (channels * bw) ** 2)
@@ -72,28 +69,30 @@ def fft_gram_flops(x_shape: tuple[int, ...], kernel_size: tuple[int, ...], paddi
 @functools.lru_cache(maxsize=64)
 def _inverse_table(full_length: int, full_kernel: int, half_length: int, half_kernel: int,
                    dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(2 L_f F_h, D) table: [Re; Im] of a spectrum over (f_f, f_h) that is Hermitian and
-    stored for f_h <= half_length/2 only (torch.fft.rfft's layout) -> its inverse DFT at the
-    D shifts (d_f, d_h), |d_f| < full_kernel, |d_h| < half_kernel (computed in float64)."""
-    ff = torch.arange(full_length, dtype=torch.float64)[:, None, None, None]
-    fh = torch.arange(half_length // 2 + 1, dtype=torch.float64)[None, :, None, None]
+    """(2 F_h L_f, D) table: [Re; Im] of a spectrum over (f_h, f_f) (f_h-major, _spectra's
+    order) that is Hermitian and stored for f_h <= half_length/2 only (torch.fft.rfft's
+    half) -> its inverse DFT at the D shifts (d_f, d_h), |d_f| < full_kernel,
+    |d_h| < half_kernel (computed in float64)."""
+    fh = torch.arange(half_length // 2 + 1, dtype=torch.float64)[:, None, None, None]
+    ff = torch.arange(full_length, dtype=torch.float64)[None, :, None, None]
     df = torch.arange(-(full_kernel - 1), full_kernel, dtype=torch.float64)[None, None, :, None]
     dh = torch.arange(-(half_kernel - 1), half_kernel, dtype=torch.float64)[None, None, None, :]
     angle = 2.0 * torch.pi * (ff * df / full_length + fh * dh / half_length)
     weight = torch.full_like(fh, 2.0)  # a stored term stands for its mirror too ...
-    weight[:, 0] = 1.0  # ... but the zero and the Nyquist term (even lengths) are their own
-    weight[:, -1] = 1.0
+    weight[0] = 1.0  # ... but the zero and the Nyquist term (even lengths) are their own
+    weight[-1] = 1.0
     cos = (weight * angle.cos()).reshape(-1, angle.shape[2] * angle.shape[3])
     sin = (weight * angle.sin()).reshape(cos.shape)
     return (torch.cat([cos, -sin], dim=0) / (full_length * half_length)).to(device, dtype)
 
 
 def _frequency_major(spectra: Tensor) -> Tensor:
-    """(batch, a, *freq) complex -> (F, 2, batch, a) real: one transpose, so that every
-    frequency's real and imaginary (batch x a) blocks are contiguous."""
-    batch, a = spectra.shape[:2]
-    flat = torch.view_as_real(spectra).reshape(batch * a, -1)
-    return flat.mT.contiguous().view(-1, 2, batch, a)
+    """rfft2's (batch, a, L_h, F_w) complex -> (F, 2, batch, a) real, frequencies (f_w, f_h):
+    one transpose, so that every frequency's real and imaginary (batch x a) blocks are
+    contiguous."""
+    batch, a, length, half = spectra.shape
+    flat = torch.view_as_real(spectra).reshape(batch * a, length, half, 2)
+    return flat.permute(2, 1, 3, 0).contiguous().view(-1, 2, batch, a)
 
 
 def _spectral_gram(spectra: Tensor) -> Tensor:
@@ -129,42 +128,58 @@ def _correlation_1d(values: Tensor, kernel: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _forward_table(height: int, width: int, lengths: tuple[int, int], dtype: torch.dtype,
-                   device: torch.device) -> Tensor:
-    """(2 F, h w) real matrix: a (h x w) plane, zero-padded to ``lengths``, -> its rfft2
-    spectrum as [Re, Im] rows per frequency, in rfft2's frequency order (computed in float64)."""
-    def factors(length: int, size: int, frequencies: int) -> tuple[Tensor, Tensor]:
+def _axis_tables(height: int, width: int, lengths: tuple[int, int], dtype: torch.dtype,
+                 device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The separable DFT of a (h x w) plane zero-padded to ``lengths``, as matrices (computed
+    in float64): along w the real plane's half spectrum, (2 F_w, w) with rows (f_w, re/im);
+    along h the complex transform of those rows, as the (2 L_h, h) matrices that multiply
+    their real and their imaginary parts, rows (f_h, re/im)."""
+    def angles(length: int, size: int, frequencies: int) -> Tensor:
         f = torch.arange(frequencies, dtype=torch.float64)[:, None]
-        angle = 2.0 * torch.pi * f * torch.arange(size, dtype=torch.float64)[None, :] / length
-        return angle.cos(), -angle.sin()  # e^{-i angle} = cos - i sin
+        return 2.0 * torch.pi * f * torch.arange(size, dtype=torch.float64)[None, :] / length
 
-    cos_h, sin_h = factors(lengths[0], height, lengths[0])
-    cos_w, sin_w = factors(lengths[1], width, lengths[1] // 2 + 1)
-    real = cos_h[:, None, :, None] * cos_w[None, :, None, :] - sin_h[:, None, :, None] * sin_w[None, :, None, :]
-    imag = cos_h[:, None, :, None] * sin_w[None, :, None, :] + sin_h[:, None, :, None] * cos_w[None, :, None, :]
-    return torch.stack([real, imag], dim=2).reshape(-1, height * width).to(device, dtype)
+    along_w = angles(lengths[1], width, lengths[1] // 2 + 1)
+    cos_w, sin_w = along_w.cos(), -along_w.sin()  # e^{-i angle} = cos - i sin
+    along_h = angles(lengths[0], height, lengths[0])
+    cos_h, sin_h = along_h.cos(), -along_h.sin()
+    # (re + i im)(cos + i sin) = (cos re - sin im) + i (sin re + cos im)
+    tables = (torch.stack([cos_w, sin_w], dim=1).reshape(-1, width),
+              torch.stack([cos_h, sin_h], dim=1).reshape(-1, height),
+              torch.stack([-sin_h, cos_h], dim=1).reshape(-1, height))
+    return tuple(t.to(device, dtype) for t in tables)  # type: ignore[return-value]
 
 
-def _matmul_transform_is_cheaper(x_shape: tuple[int, ...], lengths: tuple[int, int]) -> bool:
-    """The DFT as one GEMM (2 F x h w table, about 2 (2 F) h w flops per plane) beats the FFT
-    and its transpose to frequency-major order (_TRANSFORM_FLOPS per padded point) for small
-    planes.  Measured single-threaded, batch 500: 16x16 planes with 16 channels 12 vs 16 ms,
-    8x8 with 20 channels 1.7 vs 4.1 ms; 32x32 with 3 channels 28 vs 10 ms (FFT kept)."""
-    h, w = x_shape[2:]
-    table = 2 * lengths[0] * (lengths[1] // 2 + 1) * h * w
-    return table <= _MAX_TABLE_ELEMENTS and 2.0 * table < _TRANSFORM_FLOPS * lengths[0] * lengths[1]
+def _transform_flops(x_shape: tuple[int, ...], lengths: tuple[int, int]) -> tuple[float, float]:
+    """(FFT, separable matrix products) cost in GEMM-flop equivalents.  The FFT is priced per
+    padded point with its transpose to frequency-major order (_TRANSFORM_FLOPS); the products
+    are 2 (2 F_w) w flops per plane row, then 2 x 2 (2 L_h) h per plane and f_w.  Measured
+    single-threaded at batch 500: 32x32 planes of 3 channels 5.6 vs 8.4 ms (FFT), 16x16 of 16
+    channels 6.2 vs 15.6 ms, 8x8 of 20 channels 1.9 vs 4.4 ms; the FFT wins on large planes."""
+    batch, channels, h, w = x_shape
+    half = lengths[1] // 2 + 1
+    planes = batch * channels
+    fft = _TRANSFORM_FLOPS * planes * lengths[0] * lengths[1]
+    products = planes * (2.0 * 2 * half * w * h + 2 * 2.0 * 2 * lengths[0] * h * half)
+    return fft, products
 
 
 def _spectra(x: Tensor, lengths: tuple[int, int], *, matmul: bool | None = None) -> Tensor:
     """x (batch, a, h, w) -> (F, 2, batch, a): the zero-padded planes' rfft2 spectra,
-    frequency-major; by one GEMM with a DFT table or by torch.fft (None: the cheaper)."""
+    frequency-major with frequencies ordered (f_w, f_h); by the separable DFT as matrix
+    products or by torch.fft (None: the cheaper, _transform_flops)."""
     batch, a, h, w = x.shape
     if matmul is None:
-        matmul = _matmul_transform_is_cheaper(tuple(x.shape), lengths)
+        fft, products = _transform_flops(tuple(x.shape), lengths)
+        matmul = products < fft
     if not matmul:
         return _frequency_major(torch.fft.rfft2(x, s=lengths))
-    table = _forward_table(h, w, lengths, x.dtype, x.device)
-    return (table @ x.reshape(batch * a, h * w).mT).view(-1, 2, batch, a)
+    along_w, real_h, imag_h = _axis_tables(h, w, lengths, x.dtype, x.device)
+    half = along_w.shape[0] // 2
+    rows = (along_w @ x.reshape(batch * a * h, w).mT).view(half, 2, batch * a, h)  # (f_w, re/im, plane, h)
+    # per f_w: (2 L_h x h) @ (h x planes) for the real and the imaginary part, one batched product each
+    out = torch.matmul(real_h, rows[:, 0].mT)
+    out.baddbmm_(imag_h.expand(half, -1, -1), rows[:, 1].mT)  # (F_w, (f_h, re/im), planes)
+    return out.view(-1, 2, batch, a)
 
 
 def _correlation_2d(x: Tensor, lengths: tuple[int, int], kernels: tuple[int, int]) -> Tensor:

@@ -213,21 +213,23 @@ def test_conv2d_matches_reference(mode, bias, geometry, strategy, gram, cg):
 
 @pytest.fixture(params=["fft", "matmul"])
 def fft_gram_transform(request, monkeypatch):
-    """The Fourier Gram method's plane transform, forced: torch.fft, or one product with a DFT
-    table (gram_fft.py picks the latter for small planes, i.e. for most shapes here)."""
-    monkeypatch.setattr(gram_fft_module, "_matmul_transform_is_cheaper",
-                        lambda *args: request.param == "matmul")
+    """The Fourier Gram method's plane transform, forced: torch.fft, or the separable DFT as
+    matrix products (gram_fft.py picks the latter for small planes, i.e. for most shapes here)."""
+    costs = (1.0, 0.0) if request.param == "matmul" else (0.0, 1.0)  # (FFT, products)
+    monkeypatch.setattr(gram_fft_module, "_transform_flops", lambda *args: costs)
     return request.param
 
 
-@pytest.mark.parametrize("lengths", [(10, 8), (12, 12), (9, 7)])
-def test_dft_table_transform_equals_torch_fft(lengths):
-    """The DFT-table transform gives rfft2's spectrum of the zero-padded planes, frequency-major."""
+@pytest.mark.parametrize("matmul", [False, True])
+@pytest.mark.parametrize("lengths", [(10, 8), (12, 12), (9, 7), (6, 11)])
+def test_plane_transforms_equal_numpy_rfft2(lengths, matmul):
+    """Both transforms give rfft2's spectra of the zero-padded planes, frequency-major, with
+    frequencies ordered (f_w, f_h)."""
     x = torch.randn(4, 3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    got = gram_fft_module._spectra(x, lengths, matmul=True)
+    got = gram_fft_module._spectra(x, lengths, matmul=matmul)
     spectrum = np.fft.rfft2(np.pad(x.numpy(), ((0, 0), (0, 0), (0, lengths[0] - 5), (0, lengths[1] - 6))))
-    expected = np.stack([spectrum.real, spectrum.imag], axis=-1)  # (4, 3, F_h, F_w, 2)
-    expected = expected.reshape(4, 3, -1, 2).transpose(2, 3, 0, 1)
+    expected = np.stack([spectrum.real, spectrum.imag], axis=-1)  # (4, 3, L_h, F_w, 2)
+    expected = expected.transpose(3, 2, 4, 0, 1).reshape(-1, 2, 4, 3)
     assert_close(got.numpy(), expected, rtol=1e-13)
 
 
