@@ -61,7 +61,9 @@ def fft_gram_flops(x_shape: tuple[int, ...], kernel_size: tuple[int, ...], paddi
     transforms = min(_transform_flops(x_shape, (lh, lw)))
     products = 12.0 * batch * channels**2 * lh * (lw // 2 + 1)  # 6 B C^2 per frequency, at half speed
     bh, bw = _band(kh, padding[0]), _band(kw, padding[1])
-    bands = 2 * 2.0 * batch * (kw * w * (channels * bh) ** 2 + kh * h * (channels * bw) ** 2)
+    # per edge band: its rows' (columns') 1-D transforms and per-frequency products (_correlation_1d)
+    bands = 2 * batch * channels * (bh * (lw // 2 + 1) * (4.0 * w + 8.0 * channels * bh)
+                                    + bw * (lh // 2 + 1) * (4.0 * h + 8.0 * channels * bw))
     corners = 4 * 2.0 * batch * (channels * bh * bw) ** 2
     return _FFT_SLOWDOWN * (transforms + products + bands + corners)
 
@@ -111,20 +113,6 @@ def _inverse_at_shifts(spectra: Tensor, table: Tensor) -> Tensor:
     gram = _spectral_gram(spectra)  # (2F, a, a)
     a = gram.shape[-1]
     return (gram.reshape(gram.shape[0], a * a).T @ table).reshape(a, a, -1)
-
-
-def _correlation_1d(values: Tensor, kernel: int) -> Tensor:
-    """values (n, batch, a) -> (a, a, 2 kernel - 1): sum_b sum_j v_a(j) v_a'(j + d), |d| < kernel.
-
-    Direct: one GEMM over (positions x batch) per shift d >= 0 (the edge bands are narrow, so
-    these are few and large); d < 0 is the transpose of -d."""
-    n, _, a = values.shape
-    corr = values.new_zeros(a, a, 2 * kernel - 1)
-    for d in range(min(kernel, n)):
-        product = values[:n - d].reshape(-1, a).T @ values[d:].reshape(-1, a)
-        corr[:, :, kernel - 1 + d] = product
-        corr[:, :, kernel - 1 - d] = product.T
-    return corr
 
 
 @functools.lru_cache(maxsize=64)
@@ -184,6 +172,21 @@ def _spectra(x: Tensor, lengths: tuple[int, int], *, matmul: bool | None = None)
     return out.view(-1, 2, batch, a)
 
 
+def _correlation_1d(signals: Tensor, batch: int, kernel: int) -> Tensor:
+    """signals (batch * a, n), rows ordered (b, a) -> (a, a, 2 kernel - 1):
+    sum_b sum_j v_a(j) v_a'(j + d), |d| < kernel.
+
+    The 1-D case of _correlation_2d: one product with the real DFT's table (length at least
+    n + kernel - 1, so that no shift wraps around), the per-frequency products over the batch,
+    the inverse at the shifts.  Four operations where a product per shift and the assembly
+    took about twenty (1.6 ms per band for the paper ConvNet's layers)."""
+    n = signals.shape[-1]
+    length = _fft_length(n + kernel - 1)
+    forward = _axis_tables(1, n, (1, length), signals.dtype, signals.device)[0]
+    spectra = (forward @ signals.mT).view(-1, 2, batch, signals.shape[0] // batch)
+    return _inverse_at_shifts(spectra, _inverse_table(1, 1, length, kernel, signals.dtype, signals.device))
+
+
 def _correlation_2d(x: Tensor, lengths: tuple[int, int], kernels: tuple[int, int]) -> Tensor:
     """x (batch, a, h, w) -> (a, a, 2 k_h - 1, 2 k_w - 1): sum_b sum_u x_a(u) x_a'(u + d)
     over both axes, |d| < kernel per axis."""
@@ -237,17 +240,15 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
     gram = full[:, :, dy[:, None, :, None], dx[None, :, None, :]].permute(0, 2, 3, 1, 4, 5)
     row_masks = torch.stack(_band_masks(kh, padding[0])).to(x.device, x.dtype)  # (2, kh, kh, bh, bh)
     col_masks = torch.stack(_band_masks(kw, padding[1])).to(x.device, x.dtype)
-    # the bands are copied before they are permuted: gathering a permuted view of x directly
-    # walks all of x once per band row (1 ms vs 0.14 ms for a band of the 16x16 layer)
     if bh > 0:  # output rows outside the window: pairs of rows within one edge band
         corr = torch.stack([
-            _correlation_1d(x[:, :, rows].contiguous().permute(3, 0, 1, 2).reshape(w, batch, channels * bh), kw)
+            _correlation_1d(x[:, :, rows].reshape(-1, w), batch, kw)  # signals ordered (b, c, r)
             for rows in (slice(0, bh), slice(h - bh, h))
         ]).reshape(2, channels, bh, channels, bh, -1)[..., dx]  # (2, c, r, c', r', kj, kj')
         gram = gram - torch.einsum("nabrs,ncrdsjl->cajdbl", row_masks, corr)
     if bw > 0:  # output columns outside the window
         corr = torch.stack([
-            _correlation_1d(x[..., cols].contiguous().permute(2, 0, 1, 3).reshape(h, batch, channels * bw), kh)
+            _correlation_1d(x[..., cols].transpose(2, 3).reshape(-1, h), batch, kh)  # (b, c, q)
             for cols in (slice(0, bw), slice(w - bw, w))
         ]).reshape(2, channels, bw, channels, bw, -1)[..., dy]  # (2, c, q, c', q', ki, ki')
         gram = gram - torch.einsum("njlqt,ncqdtab->cajdbl", col_masks, corr)
