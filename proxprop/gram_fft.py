@@ -220,10 +220,11 @@ def _band_masks(kernel: int, padding: int) -> tuple[Tensor, Tensor]:
     return low, high
 
 
-def _shift_index(kernel: int, device: torch.device) -> Tensor:
-    """(k, k') -> index of the shift k' - k in a correlation over -(k-1)..k-1."""
-    offsets = torch.arange(kernel, device=device)
-    return offsets[None, :] - offsets[:, None] + kernel - 1
+def _by_offsets(corr: Tensor, kernel: int, dim: int) -> Tensor:
+    """A correlation over the shifts -(kernel-1)..kernel-1 along ``dim`` -> (..., k, k', ...)
+    indexed by the two kernel offsets, entry corr[k' - k]: the windows of ``kernel`` shifts
+    (window s, position t reads shift s + t), flipped so that s = kernel - 1 - k."""
+    return corr.unfold(dim, kernel, 1).flip(dim).movedim(-1, dim + 1)
 
 
 def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) -> Tensor:
@@ -234,31 +235,34 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
     kh, kw = kernel_size
     bh, bw = _band(kh, padding[0]), _band(kw, padding[1])
     lengths = (_fft_length(h + kh - 1), _fft_length(w + kw - 1))
-    dy, dx = _shift_index(kh, x.device), _shift_index(kw, x.device)
-    # gram[c, ki, kj, c', ki', kj'] starts as the full correlation R_cc'(k' - k)
+    # gram[c, ki, kj, c', ki', kj'] starts as the full correlation R_cc'(k' - k); one copy into
+    # the final layout, which the corrections below update in place
     full = _correlation_2d(x, lengths, (kh, kw))
-    gram = full[:, :, dy[:, None, :, None], dx[None, :, None, :]].permute(0, 2, 3, 1, 4, 5)
+    windows = _by_offsets(_by_offsets(full, kh, 2), kw, 4)  # (c, c', ki, ki', kj, kj')
+    gram = windows.permute(0, 2, 4, 1, 3, 5).contiguous()
     row_masks = torch.stack(_band_masks(kh, padding[0])).to(x.device, x.dtype)  # (2, kh, kh, bh, bh)
     col_masks = torch.stack(_band_masks(kw, padding[1])).to(x.device, x.dtype)
     if bh > 0:  # output rows outside the window: pairs of rows within one edge band
         corr = torch.stack([
             _correlation_1d(x[:, :, rows].reshape(-1, w), batch, kw)  # signals ordered (b, c, r)
             for rows in (slice(0, bh), slice(h - bh, h))
-        ]).reshape(2, channels, bh, channels, bh, -1)[..., dx]  # (2, c, r, c', r', kj, kj')
-        gram = gram - torch.einsum("nabrs,ncrdsjl->cajdbl", row_masks, corr)
+        ]).reshape(2, channels, bh, channels, bh, -1)
+        corr = _by_offsets(corr, kw, 5)  # (2, c, r, c', r', kj, kj')
+        gram -= torch.einsum("nabrs,ncrdsjl->cajdbl", row_masks, corr)
     if bw > 0:  # output columns outside the window
         corr = torch.stack([
             _correlation_1d(x[..., cols].transpose(2, 3).reshape(-1, h), batch, kh)  # (b, c, q)
             for cols in (slice(0, bw), slice(w - bw, w))
-        ]).reshape(2, channels, bw, channels, bw, -1)[..., dy]  # (2, c, q, c', q', ki, ki')
-        gram = gram - torch.einsum("njlqt,ncqdtab->cajdbl", col_masks, corr)
+        ]).reshape(2, channels, bw, channels, bw, -1)
+        corr = _by_offsets(corr, kh, 5)  # (2, c, q, c', q', ki, ki')
+        gram -= torch.einsum("njlqt,ncqdtab->cajdbl", col_masks, corr)
     if bh > 0 and bw > 0:  # both outside: subtracted twice above; the corners' own Gram matrices
         pixels = torch.stack([
             x[:, :, rows, cols].reshape(batch, channels * bh * bw)
             for rows in (slice(0, bh), slice(h - bh, h)) for cols in (slice(0, bw), slice(w - bw, w))
         ])  # (4, B, C bh bw): corners (top, left), (top, right), (bottom, left), (bottom, right)
         corners = (pixels.mT @ pixels).reshape(2, 2, channels, bh, bw, channels, bh, bw)
-        gram = gram + torch.einsum("nabrs,mjlqt,nmcrqdst->cajdbl", row_masks, col_masks, corners)
+        gram += torch.einsum("nabrs,mjlqt,nmcrqdst->cajdbl", row_masks, col_masks, corners)
     p0 = channels * kh * kw
     return gram.reshape(p0, p0)
 
