@@ -220,6 +220,16 @@ def _band_masks(kernel: int, padding: int) -> tuple[Tensor, Tensor]:
     return low, high
 
 
+@functools.lru_cache(maxsize=64)
+def _corner_masks(kh: int, pad_h: int, kw: int, pad_w: int, dtype: torch.dtype,
+                  device: torch.device) -> Tensor:
+    """(2, 2, kh, kh, kw, kw, bh, bh, bw, bw): the row and the column band masks combined, for
+    the corners (which pixel pairs of a corner feed which pair of kernel offsets)."""
+    masks = torch.einsum("nabrs,mjlqt->nmabjlrsqt", torch.stack(_band_masks(kh, pad_h)),
+                         torch.stack(_band_masks(kw, pad_w)))
+    return masks.to(device, dtype)
+
+
 def _by_offsets(corr: Tensor, kernel: int, dim: int) -> Tensor:
     """A correlation over the shifts -(kernel-1)..kernel-1 along ``dim`` -> (..., k, k', ...)
     indexed by the two kernel offsets, entry corr[k' - k]: the windows of ``kernel`` shifts
@@ -242,10 +252,13 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
     gram = windows.permute(0, 2, 4, 1, 3, 5).contiguous()
     row_masks = torch.stack(_band_masks(kh, padding[0])).to(x.device, x.dtype)  # (2, kh, kh, bh, bh)
     col_masks = torch.stack(_band_masks(kw, padding[1])).to(x.device, x.dtype)
+    # the edge rows (top and bottom bands, (B, C, bh, w) each), copied once: the row
+    # corrections and the corners read them
+    row_bands = [x[:, :, rows].contiguous() for rows in (slice(0, bh), slice(h - bh, h))] if bh > 0 else []
     if bh > 0:  # output rows outside the window: pairs of rows within one edge band
         corr = torch.stack([
-            _correlation_1d(x[:, :, rows].reshape(-1, w), batch, kw)  # signals ordered (b, c, r)
-            for rows in (slice(0, bh), slice(h - bh, h))
+            _correlation_1d(band.view(-1, w), batch, kw)  # signals ordered (b, c, r)
+            for band in row_bands
         ]).reshape(2, channels, bh, channels, bh, -1)
         corr = _by_offsets(corr, kw, 5)  # (2, c, r, c', r', kj, kj')
         gram -= torch.einsum("nabrs,ncrdsjl->cajdbl", row_masks, corr)
@@ -258,11 +271,12 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
         gram -= torch.einsum("njlqt,ncqdtab->cajdbl", col_masks, corr)
     if bh > 0 and bw > 0:  # both outside: subtracted twice above; the corners' own Gram matrices
         pixels = torch.stack([
-            x[:, :, rows, cols].reshape(batch, channels * bh * bw)
-            for rows in (slice(0, bh), slice(h - bh, h)) for cols in (slice(0, bw), slice(w - bw, w))
+            band[..., cols].reshape(batch, channels * bh * bw)
+            for band in row_bands for cols in (slice(0, bw), slice(w - bw, w))
         ])  # (4, B, C bh bw): corners (top, left), (top, right), (bottom, left), (bottom, right)
         corners = (pixels.mT @ pixels).reshape(2, 2, channels, bh, bw, channels, bh, bw)
-        gram += torch.einsum("nabrs,mjlqt,nmcrqdst->cajdbl", row_masks, col_masks, corners)
+        masks = _corner_masks(kh, padding[0], kw, padding[1], x.dtype, x.device)
+        gram += torch.einsum("nmabjlrsqt,nmcrqdst->cajdbl", masks, corners)
     p0 = channels * kh * kw
     return gram.reshape(p0, p0)
 
