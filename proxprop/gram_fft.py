@@ -73,10 +73,10 @@ def fft_gram_flops(x_shape: tuple[int, ...], kernel_size: tuple[int, ...], paddi
 @functools.lru_cache(maxsize=64)
 def _inverse_table(full_length: int, full_kernel: int, half_length: int, half_kernel: int,
                    dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(2 F_h L_f, D) table: [Re; Im] of a spectrum over (f_h, f_f) (f_h-major, _spectra's
-    order) that is Hermitian and stored for f_h <= half_length/2 only (torch.fft.rfft's
-    half) -> its inverse DFT at the D shifts (d_f, d_h), |d_f| < full_kernel,
-    |d_h| < half_kernel (computed in float64)."""
+    """(2 F_half L_full, D) table: [Re; Im] of a spectrum over (f_half, f_full) (f_half-major:
+    _spectra's (f_w, f_h) order, w being the half axis) that is Hermitian and stored for
+    f_half <= half_length/2 only (torch.fft.rfft's half) -> its inverse DFT at the D shifts
+    (d_full, d_half), |d_full| < full_kernel, |d_half| < half_kernel (computed in float64)."""
     fh = torch.arange(half_length // 2 + 1, dtype=torch.float64)[:, None, None, None]
     ff = torch.arange(full_length, dtype=torch.float64)[None, :, None, None]
     df = torch.arange(-(full_kernel - 1), full_kernel, dtype=torch.float64)[None, None, :, None]
@@ -133,10 +133,10 @@ def _axis_tables(height: int, width: int, lengths: tuple[int, int], dtype: torch
     along_h = angles(lengths[0], height, lengths[0])
     cos_h, sin_h = along_h.cos(), -along_h.sin()
     # (re + i im)(cos + i sin) = (cos re - sin im) + i (sin re + cos im)
-    tables = (torch.stack([cos_w, sin_w], dim=1).reshape(-1, width),
-              torch.stack([cos_h, sin_h], dim=1).reshape(-1, height),
-              torch.stack([-sin_h, cos_h], dim=1).reshape(-1, height))
-    return tuple(t.to(device, dtype) for t in tables)  # type: ignore[return-value]
+    rows_w = torch.stack([cos_w, sin_w], dim=1).reshape(-1, width)
+    times_real = torch.stack([cos_h, sin_h], dim=1).reshape(-1, height)
+    times_imag = torch.stack([-sin_h, cos_h], dim=1).reshape(-1, height)
+    return rows_w.to(device, dtype), times_real.to(device, dtype), times_imag.to(device, dtype)
 
 
 def _transform_flops(x_shape: tuple[int, ...], lengths: tuple[int, int]) -> tuple[float, float]:
