@@ -223,13 +223,18 @@ def _band_masks(kernel: int, padding: int) -> tuple[Tensor, Tensor]:
 
 
 @functools.lru_cache(maxsize=64)
+def _edge_masks(kernel: int, padding: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(2, k, k, beta, beta): _band_masks' low and high band, on the device in the dtype."""
+    return torch.stack(_band_masks(kernel, padding)).to(device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
 def _corner_masks(kh: int, pad_h: int, kw: int, pad_w: int, dtype: torch.dtype,
                   device: torch.device) -> Tensor:
     """(2, 2, kh, kh, kw, kw, bh, bh, bw, bw): the row and the column band masks combined, for
     the corners (which pixel pairs of a corner feed which pair of kernel offsets)."""
-    masks = torch.einsum("nabrs,mjlqt->nmabjlrsqt", torch.stack(_band_masks(kh, pad_h)),
-                         torch.stack(_band_masks(kw, pad_w)))
-    return masks.to(device, dtype)
+    return torch.einsum("nabrs,mjlqt->nmabjlrsqt", _edge_masks(kh, pad_h, dtype, device),
+                        _edge_masks(kw, pad_w, dtype, device))
 
 
 def _by_offsets(corr: Tensor, kernel: int, dim: int) -> Tensor:
@@ -252,8 +257,8 @@ def gram_fft(x: Tensor, kernel_size: tuple[int, int], padding: tuple[int, int]) 
     full = _correlation_2d(x, lengths, (kh, kw))
     windows = _by_offsets(_by_offsets(full, kh, 2), kw, 4)  # (c, c', ki, ki', kj, kj')
     gram = windows.permute(0, 2, 4, 1, 3, 5).contiguous()
-    row_masks = torch.stack(_band_masks(kh, padding[0])).to(x.device, x.dtype)  # (2, kh, kh, bh, bh)
-    col_masks = torch.stack(_band_masks(kw, padding[1])).to(x.device, x.dtype)
+    row_masks = _edge_masks(kh, padding[0], x.dtype, x.device)  # (2, kh, kh, bh, bh)
+    col_masks = _edge_masks(kw, padding[1], x.dtype, x.device)
     # the edge rows (top and bottom bands, (B, C, bh, w) each), copied once: the row
     # corrections and the corners read them
     row_bands = [x[:, :, rows].contiguous() for rows in (slice(0, bh), slice(h - bh, h))] if bh > 0 else []
