@@ -11,11 +11,12 @@ and every scalar it needs is an inner product of two such vectors,
 So CG's step lengths depend on the right-hand side only through its spectral measure w.
 Write the polynomials in a basis q_0..q_N (q_j of degree j), with the Gram matrix of the
 basis under each row's measure,
-    H_jk = sum_i w_i q_j(mu_i) q_k(mu_i)        (one (m x s) @ (s x D(D+1)/2) product),
+    H_jk = sum_i w_i q_j(mu_i) q_k(mu_i)        (one (D(D+1)/2 x s) @ (s x m) product),
 then every inner product is u^T H v on coefficient vectors of length D = N + 1, and
 multiplying by M is a fixed tridiagonal map S on coefficients (the basis' three-term
 recurrence).  CG (textbook or the reference's aliased loop, cg.batched_cg) then runs on
-(m, D) arrays, and the iterate needs one pass:  x = c * X(mu)  with  X(mu) = coeffs @ Q^T.
+(m, D) arrays, and the iterate needs one pass:  x = c * X(mu)  with  X(mu) = coeffs @ Q^T
+(moment_cg).
 
 The basis.  Monomials (Hankel moments c^T M^j c) lose every digit after 3-4 iterations on
 the MLP's spectra (4-6 decades, a few large outliers), and Chebyshev polynomials on
@@ -36,12 +37,14 @@ not overflow: see _average_measure (a nearly dead unit once made every row NaN).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from .cg import EARLY_STOP_TOL, batched_cg
 
-__all__ = ["MAX_ITERATIONS", "moment_cg_polynomial", "orthonormal_basis"]
+__all__ = ["MAX_ITERATIONS", "moment_cg", "orthonormal_basis"]
 
 #: Largest N for which solvers.py picks this path automatically (float32).  Measured worst
 #: case (rows whose measures live on disjoint halves of a 6-decade spectrum, float32 inputs,
@@ -99,23 +102,35 @@ def orthonormal_basis(mu: Tensor, weight: Tensor, degree: int) -> tuple[Tensor, 
     return q, s_map
 
 
-def _average_measure(weight: Tensor) -> Tensor:
+def _measure_blocks(coeffs: Tensor, scale: Tensor | None, width: int) -> Iterator[Tensor]:
+    """Row blocks of the spectral measure w = coeffs^2 (* scale), in float64, one at a time.
+
+    Formed block by block from the coefficients, in cache: no (m, s) measure array is ever
+    allocated (on this CPU a fresh 8 MB array costs 4 ms in page faults, eight passes' worth),
+    and the squares of float32 coefficients are exact in float64 (no subnormal masses).
+    """
+    for part in _row_blocks(coeffs, width):
+        block = part.square() if part.dtype == torch.float64 else part.double().square_()
+        yield block if scale is None else block.mul_(scale.unsqueeze(-2))
+
+
+def _average_measure(coeffs: Tensor, scale: Tensor | None) -> Tensor:
     """The rows' average normalised measure (..., s) in float64: it only chooses the basis.
 
-    One matrix-vector product in the input dtype.  1/mass is formed in float64 and capped at
-    the dtype's largest value: a row of tiny gradients (a nearly dead ReLU unit, |c| ~ 1e-20)
-    has a subnormal float32 mass whose reciprocal overflows to inf, and inf * 0 (the measure's
-    empty points) made the average, hence the basis and EVERY row's result, NaN.  That was the
-    divergence of the digits demo (cg3-paper, lr 3.16) with this path.  A capped row weighs
-    less than 1 in the average, which costs nothing: any positive measure is a valid basis.
+    1/mass is capped at float64's largest value: a row of |c| ~ 1e-160 (a nearly dead unit of
+    a float64 layer) has a subnormal mass whose reciprocal overflows to inf, and inf * 0 (the
+    measure's empty points) made the average, hence the basis and EVERY row's result, NaN.
+    That was the digits demo's divergence (cg3-paper, lr 3.16) when the masses were summed in
+    float32, where |c| ~ 1e-21 sufficed.  A capped row weighs less than 1 in the average,
+    which costs nothing: any positive measure is a valid basis.
     """
-    # summed in the input dtype (a float64 sum of a float32 array first copies all of it);
-    # a sum of positive subnormals stays positive
-    mass = weight.sum(dim=-1, keepdim=True).double()
-    positive = mass > 0
-    inv_mass = torch.where(positive, 1.0 / torch.where(positive, mass, torch.ones_like(mass)), 0.0)
-    inv_mass = inv_mass.clamp_max(torch.finfo(weight.dtype).max).to(weight.dtype)
-    return (weight.mT @ inv_mass)[..., 0].double() / weight.shape[-2]
+    total = coeffs.new_zeros(coeffs.shape[:-2] + coeffs.shape[-1:], dtype=torch.float64)
+    for weight in _measure_blocks(coeffs, scale, coeffs.shape[-1]):
+        mass = weight.sum(dim=-1, keepdim=True)
+        positive = mass > 0
+        inv_mass = torch.where(positive, 1.0 / torch.where(positive, mass, torch.ones_like(mass)), 0.0)
+        total += (weight.mT @ inv_mass.clamp_max(torch.finfo(torch.float64).max))[..., 0]
+    return total / coeffs.shape[-2]
 
 
 def _pair_index(size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,60 +143,65 @@ def _pair_index(size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor
     return rows, cols, index
 
 
-def moment_cg_polynomial(
+def moment_cg(
     mu: Tensor,
-    weight: Tensor,
+    coeffs: Tensor,
     iterations: int,
     *,
+    measure_scale: Tensor | None = None,
     joint: bool = False,
     reference_variant: bool = False,
     tol: float = EARLY_STOP_TOL,
-    dtype: torch.dtype = torch.float64,
-    times: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """Values X(mu) (..., m, s) of the CG iterate's polynomial for every row, computed in
-    float64 and returned in ``dtype``; or, with ``times`` (..., m, s), times * X(mu), written
-    into ``times`` block by block (one pass less over the rows than forming X(mu) first).
+    """CG's iterate  coeffs * X(mu)  (..., m, s) for every row, in coeffs' dtype; written into
+    ``out`` when given (``out=coeffs`` solves in place).
 
-    mu: (..., s) diagonal of M (> 0).  weight: (..., m, s) each row's spectral measure w.
-    The CG iterate of a row with coefficients c (w = c^2 in the primal) is  c * X(mu).
-    Same scalars as cg.batched_cg on the diagonal system (textbook or aliased loop, the
-    reference's early stop, ``joint``), computed from H instead of elementwise passes.
+    mu: (..., s) diagonal of M (> 0).  coeffs: (..., m, s) right-hand sides in the eigenbasis.
+    Each row's spectral measure is w = coeffs^2, times ``measure_scale`` (..., s) where the
+    inner product is weighted (the dual's Gram eigenvalues, solvers.py).  Same scalars as
+    cg.batched_cg on the diagonal system (textbook or aliased loop, the reference's early
+    stop, ``joint``), computed from H instead of elementwise passes; the polynomial's
+    coefficients, H and the CG scalars are float64 whatever coeffs' dtype.
+
+    Three passes over coeffs, each in cache-sized float64 row blocks: the average measure
+    (the basis), H, and the result.  The small per-row work keeps the rows in the LAST
+    dimension (H as (..., D, D, m)): H's product is then (D(D+1)/2, s) @ (s, rows), 2.6x
+    faster here than (rows, s) @ (s, D(D+1)/2) for N = 3, and the per-row inner products
+    are elementwise over contiguous rows instead of m tiny batched matrix products.
     """
     size = iterations + 1
-    average = _average_measure(weight)
-    q, s_map = orthonormal_basis(mu.double(), average, iterations)
+    width = coeffs.shape[-1]
+    scale = None if measure_scale is None else measure_scale.double()
+    q, s_map = orthonormal_basis(mu.double(), _average_measure(coeffs, scale), iterations)
     rows, cols, index = _pair_index(size, mu.device)
-    products = q[..., rows] * q[..., cols]  # (..., s, D(D+1)/2)
-    # in row blocks: each block's float64 copy stays in cache (one whole-array copy of a
-    # 4000 x 500 measure cost 7 ms, as much as the rest of this function)
-    gram = torch.cat([part.double() @ products for part in _row_blocks(weight, weight.shape[-1])], dim=-2)[..., index]
+    products = (q[..., rows] * q[..., cols]).mT.contiguous()  # (..., D(D+1)/2, s)
+    pairs = torch.cat([products @ weight.mT for weight in _measure_blocks(coeffs, scale, width)], dim=-1)
+    gram = pairs[..., index, :]  # (..., D, D, m): H of every row, rows last
 
     def inner(u: Tensor, v: Tensor) -> Tensor:
-        return (u * (gram @ v[..., None])[..., 0]).sum(dim=-1)
+        h_v = (gram * v.mT.unsqueeze(-3)).sum(dim=-2)  # (..., D, m)
+        return (u.mT * h_v).sum(dim=-2)
 
+    # coefficient vectors are (..., m, D) views of (..., D, m) arrays (rows last, as gram)
     # the constant polynomial 1 = q_0 / q0_value: CG's first residual is the right-hand side
-    one = torch.zeros(*weight.shape[:-1], size, dtype=torch.float64, device=mu.device)
+    one = torch.zeros(*coeffs.shape[:-2], size, coeffs.shape[-2], dtype=torch.float64, device=mu.device).mT
     q0 = q[..., :1, 0:1]  # (..., 1, 1) constant value of q_0
     one[..., 0:1] = torch.where(q0 > 0, 1.0 / torch.where(q0 > 0, q0, torch.ones_like(q0)), 0.0)
-    coeffs = batched_cg(
-        lambda u: u @ s_map.transpose(-1, -2), one, iterations,
+    solution = batched_cg(
+        lambda u: (s_map @ u.mT).mT, one, iterations,
         joint=joint, reference_variant=reference_variant, tol=tol, inner=inner,
     )
-    basis = q.transpose(-1, -2)
-    out = times if times is not None else coeffs.new_empty(*weight.shape, dtype=dtype)
+    basis = q.mT
+    result = out if out is not None else torch.empty_like(coeffs)
     start = 0
-    for part in _row_blocks(coeffs, basis.shape[-1]):
-        block = out[..., start:start + part.shape[-2], :]
-        start += part.shape[-2]
+    for part in _row_blocks(solution, basis.shape[-1]):
+        stop = start + part.shape[-2]
         values = part @ basis
-        if times is None:
-            block.copy_(values)
-        else:
-            # same-dtype product: multiplying float32 by float64 in place runs ~8x slower on
-            # the CPU (17 ms vs 2 ms for 4000 x 500)
-            block.mul_(values.to(block.dtype))
-    return out
+        # same-dtype product: multiplying float32 by float64 runs ~8x slower on the CPU
+        torch.mul(coeffs[..., start:stop, :], values.to(coeffs.dtype), out=result[..., start:stop, :])
+        start = stop
+    return result
 
 
 def _row_blocks(rows: Tensor, width: int) -> tuple[Tensor, ...]:

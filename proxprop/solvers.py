@@ -26,7 +26,7 @@ All rows are solved together: the Gram matrix is factored once per layer and ste
 
 Leading batch dimensions (the layers of several stacked models at once): gram_solve_factored
 takes Gram matrices (..., s, s) and right-hand sides (..., m, s); exact_solve and
-moments.moment_cg_polynomial also take 1/tau as a tensor of shape (...,).  The direct dual
+moments.moment_cg also take 1/tau as a tensor of shape (...,).  The direct dual
 loop (row blocks) takes one problem at a time, so stacked dual problems use the eigenbasis.
 """
 
@@ -267,13 +267,10 @@ def _eigen_cg(gram: Tensor, rhs: Tensor, cfg: SolverConfig, dual: bool, joint: b
     diag = evals + _column(inv_tau)
     coeffs = rhs @ evecs
     if use_moments:
-        weight = coeffs.square()
-        if dual:
-            weight.mul_(evals.unsqueeze(-2))
         with single_threaded(gram.device):
-            solved = moments.moment_cg_polynomial(
-                diag, weight, cfg.cg_iterations, joint=joint, reference_variant=reference, tol=tol,
-                times=coeffs,
+            solved = moments.moment_cg(
+                diag, coeffs, cfg.cg_iterations, measure_scale=evals if dual else None,
+                joint=joint, reference_variant=reference, tol=tol, out=coeffs,
             )
         return FactoredRows(solved, evecs.mT)
     coeffs = batched_cg(

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from proxprop.modes import SolverConfig
-from proxprop.moments import MAX_ITERATIONS, moment_cg_polynomial
+from proxprop.moments import MAX_ITERATIONS, moment_cg
 from proxprop.solvers import FactoredRows, cg_strategy_for, gram_solve_factored
 
 TOL = 1e-2
@@ -63,8 +63,7 @@ def moments_solution(mu: np.ndarray, c: np.ndarray, iterations: int, aliased: bo
                      tol: float = TOL, dtype=torch.float64) -> np.ndarray:
     mu_t = torch.from_numpy(mu).to(dtype)
     c_t = torch.from_numpy(c).to(dtype)
-    values = moment_cg_polynomial(mu_t, c_t.square(), iterations, reference_variant=aliased, tol=tol)
-    return (values * c_t.double()).numpy()
+    return moment_cg(mu_t, c_t, iterations, reference_variant=aliased, tol=tol).double().numpy()
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> float:
@@ -81,6 +80,22 @@ def test_moments_equal_vector_cg_in_float64(spectrum, iterations, aliased, tol):
     c = rng.standard_normal((40, mu.size)) * rng.uniform(0.1, 10, (40, 1))
     expected = numpy_cg(mu, c, iterations, aliased, tol)
     got = moments_solution(mu, c, iterations, aliased, tol)
+    assert rel(got, expected) < 1e-10
+
+
+@pytest.mark.parametrize("iterations", [1, 3, 5])
+@pytest.mark.parametrize("aliased", [False, True])
+def test_moments_with_weighted_inner_product_equal_vector_cg(iterations, aliased):
+    """The dual's case: <u, v> = sum lam u v.  With y = sqrt(lam) x the weighted CG on
+    diag(mu) x = c is plain CG on diag(mu) y = sqrt(lam) c, which numpy_cg runs."""
+    mu_base = mlp_spectrum()
+    lam = mu_base - 20.0
+    rng = np.random.default_rng(20 + iterations)
+    c = rng.standard_normal((30, lam.size))
+    root = np.sqrt(lam)
+    expected = numpy_cg(mu_base, c * root, iterations, aliased) / root
+    got = moment_cg(torch.from_numpy(mu_base), torch.from_numpy(c), iterations,
+                    measure_scale=torch.from_numpy(lam), reference_variant=aliased).numpy()
     assert rel(got, expected) < 1e-10
 
 
@@ -119,9 +134,8 @@ def test_moments_joint_is_one_cg_over_all_rows():
     mu = mlp_spectrum(80)
     c = np.random.default_rng(5).standard_normal((5, 80))
     expected = numpy_cg(np.tile(mu, 5), c.reshape(1, -1), 4, aliased=True).reshape(5, 80)
-    values = moment_cg_polynomial(torch.from_numpy(mu), torch.from_numpy(c).square(), 4,
-                                  joint=True, reference_variant=True)
-    assert rel((values * torch.from_numpy(c)).numpy(), expected) < 1e-10
+    got = moment_cg(torch.from_numpy(mu), torch.from_numpy(c), 4, joint=True, reference_variant=True)
+    assert rel(got.numpy(), expected) < 1e-10
 
 
 @pytest.mark.parametrize("spectrum,iterations", [(log_spectrum, 3), (log_spectrum, 10),
@@ -130,8 +144,9 @@ def test_moments_joint_is_one_cg_over_all_rows():
 def test_moments_float32_error(spectrum, iterations):
     """float32 inputs against CG on the same (rounded) inputs in numpy's extended precision.
 
-    Measured (40 rows, dual-like weights c ~ sqrt(mu)): the moments path 1e-9 to 6e-9 on both
-    spectra; float32 textbook CG 2e-7 to 1e-5 on the log spectrum and 2e-2 to 1e-1 on the
+    Measured (40 rows, dual-like weights c ~ sqrt(mu)): the moments path 3.4e-8 to 3.8e-8 on
+    both spectra, which is the float32 rounding of the result itself (the polynomial's values
+    before that rounding: 1e-9 to 6e-9); float32 textbook CG 2e-7 to 1e-5 on the log spectrum and 2e-2 to 1e-1 on the
     MLP-like one at N = 5 (loss of orthogonality); the moments path keeps its scalar work in
     float64.  (From N = 10 on the MLP-like spectrum even float64 textbook CG is 10% away from
     the extended-precision one: CG itself is ill-conditioned there, so no path is checked.)"""
@@ -214,9 +229,10 @@ def test_moments_chosen_automatically_only_below_float64_and_up_to_max_iteration
 @pytest.mark.parametrize("aliased", [False, True])
 def test_moments_row_with_subnormal_mass(dtype, tiny, aliased):
     """One row of gradients ~1e-21 (a nearly dead ReLU unit; float64: ~1e-160) next to ordinary
-    rows, on a spectrum with empty points (zero weights).  Its mass sum c^2 is subnormal, so
-    1/mass overflows to inf, and inf * 0 made the basis and every row NaN: the cause of the
-    digits demo's divergence (cg3-paper, lr 3.16) with this path.  The ordinary rows must match
+    rows, on a spectrum with empty points (zero weights).  Its mass sum c^2 was subnormal
+    (summed in float32; in float64 it still is for 1e-160), so 1/mass overflowed to inf, and
+    inf * 0 made the basis and every row NaN: the cause of the digits demo's divergence
+    (cg3-paper, lr 3.16) with this path.  The ordinary rows must match
     CG in float64 on the same (rounded) inputs: 1e-10 in float64; in float32, 1e-7 (measured
     3e-9: the small work runs in float64); the tiny row must be finite and tiny."""
     mu = mlp_spectrum(120)
@@ -225,9 +241,8 @@ def test_moments_row_with_subnormal_mass(dtype, tiny, aliased):
     c[:, :10] = 0.0  # points no row weighs (directions the gradients do not reach)
     c[5] *= tiny
     c = torch.from_numpy(c).to(dtype).double().numpy()
-    values = moment_cg_polynomial(torch.from_numpy(mu).to(dtype), torch.from_numpy(c).to(dtype).square(), 3,
-                                  reference_variant=aliased, tol=0.0)
-    got = (values.double() * torch.from_numpy(c)).numpy()
+    got = moment_cg(torch.from_numpy(mu).to(dtype), torch.from_numpy(c).to(dtype), 3,
+                    reference_variant=aliased, tol=0.0).double().numpy()
     assert np.isfinite(got).all()
     ordinary = np.arange(16) != 5
     expected = numpy_cg(mu.astype(np.float32).astype(np.float64) if dtype == torch.float32 else mu,
