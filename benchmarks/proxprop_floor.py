@@ -57,9 +57,12 @@ def captured_layers(arch: str, x: Tensor, y: Tensor) -> list[tuple[nn.Module, Te
     model = (mlp if arch == "mlp" else convnet)(None)
     layers = [mod for mod in model if isinstance(mod, nn.Linear | nn.Conv2d)][:-1]
     found: dict[nn.Module, list[Tensor]] = {layer: [] for layer in layers}
+    def keep(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
+        found[mod].append(inp[0].detach())
+        out.register_hook(lambda grad: found[mod].append(grad.detach()))
+
     for layer in layers:
-        layer.register_forward_hook(lambda mod, inp, out: found[mod].append(inp[0].detach()))
-        layer.register_full_backward_hook(lambda mod, gin, gout: found[mod].append(gout[0].detach()))
+        layer.register_forward_hook(keep)
     nn.CrossEntropyLoss()(model(x), y).backward()
     return [(layer, *found[layer]) for layer in layers]
 
