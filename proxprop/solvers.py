@@ -71,10 +71,11 @@ def eigh_flops_per_n3(device: torch.device) -> float:
 #: MLP cg3 took its middle layer through the direct loop and ran slower than cg10).
 _PASS_FLOPS = 100.0
 #: Elementwise passes per iteration of the direct and spectral CG loops, and of the moments
-#: path as a whole (squares, float64 copy, the polynomial's values, the product with c).
+#: path as a whole (two reads of c for the average measure and H, whose float64 squares stay
+#: in cache, and the result's read and write).
 _DIRECT_PASSES = 12
 _SPECTRAL_PASSES = 10
-_MOMENT_PASSES = 5
+_MOMENT_PASSES = 4
 
 
 class FactoredRows(NamedTuple):
