@@ -106,7 +106,7 @@ def _measure_blocks(coeffs: Tensor, scale: Tensor | None, width: int) -> Iterato
     """Row blocks of the spectral measure w = coeffs^2 (* scale), in float64, one at a time.
 
     Formed block by block from the coefficients, in cache: no (m, s) measure array is ever
-    allocated (on this CPU a fresh 8 MB array costs 4 ms in page faults, eight passes' worth),
+    allocated (on this CPU a fresh 8 MB array took 3.7 ms to fill, an existing one 0.3 ms),
     and the squares of float32 coefficients are exact in float64 (no subnormal masses).
     """
     for part in _row_blocks(coeffs, width):
