@@ -15,9 +15,10 @@ on top).  Ways (ALGORITHM.md section 4; solvers.py, conv.py):
         BackProp's own weight-gradient product
     exact: K + Cholesky + inverse + min(n^2 k, m n^2)
   convolutions (primal form, p = C k_h k_w + 1):
-    cg1: min(A^T A by gram.conv2d_gram, one extra forward convolution) per layer
-    cgN, exact: A^T A (the p x p solves for m <= 20 channels cost well under a millisecond,
-        except exact's Cholesky, which is timed)
+    cgN: min(A^T A by gram.conv2d_gram, matrix-free CG's N extra forward convolutions and
+        N - 1 weight gradients) per layer (the p x p solves for m <= 20 channels cost well
+        under a millisecond)
+    exact: A^T A and its Cholesky factor
 
     python benchmarks/proxprop_floor.py                 # both models, batch 500, one thread
     python benchmarks/proxprop_floor.py --arch mlp --repeats 9
@@ -88,12 +89,20 @@ def linear_operations(a: Tensor, g: Tensor, tau: float) -> dict[str, Callable[[]
     }
 
 
-def conv_operations(layer: nn.Conv2d, x: Tensor) -> dict[str, Callable[[], object]]:
+def conv_operations(layer: nn.Conv2d, x: Tensor, g: Tensor) -> dict[str, Callable[[], object]]:
     shifted = torch.eye(layer.weight[0].numel() + 1)
     args = (layer.kernel_size, layer.stride, layer.padding, layer.dilation)
+    weight = layer.weight.detach()
+
+    def weight_gradient() -> object:
+        return torch.ops.aten.convolution_backward(
+            g, x, weight, [weight.shape[0]], list(layer.stride), list(layer.padding),
+            list(layer.dilation), False, [0, 0], 1, [False, True, True])
+
     return {
         "gram": lambda: conv2d_gram(x, *args, True),
-        "extra conv": lambda: F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding),
+        "extra conv": lambda: F.conv2d(x, weight, None, layer.stride, layer.padding),
+        "weight gradient": weight_gradient,
         "cholesky": lambda: torch.linalg.cholesky(shifted),
     }
 
@@ -114,12 +123,14 @@ def floors(arch: str, op_ms: list[dict[str, float]]) -> dict[str, tuple[float, s
                         "eigen": ops["gram"] + ops["eigh"] + ops["coefficients"] + result,
                         "direct": ops["gram"] + iterations * ops["K product"],
                     }
-            elif mode == "prox_cg1":
-                options = {"gram": ops["gram"], "conv": ops["extra conv"]}
             elif mode == "prox_exact":
                 options = {"gram": ops["gram"] + ops["cholesky"]}
             else:
-                options = {"gram": ops["gram"]}
+                iterations = int(mode.removeprefix("prox_cg"))
+                options = {
+                    "gram": ops["gram"],
+                    "conv": iterations * ops["extra conv"] + (iterations - 1) * ops["weight gradient"],
+                }
             way = min(options, key=options.__getitem__)
             total += options[way]
             ways.append(way)
@@ -136,7 +147,7 @@ def run(arch: str, args: argparse.Namespace) -> None:
     if arch == "mlp":
         ops = [linear_operations(inp.flatten(1), grad, TAU[arch]) for _, inp, grad in layers]
     else:
-        ops = [conv_operations(layer, inp) for layer, inp, _ in layers]
+        ops = [conv_operations(layer, inp, grad) for layer, inp, grad in layers]
     for fn in [step] + [f for layer_ops in ops for f in layer_ops.values()]:
         fn()  # warm-up
     backprop: list[float] = []
