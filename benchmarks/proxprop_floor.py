@@ -58,6 +58,7 @@ def captured_layers(arch: str, x: Tensor, y: Tensor) -> list[tuple[nn.Module, Te
     model = (mlp if arch == "mlp" else convnet)(None)
     layers = [mod for mod in model if isinstance(mod, nn.Linear | nn.Conv2d)][:-1]
     found: dict[nn.Module, list[Tensor]] = {layer: [] for layer in layers}
+
     def keep(mod: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:
         found[mod].append(inp[0].detach())
         out.register_hook(lambda grad: found[mod].append(grad.detach()))
@@ -69,16 +70,22 @@ def captured_layers(arch: str, x: Tensor, y: Tensor) -> list[tuple[nn.Module, Te
 
 
 def linear_operations(a: Tensor, g: Tensor, tau: float) -> dict[str, Callable[[], object]]:
-    """The unavoidable operations of one linear layer's direction (module docstring)."""
-    a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)  # the bias column
+    """The unavoidable operations of one linear layer's direction (module docstring), formed
+    as linear.py's dual form does (the bias column adds 1 to every Gram entry)."""
     n = a.shape[0]
-    gram = row_gram(a)
+
+    def dual_gram() -> Tensor:
+        gram = row_gram(a)
+        gram += 1.0
+        return gram
+
+    gram = dual_gram()
     evecs = torch.linalg.eigh(gram)[1]
     coeffs = g.T @ evecs
     shifted = gram + torch.eye(n) / tau
     factor = torch.linalg.cholesky(shifted)
     return {
-        "gram": lambda: row_gram(a),
+        "gram": dual_gram,
         "eigh": lambda: torch.linalg.eigh(gram),
         "coefficients": lambda: g.T @ evecs,
         "result U^T A": lambda: evecs.T @ a,

@@ -102,14 +102,14 @@ def orthonormal_basis(mu: Tensor, weight: Tensor, degree: int) -> tuple[Tensor, 
     return q, s_map
 
 
-def _measure_blocks(coeffs: Tensor, scale: Tensor | None, width: int) -> Iterator[Tensor]:
+def _measure_blocks(coeffs: Tensor, scale: Tensor | None) -> Iterator[Tensor]:
     """Row blocks of the spectral measure w = coeffs^2 (* scale), in float64, one at a time.
 
     Formed block by block from the coefficients, in cache: no (m, s) measure array is ever
     allocated (on this CPU a fresh 8 MB array took 3.7 ms to fill, an existing one 0.3 ms),
     and the squares of float32 coefficients are exact in float64 (no subnormal masses).
     """
-    for part in _row_blocks(coeffs, width):
+    for part in _row_blocks(coeffs, coeffs.shape[-1]):
         block = part.square() if part.dtype == torch.float64 else part.double().square_()
         yield block if scale is None else block.mul_(scale.unsqueeze(-2))
 
@@ -125,7 +125,7 @@ def _average_measure(coeffs: Tensor, scale: Tensor | None) -> Tensor:
     which costs nothing: any positive measure is a valid basis.
     """
     total = coeffs.new_zeros(coeffs.shape[:-2] + coeffs.shape[-1:], dtype=torch.float64)
-    for weight in _measure_blocks(coeffs, scale, coeffs.shape[-1]):
+    for weight in _measure_blocks(coeffs, scale):
         mass = weight.sum(dim=-1, keepdim=True)
         positive = mass > 0
         inv_mass = torch.where(positive, 1.0 / torch.where(positive, mass, torch.ones_like(mass)), 0.0)
@@ -171,12 +171,11 @@ def moment_cg(
     are elementwise over contiguous rows instead of m tiny batched matrix products.
     """
     size = iterations + 1
-    width = coeffs.shape[-1]
     scale = None if measure_scale is None else measure_scale.double()
     q, s_map = orthonormal_basis(mu.double(), _average_measure(coeffs, scale), iterations)
     rows, cols, index = _pair_index(size, mu.device)
     products = (q[..., rows] * q[..., cols]).mT.contiguous()  # (..., D(D+1)/2, s)
-    pairs = torch.cat([products @ weight.mT for weight in _measure_blocks(coeffs, scale, width)], dim=-1)
+    pairs = torch.cat([products @ weight.mT for weight in _measure_blocks(coeffs, scale)], dim=-1)
     gram = pairs[..., index, :]  # (..., D, D, m): H of every row, rows last
 
     def inner(u: Tensor, v: Tensor) -> Tensor:
